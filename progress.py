@@ -1,0 +1,47 @@
+"""
+A tiny progress line for long loops: count, rate and ETA, printed to stderr at most every
+`every` seconds (and once at the end). No dependency on tqdm, so it works everywhere,
+including in CI logs where a carriage-return bar would be noise.
+
+    p = Progress(total=len(items), desc="encode", unit="docs")
+    for item in items:
+        ...
+        p.update(1)
+    p.close()
+"""
+import sys
+import time
+
+
+def format_seconds(seconds):
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class Progress:
+    def __init__(self, total=None, desc="", unit="it", every=2.0, stream=None):
+        self.total, self.desc, self.unit, self.every = total, desc, unit, every
+        self.stream = stream if stream is not None else sys.stderr
+        self.count = 0
+        self.start = self.last_print = time.time()
+
+    def line(self):
+        elapsed = max(time.time() - self.start, 1e-9)
+        rate = self.count / elapsed
+        text = f"{self.desc}: {self.count:,}" + (f"/{self.total:,}" if self.total else "")
+        text += f" {self.unit} ({rate:,.1f} {self.unit}/s, elapsed {format_seconds(elapsed)}"
+        if self.total and rate > 0:
+            text += f", ETA {format_seconds((self.total - self.count) / rate)}"
+        return text + ")"
+
+    def update(self, n=1):
+        self.count += n
+        now = time.time()
+        if now - self.last_print >= self.every:
+            self.last_print = now
+            print(self.line(), file=self.stream, flush=True)
+
+    def close(self):
+        print(self.line(), file=self.stream, flush=True)
