@@ -16,3 +16,39 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         raise FileNotFoundError(f"shared data not found at {SHARED_DATA}; set NANODUAL_SHARED_DATA")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, shared_data):
+    """A prepared dataset folder (data.py CLI): the first 200 KB of Tiny Shakespeare, blank-line
+    separated documents, a byte-level BPE of 512 tokens."""
+    import subprocess
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    text = (shared_data / "corpus" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:200_000]
+    (root / "shakespeare.txt").write_text(text, encoding="utf-8")
+    out = root / "data"
+    subprocess.run([sys.executable, str(REPO / "data.py"), "--input", str(root / "shakespeare.txt"),
+                    "--out_dir", str(out), "--vocab_size", "512", "--doc_split", "blank_line",
+                    "--val_fraction", "0.05", "--workers", "1"], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_dataset):
+    """A checkpoint as train.py writes it, with random weights: 2 layers, width 64, 4 heads,
+    block 256, the tiny_dataset tokenizer, run config lam=0.5, repetitions=1."""
+    from dataclasses import asdict
+    import torch
+    import data
+    import model
+    tok = data.Tokenizer.load(tiny_dataset)
+    cfg = model.ModelConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=2, n_head=4, n_embd=64,
+                            intermediate_size=172, bos_id=tok.bos_id, pad_id=tok.pad_id, mask_id=tok.mask_id)
+    torch.manual_seed(0)
+    m = model.DualLM(cfg)
+    path = tmp_path_factory.mktemp("tiny_ckpt") / "ckpt.pt"
+    model.save_checkpoint(str(path), {
+        "model": m.state_dict(), "model_config": asdict(cfg), "tokenizer": tok.to_spec(),
+        "config": {"lam": 0.5, "repetitions": 1.0, "data_dir": str(tiny_dataset)},
+        "iter_num": 0, "tokens_seen": 0})
+    return path

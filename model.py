@@ -1,0 +1,512 @@
+"""
+The nanodual transformer: one standard Llama-style decoder that is trained as an autoregressive
+(AR) model and as a masked-diffusion (MD) model at the same time (paper §3).
+
+Nothing in the architecture knows about the two objectives. They differ only in the input and the
+attention mask, and both use *masked next-token prediction* (MNTP): in every mode the hidden state
+at position i predicts the token at position i+1.
+
+    AR:  clean input,                       causal attention,         loss on every next token
+    MD:  input with tokens -> <mask> (p=t), bidirectional attention,  loss where the next token was masked
+
+At evaluation time a third mode, `prefix`, lets a context attend to itself bidirectionally while
+the continuation attends causally (paper §5.4). Any mode can be combined with document ids so
+that sequences packed into one row never attend to each other.
+
+Contents, top to bottom: the config; RMSNorm/RoPE/attention/SwiGLU blocks; the model; the two
+training losses (ar_loss, md_loss); checkpoint loading; export to the Hugging Face Llama format.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# flex attention is the fast path for document/prefix masks on CUDA; it is optional elsewhere
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:  # older PyTorch
+    create_block_mask = flex_attention = None
+
+MODES = ("causal", "bidirectional", "prefix")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 51200
+    block_size: int = 2048          # the longest sequence the model accepts
+    n_layer: int = 24
+    n_head: int = 16
+    n_embd: int = 1024
+    intermediate_size: int = 3554   # SwiGLU hidden width
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False    # the paper unties the input embedding and the LM head
+    # special token ids, fixed by the tokenizer (data.py); md_loss never masks <s> or <pad>
+    bos_id: int = 1
+    pad_id: int = 3
+    mask_id: int = 4
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "intermediate_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelConfig.{name}={value!r} must be a positive integer")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"ModelConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                             f"pick n_embd as a multiple of n_head")
+        if (self.n_embd // self.n_head) % 2 != 0:
+            raise ValueError(f"ModelConfig: head dim n_embd/n_head={self.n_embd // self.n_head} is odd; "
+                             f"rotary embeddings need an even head dim")
+        for name in ("bos_id", "pad_id", "mask_id"):
+            value = getattr(self, name)
+            if not 0 <= value < self.vocab_size:
+                raise ValueError(f"ModelConfig.{name}={value} is outside the vocabulary [0, {self.vocab_size})")
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; known keys: {sorted(known)}")
+        return cls(**d)
+
+
+# -----------------------------------------------------------------------------
+# Attention masks. One rule, `allowed(b, h, q, k)`, says whether query q of row b may attend to key k.
+# The same rule becomes a dense boolean mask (CPU) or a flex-attention block mask (CUDA), so every
+# path computes the same function.
+
+def mask_rule(mode, prefix_len=None, doc_ids=None):
+    """Return allowed(b, h, q, k) for `mode`, optionally restricted to same-document pairs (the
+    signature of a flex-attention mask_mod; h, the head, never matters here)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown attention mode {mode!r}; use one of {MODES}")
+    if mode == "prefix" and prefix_len is None:
+        raise ValueError("mode='prefix' needs prefix_len (an int or one length per row)")
+
+    def allowed(b, h, q, k):
+        if mode == "causal":
+            ok = k <= q
+        elif mode == "bidirectional":
+            ok = (k >= 0) & (q >= 0)  # always true, in a shape/type both backends accept
+        else:  # prefix: the prefix is one bidirectional block, the rest is causal (EVAL_SPEC §4.3)
+            p = prefix_len[b]
+            ok = (k <= q) | ((q < p) & (k < p))
+        if doc_ids is not None:
+            ok = ok & (doc_ids[b, q] == doc_ids[b, k])
+        return ok
+    return allowed
+
+
+def dense_mask(rule, B, T, device):
+    """(B, 1, T, T) boolean mask from a rule, for scaled_dot_product_attention."""
+    b = torch.arange(B, device=device).view(B, 1, 1, 1)
+    q = torch.arange(T, device=device).view(1, 1, T, 1)
+    k = torch.arange(T, device=device).view(1, 1, 1, T)
+    return rule(b, None, q, k).expand(B, 1, T, T)
+
+
+_compiled_flex = None
+
+
+def flex(q, k, v, block_mask):
+    # flex attention only becomes a fused kernel under torch.compile: compile it once, lazily, on
+    # CUDA. Elsewhere (tests on CPU) the eager version computes the same function, slowly.
+    global _compiled_flex
+    if not q.is_cuda:
+        return flex_attention(q, k, v, block_mask=block_mask)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=block_mask)
+
+
+# -----------------------------------------------------------------------------
+# Building blocks
+
+def rope_cache(head_dim, max_len, theta):
+    # the "rotate half" convention of Llama / Hugging Face, so exported weights need no permutation
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    t = torch.arange(max_len, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq)
+    return freqs.cos(), freqs.sin()  # (max_len, head_dim/2) each
+
+
+def apply_rope(x, cos, sin):
+    # x: (B, H, T, D); cos/sin: (T, D/2)
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        # normalise in fp32 as Llama does; under bf16 autocast this keeps the statistics exact
+        return F.rms_norm(x.float(), (x.size(-1),), self.weight.float(), self.eps).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.n_embd // cfg.n_head
+        # q, k and v are separate matrices (not one fused qkv) because Muon orthogonalises each
+        # on its own, as the official code does
+        self.q_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.k_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.v_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.o_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+
+    def forward(self, x, cos, sin, attn, kv_cache=None, layer=0):
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.append(layer, k, v)
+        kind, mask = attn
+        if kind == "flex":
+            y = flex(q, k, v, mask)
+        elif kind == "dense":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:  # "causal" or "full": no mask tensor needed, SDPA picks its fastest kernel
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=(kind == "causal"))
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.n_embd, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x, cos, sin, attn, kv_cache=None, layer=0):
+        x = x + self.attn(self.attn_norm(x), cos, sin, attn, kv_cache, layer)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, for one-token-at-a-time causal generation."""
+
+    def __init__(self, cfg, batch_size, max_len, device, dtype=torch.float32):
+        shape = (cfg.n_layer, batch_size, cfg.n_head, max_len, cfg.n_embd // cfg.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # tokens already stored; advanced by the model after all layers ran
+
+    def append(self, layer, k, v):
+        start, end = self.length, self.length + k.size(2)
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+# -----------------------------------------------------------------------------
+# The model
+
+class DualLM(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        cos, sin = rope_cache(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        # "auto": SDPA fast paths where no mask tensor is needed, flex attention on CUDA for
+        # document/prefix masks, dense boolean masks otherwise. Tests force "dense" or "flex".
+        self.attn_impl = "auto"
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("o_proj.weight") or name.endswith("down_proj.weight"):
+                # scale the residual-branch outputs by depth (GPT-2) so activations stay O(1)
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # --- sizes --------------------------------------------------------------------------------
+    def num_params(self, non_embedding=False):
+        """Total parameters, or those outside the token embedding and the LM head (the paper's
+        "360M non-embedding weights" of its 470M model count the same way)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.lm_head.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len=None):
+        """Training FLOPs (forward + backward) per token, for MFU: 6 per weight that takes part in a
+        matmul (everything but the embedding lookup) plus the attention scores and values,
+        12 * n_layer * n_embd * T (PaLM appendix B; nanoGPT's estimate)."""
+        cfg = self.config
+        T = seq_len or cfg.block_size
+        n_matmul = self.num_params(non_embedding=True) + self.lm_head.weight.numel()
+        return 6 * n_matmul + 12 * cfg.n_layer * cfg.n_embd * T
+
+    # --- forward ------------------------------------------------------------------------------
+    def _attention_plan(self, mode, prefix_len, doc_ids, B, T, device, cached):
+        """Decide once per forward how every layer attends: ("causal"|"full", None) for the SDPA
+        fast paths, ("dense", bool mask) or ("flex", BlockMask)."""
+        if cached > 0:  # decoding after a prefill: attend to every earlier key
+            if mode != "causal" or doc_ids is not None:
+                raise ValueError("with a filled kv_cache only mode='causal' without doc_ids is supported")
+            if T == 1:
+                return ("full", None)
+            q = torch.arange(T, device=device).view(T, 1) + cached
+            return ("dense", q >= torch.arange(cached + T, device=device).view(1, -1))
+        if isinstance(prefix_len, int):
+            prefix_len = torch.full((B,), prefix_len, device=device, dtype=torch.long)
+        rule = mask_rule(mode, prefix_len, doc_ids)  # validates mode / prefix_len
+        impl = self.attn_impl
+        if impl == "auto" and doc_ids is None and mode != "prefix":
+            return ("causal" if mode == "causal" else "full", None)
+        if impl == "flex" or (impl == "auto" and device.type == "cuda" and flex_attention is not None):
+            return ("flex", create_block_mask(rule, B, None, T, T, device=device))
+        return ("dense", dense_mask(rule, B, T, device))
+
+    def hidden_states(self, idx, mode="causal", prefix_len=None, doc_ids=None, kv_cache=None):
+        """Final (normed) hidden states (B, T, n_embd): everything but the LM head. Evaluation reads
+        only the positions it scores and projects those alone."""
+        B, T = idx.shape
+        cached = kv_cache.length if kv_cache is not None else 0
+        if cached + T > self.config.block_size:
+            raise ValueError(f"sequence length {cached + T} exceeds block_size={self.config.block_size}")
+        if not torch.compiler.is_compiling():  # a data-dependent check: keep it out of compiled graphs
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
+        attn = self._attention_plan(mode, prefix_len, doc_ids, B, T, idx.device, cached)
+        cos, sin = self.rope_cos[cached:cached + T], self.rope_sin[cached:cached + T]
+        x = self.tok_emb(idx)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, attn, kv_cache, i)
+        if kv_cache is not None:
+            kv_cache.length += T
+        return self.norm(x)
+
+    def forward(self, idx, mode="causal", prefix_len=None, doc_ids=None, targets=None,
+                target_weights=None, kv_cache=None):
+        """Without targets: logits (B, T, vocab); position i holds the distribution of token i+1.
+
+        With targets (B, T) and target_weights (B, T): returns (loss, z_loss) where
+        loss = sum_i w_i * CE_i and z_loss = mean of logsumexp_i^2 over the positions with w_i != 0.
+        The losses below choose the weights; positions with weight 0 cost no LM-head work (outside
+        torch.compile, whose static shapes prefer computing every position)."""
+        h = self.hidden_states(idx, mode, prefix_len, doc_ids, kv_cache)
+        if targets is None:
+            return self.lm_head(h)
+        h, targets, w = h.flatten(0, 1), targets.flatten(), target_weights.flatten()
+        if not torch.compiler.is_compiling():
+            keep = w != 0
+            h, targets, w = h[keep], targets[keep], w[keep]
+        logits = self.lm_head(h).float()  # cross-entropy in fp32 even under bf16 autocast
+        lse = torch.logsumexp(logits, dim=-1)
+        target_logit = logits.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
+        loss = ((lse - target_logit) * w).sum()
+        counted = (w != 0).float()
+        z_loss = (lse.square() * counted).sum() / counted.sum().clamp(min=1)
+        return loss, z_loss
+
+
+# -----------------------------------------------------------------------------
+# The two training objectives (DESIGN.md, "The method in one page"). Both return (loss, z_loss).
+
+def ar_loss(model, x, y, doc_ids=None):
+    """Mean next-token cross-entropy under the causal mask (paper Eq. 2). Targets < 0 are padding
+    and are ignored."""
+    valid = (y >= 0).float()
+    return model(x, mode="causal", doc_ids=doc_ids, targets=y, target_weights=valid / valid.sum().clamp(min=1))
+
+
+def sample_t(batch_size, generator=None, device="cpu", antithetic=True, eps=1e-3):
+    """One diffusion time t per sequence, in [eps, 1]. The antithetic (low-discrepancy) sampler of
+    MDLM puts exactly one t in each of the batch_size equal strata of [0, 1), lowering the variance
+    of the batch loss; t is kept away from 0 because the ELBO weights by 1/t."""
+    u = torch.rand(batch_size, generator=generator, device=device)
+    if antithetic:
+        u = (u + torch.arange(batch_size, device=device)) / batch_size
+    return eps + (1 - eps) * u
+
+
+def md_loss(model, x, y, doc_ids=None, t=None, generator=None, antithetic=True, weighting="elbo"):
+    """Masked-diffusion loss under MNTP (paper Eq. 4, §3).
+
+    The window is w = [x_0, y_0, ..., y_{T-1}] (x = w[:-1], y = w[1:]). Each token of w except
+    special ones (<s>, <pad>) becomes <mask> with probability t (one t per sequence). The model
+    sees the masked x with bidirectional attention, and position i is scored on y_i = w_{i+1}
+    only if w_{i+1} was masked, weighted by 1/t ("elbo": an unbiased estimate of the negative
+    ELBO per token) or by 1 ("ce": plain cross-entropy on masked tokens, seed 002), and divided by
+    the number of tokens. The last target y_{T-1} is never visible in the input, masked or not,
+    so scoring it when its mask bit is set keeps the estimate unbiased.
+    All of this is vectorised: no Python loop over sequences or tokens."""
+    if weighting not in ("elbo", "ce"):
+        raise ValueError(f"unknown md weighting {weighting!r}; use 'elbo' or 'ce'")
+    cfg = model.config if hasattr(model, "config") else model.module.config
+    B, T = x.shape
+    if t is None:
+        t = sample_t(B, generator, x.device, antithetic)
+    # one coin per window token w_0..w_T; x_i = w_i and y_i = w_{i+1}, so input i and target i-1
+    # share coin i: a token is masked in the input exactly when it is scored
+    coins = torch.rand(B, T + 1, generator=generator, device=x.device) < t[:, None]
+
+    def maskable(tokens):
+        return (tokens != cfg.bos_id) & (tokens != cfg.pad_id) & (tokens >= 0)
+
+    noisy_x = torch.where(coins[:, :-1] & maskable(x), torch.full_like(x, cfg.mask_id), x)
+    scored = coins[:, 1:] & maskable(y)
+    n_tokens = (y >= 0).sum().clamp(min=1)
+    scale = (1.0 / t[:, None]) if weighting == "elbo" else torch.ones_like(t)[:, None]
+    weights = scored.float() * scale / n_tokens
+    return model(noisy_x, mode="bidirectional", doc_ids=doc_ids, targets=y, target_weights=weights)
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints. train.py decides what goes in; this file owns how it is written and read.
+
+def save_checkpoint(path, ckpt):
+    """Write atomically: a temporary file in the same folder, flushed to disk, then renamed over
+    `path`. A crash (even SIGKILL) at any moment leaves either the old or the new file, never a
+    half-written one. `ckpt` must hold only what torch.load(weights_only=True) accepts: tensors,
+    numbers, strings, lists and dicts."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_checkpoint(path, map_location="cpu"):
+    """torch.load with weights_only=True and one-line errors for the ways a file can be wrong."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass the ckpt.pt that train.py wrote")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, not a checkpoint at all, unpickling refused, ...
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"checkpoint {path} is corrupt or truncated ({first_line}); "
+                         f"use an intact copy or retrain") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
+        raise ValueError(f"checkpoint {path} is not a nanodual checkpoint (no 'model'/'model_config'); "
+                         f"pass the ckpt.pt that train.py wrote")
+    return ckpt
+
+
+def load_checkpoint(path, device="cpu"):
+    """The model of a train.py checkpoint, in eval mode. The rest of the checkpoint (run config,
+    tokenizer spec, iteration, tokens seen) is attached as `model.meta` for eval/sample scripts."""
+    ckpt = read_checkpoint(path)
+    model = DualLM(ModelConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    model.meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")}
+    return model.to(device).eval()
+
+
+# -----------------------------------------------------------------------------
+# Export to the Hugging Face Llama format (paper §7: a dual model deploys as a plain AR model)
+
+def hf_state_dict(model):
+    """Our parameter names -> LlamaForCausalLM's. The layouts are identical (same RoPE convention)."""
+    out = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.norm.weight,
+           "lm_head.weight": model.lm_head.weight}
+    for i, blk in enumerate(model.blocks):
+        pre = f"model.layers.{i}."
+        out[pre + "input_layernorm.weight"] = blk.attn_norm.weight
+        out[pre + "post_attention_layernorm.weight"] = blk.mlp_norm.weight
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            out[pre + f"self_attn.{name}.weight"] = getattr(blk.attn, name).weight
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            out[pre + f"mlp.{name}.weight"] = getattr(blk.mlp, name).weight
+    if model.config.tie_embeddings:
+        del out["lm_head.weight"]  # transformers re-ties it from tie_word_embeddings
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in out.items()}
+
+
+def hf_config(cfg):
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": cfg.vocab_size, "hidden_size": cfg.n_embd, "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head, "head_dim": cfg.n_embd // cfg.n_head,
+        "max_position_embeddings": cfg.block_size, "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+        "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": cfg.bos_id, "pad_token_id": cfg.pad_id,
+        "torch_dtype": "float32",
+    }
+
+
+def export_hf(model, out_dir):
+    """Write config.json + model.safetensors (+ tokenizer.json when the checkpoint carries a BPE
+    tokenizer) so that transformers.LlamaForCausalLM.from_pretrained(out_dir) loads the model."""
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise ValueError("export needs the safetensors package: pip install safetensors") from None
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf_config(model.config), f, indent=2)
+    save_file(hf_state_dict(model), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    spec = getattr(model, "meta", {}).get("tokenizer")
+    if isinstance(spec, dict) and spec.get("kind") == "bpe":
+        with open(os.path.join(out_dir, "tokenizer.json"), "w") as f:
+            f.write(spec["json"])
+    return out_dir
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Inspect a nanodual checkpoint or export it to the "
+                                                 "Hugging Face Llama format.")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
+    parser.add_argument("--export_hf", metavar="DIR", help="write config.json + model.safetensors to DIR")
+    args = parser.parse_args(argv)
+    model = load_checkpoint(args.ckpt)
+    cfg = model.config
+    print(f"{args.ckpt}: {cfg.n_layer} layers, width {cfg.n_embd}, {cfg.n_head} heads, vocab {cfg.vocab_size}; "
+          f"{model.num_params() / 1e6:.2f}M parameters ({model.num_params(True) / 1e6:.2f}M non-embedding)")
+    if args.export_hf:
+        export_hf(model, args.export_hf)
+        print(f"exported to {args.export_hf}; load with transformers.LlamaForCausalLM.from_pretrained")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"model.py: error: {e}")
