@@ -113,7 +113,8 @@ class Muon(torch.optim.Optimizer):
 
 class MuonAdamW:
     """Muon for the matrices inside the transformer blocks, AdamW for everything else (token
-    embedding, LM head, RMSNorm gains), behind one optimizer-like object.
+    embedding, LM head, RMSNorm gains), behind one optimizer-like object. With use_muon=False the
+    block matrices go to AdamW too (the all-AdamW baseline).
 
     `lr` is the one learning-rate knob: both optimizers start from it (the Moonlight scaling makes
     Muon's step comparable to AdamW's, so they can share it, unless `adamw_lr` is given), and
@@ -122,13 +123,13 @@ class MuonAdamW:
     """
 
     def __init__(self, model, lr=0.007, weight_decay=0.1, momentum=0.95, adamw_lr=None,
-                 adamw_betas=(0.9, 0.95), adamw_eps=1e-8):
+                 adamw_betas=(0.9, 0.95), adamw_eps=1e-8, use_muon=True):
         muon_params, decay_params, gain_params = [], [], []
         self.groups_by_name = {"muon": [], "adamw": []}
         for name, p in model.named_parameters():
             if not p.requires_grad:
                 continue
-            if p.ndim == 2 and name.startswith("blocks."):
+            if use_muon and p.ndim == 2 and name.startswith("blocks."):
                 muon_params.append(p)
                 self.groups_by_name["muon"].append(name)
             else:
@@ -137,14 +138,14 @@ class MuonAdamW:
         n_model = sum(1 for p in model.parameters() if p.requires_grad)
         assert len(muon_params) + len(decay_params) + len(gain_params) == n_model, \
             "every parameter must be in exactly one of the Muon and AdamW groups"
-        self.muon = Muon(muon_params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.muon = Muon(muon_params, lr=lr, momentum=momentum, weight_decay=weight_decay) if use_muon else None
         adamw_lr = lr if adamw_lr is None else adamw_lr
         use_fused = all(p.is_cuda for p in decay_params + gain_params)
         self.adamw = torch.optim.AdamW(
             [{"params": decay_params, "weight_decay": weight_decay},
              {"params": gain_params, "weight_decay": 0.0}],
             lr=adamw_lr, betas=adamw_betas, eps=adamw_eps, fused=use_fused or None)
-        self.optimizers = [self.muon, self.adamw]
+        self.optimizers = [self.muon, self.adamw] if use_muon else [self.adamw]
         for opt in self.optimizers:
             for group in opt.param_groups:
                 group["base_lr"] = group["lr"]
@@ -167,17 +168,32 @@ class MuonAdamW:
             opt.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self):
-        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+        return {"muon": self.muon.state_dict() if self.muon else None, "adamw": self.adamw.state_dict()}
 
     def load_state_dict(self, state):
-        self.muon.load_state_dict(state["muon"])
-        self.adamw.load_state_dict(state["adamw"])
+        """Restore the optimizer *state* (momenta, step counts). The hyper-parameters (lr, weight
+        decay, ...) stay those this object was built with, so a resumed run follows its config."""
+        for key, opt in (("muon", self.muon), ("adamw", self.adamw)):
+            if opt is None:
+                continue
+            settings = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+            opt.load_state_dict(state[key])
+            for group, kept in zip(opt.param_groups, settings):
+                group.update(kept)
 
     def describe(self):
         """Both groups, for the start-up log: which parameter goes where is worth seeing once."""
         lines = []
         for key, opt in (("muon", self.muon), ("adamw", self.adamw)):
+            if opt is None:
+                continue
             n = sum(p.numel() for g in opt.param_groups for p in g["params"])
             names = self.groups_by_name[key]
-            lines.append(f"{key}: {len(names)} tensors, {n:,} parameters: " + ", ".join(names))
+            # blocks.0.attn.q_proj.weight ... blocks.23.attn.q_proj.weight -> blocks.*.attn.q_proj.weight x24
+            patterns = {}
+            for name in names:
+                pattern = ".".join("*" if part.isdigit() else part for part in name.split("."))
+                patterns[pattern] = patterns.get(pattern, 0) + 1
+            listed = ", ".join(p + (f" x{c}" if c > 1 else "") for p, c in patterns.items())
+            lines.append(f"{key}: {len(names)} tensors, {n:,} parameters: {listed}")
         return "\n".join(lines)

@@ -1,0 +1,5 @@
+# The paper's recipe (paper_470m.py) with lam = 1.0: the share of AR micro-batches.
+#   torchrun --nproc_per_node=8 train.py config/lambda_1.0.py
+include("paper_470m.py")
+lam = 1.0
+out_dir = "out_lambda_1.0"

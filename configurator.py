@@ -1,0 +1,95 @@
+"""
+nanoGPT's configuration mechanism, with its sharp edges filed off.
+
+    python train.py config/tiny_cpu.py --lam=0.25 --max_iters=200
+
+train.py declares every setting as a module-level variable with a default. `configure(globals(),
+argv)` then runs each config file given on the command line as plain Python inside those globals
+(so a config file is just assignments, and may `include` another file to share a recipe), and
+applies every `--key=value` override, parsing the value with `ast.literal_eval` (never `eval`).
+
+Mistakes fail loudly with one line each: an unknown key (with the closest known key suggested), a
+value of the wrong type, a missing config file.
+"""
+import ast
+import difflib
+import os
+import types
+
+# Types a setting may have; a setting whose default is None accepts any of them.
+SETTING_TYPES = (bool, int, float, str)
+
+
+def settings(namespace):
+    """The configurable names of a module's globals: plain values, not modules or functions."""
+    return {k for k, v in namespace.items()
+            if not k.startswith("_") and (v is None or isinstance(v, SETTING_TYPES))}
+
+
+def unknown_key_error(key, known):
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else "; see the settings at the top of train.py"
+    return ValueError(f"unknown config key '{key}'{hint}")
+
+
+def checked_value(key, value, default):
+    """`value` if it has the type of `default` (ints are accepted where floats are expected)."""
+    if default is None or type(value) is type(default):
+        return value
+    if isinstance(default, float) and type(value) is int:
+        return float(value)
+    raise ValueError(f"config key '{key}' expects {type(default).__name__} (default {default!r}), "
+                     f"got {type(value).__name__} {value!r}")
+
+
+def configure(namespace, argv):
+    """Apply config files and --key=value overrides from argv to `namespace` (train.py's globals).
+    Returns the list of keys that were set, in order."""
+    known = settings(namespace)
+    defaults = {k: namespace[k] for k in known}
+    changed = []
+    for arg in argv:
+        if not arg.startswith("--"):  # a config file
+            if not os.path.isfile(arg):
+                raise ValueError(f"config file {arg} does not exist; pass a path like config/tiny_cpu.py")
+            before = set(namespace)
+            scope = {"include": make_include(namespace, os.path.dirname(arg))}
+            namespace.update(scope)
+            with open(arg) as f:
+                exec(compile(f.read(), arg, "exec"), namespace)
+            for name in scope:
+                namespace.pop(name, None)
+            for name in set(namespace) - before:  # names the file introduced
+                if isinstance(namespace[name], (types.ModuleType, types.FunctionType, type)) or name.startswith("_"):
+                    continue  # imports and helpers are fine
+                raise unknown_key_error(name, known)
+            for key in known:
+                namespace[key] = checked_value(key, namespace[key], defaults[key])
+                if namespace[key] != defaults[key] and key not in changed:
+                    changed.append(key)
+        else:  # --key=value
+            key, sep, text = arg[2:].partition("=")
+            if not sep:
+                raise ValueError(f"override '{arg}' has no value; write --{key}=VALUE")
+            if key not in known:
+                raise unknown_key_error(key, known)
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text  # a bare word is a string: --device=cuda
+            namespace[key] = checked_value(key, value, defaults[key])
+            if key not in changed:
+                changed.append(key)
+    return changed
+
+
+def make_include(namespace, folder):
+    """include("paper_470m.py") inside a config file runs that file (relative to the including
+    file's folder) in the same globals: recipes are shared, not copied."""
+    def include(name):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise ValueError(f"included config file {path} does not exist")
+        with open(path) as f:
+            exec(compile(f.read(), path, "exec"), namespace)
+    return include

@@ -1,0 +1,761 @@
+"""
+Text in, token files out; and the loader that train.py reads them with.
+
+Prepare a dataset folder from local files (plain text, JSON lines with a "text" field, .gz of
+either, or folders of them):
+
+    python data.py --input ../shared/data/corpus/english_novels --out_dir data_novels
+    python data.py --input input.txt --doc_split blank_line --out_dir data_mine
+    python data.py --input more.jsonl --tokenizer data_novels --out_dir data_more   # share a vocabulary
+
+or, with a network and no --input, download Tiny Shakespeare (as nanoGPT does) and prepare it:
+
+    python data.py
+
+The folder then holds:
+    train.bin, val.bin  every document as <s> followed by its tokens, documents back to back, no
+                        padding; uint16 when the vocabulary fits (<= 65536 ids), else uint32
+    tokenizer.json      the tokenizers file of the BPE (for tiktoken, a small JSON naming the encoding)
+    meta.json           vocabulary size, dtype, tokens and documents per split, special-token ids,
+                        sources, and in words the document rule, the split rule and the tokenizer
+It is written in three streaming passes over the corpus: (1) scan: count the documents and fix the
+train/val split, (2) train the BPE on the training documents, (3) encode in parallel, appending to
+the token files as results arrive in order. Memory does not grow with the corpus: it holds a few
+chunks of documents at a time (long documents are encoded in pieces); only one document, e.g. a
+whole file with --doc_split file, must fit in memory as text.
+
+Loading (train.py): TrainWindows walks a seeded permutation of fixed windows, one permutation per
+epoch, over only the first `unique_tokens` training tokens, so that r repetitions of T/r unique
+tokens are exactly r passes (paper §5.1); val_windows is a fixed held-out sample.
+"""
+import argparse
+import gzip
+import hashlib
+import http.client
+import itertools
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tiktoken
+import tokenizers
+
+from progress import Progress
+
+# torch is imported inside the loader functions only: preparing data never needs it, and the CLI
+# starts in a fraction of a second instead of the seconds that importing torch takes.
+
+# ids 0..4 of a trained BPE, in this order (as the paper's official code: <s>=1, <pad>=3, <mask>=4)
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<mask>"]
+DEFAULT_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+# Encoding and decoding this must give it back; any tokenizer we load is checked with it.
+ROUND_TRIP_PROBE = "Hi, <s> and <mask> or <unk>!\n\n\tCafé 你好 😀 \r\n\x0c x\u00a0y"
+# tokenizers needs ~100 bytes of memory per character of text it encodes at once, so long texts go
+# in pieces of about PIECE_CHARS, and encode_batch sends at most about BATCH_CHARS per call.
+PIECE_CHARS, BATCH_CHARS = 1 << 16, 1 << 18
+SAFE_LINE_BREAK = re.compile(r"(?<=\S)\n|\n(?=\S)")
+
+# -----------------------------------------------------------------------------
+# Tokenizer: a byte-level BPE from `tokenizers`, or a tiktoken encoding
+
+
+def split_at_line_breaks(text, piece_chars):
+    """Cut text into pieces of at least piece_chars characters (the last may be shorter), each cut just
+    before a line break that comes right after a non-space character or right before one. The GPT-2
+    pre-tokenizer regex (byte-level BPE) always starts a pre-token at such a line break (a run of
+    whitespace before a word splits off its last character), and BPE merges never cross pre-tokens, so
+    encoding the pieces one by one gives exactly the tokens of the whole text."""
+    start = 0
+    while (cut := SAFE_LINE_BREAK.search(text, start + piece_chars)) is not None:
+        yield text[start:cut.start()]
+        start = cut.start()
+    yield text[start:]
+
+
+class Tokenizer:
+    """One interface over two backends: a `tokenizers` BPE (trained here or loaded from a file)
+    or a tiktoken encoding (gpt2). encode() never adds special tokens, and literal text such as
+    "<s>" is encoded as ordinary text, so decode(encode(t)) == t for any string t."""
+
+    def __init__(self, bpe=None, tiktoken_encoding=None):
+        assert (bpe is None) != (tiktoken_encoding is None), "give exactly one backend"
+        self.bpe, self.tiktoken = bpe, tiktoken_encoding
+        if bpe is not None:
+            # WikiText writes rare words as "<unk>": that text must not turn into the special id.
+            # (This flag is not saved in tokenizer.json, hence set on every load.)
+            bpe.encode_special_tokens = True
+            bpe.no_padding()
+            bpe.no_truncation()
+            specials = {t.content: i for i, t in bpe.get_added_tokens_decoder().items() if t.special}
+            missing = [t for t in SPECIAL_TOKENS if t not in specials]
+            if missing:
+                raise ValueError(f"the tokenizer lacks the special tokens {' '.join(missing)} (it needs all of "
+                                 f"{' '.join(SPECIAL_TOKENS)}); train one with data.py --tokenizer bpe, or add them "
+                                 f"with tokenizers' add_special_tokens")
+            self.special_ids = {t: specials[t] for t in SPECIAL_TOKENS}
+            self.vocab_size = max(bpe.get_vocab(with_added_tokens=True).values()) + 1
+            # Cutting long texts at line breaks is exact for the GPT-2 regex only (see split_at_line_breaks),
+            # and only when no non-special added token (matched before pre-tokenizing) could span a cut.
+            settings = json.loads(bpe.to_str())
+            pre_tokenizer = settings["pre_tokenizer"] or {}
+            self.encode_in_pieces = (settings["normalizer"] is None and pre_tokenizer.get("type") == "ByteLevel"
+                                     and pre_tokenizer.get("use_regex") and not pre_tokenizer.get("add_prefix_space")
+                                     and all(t.special for t in bpe.get_added_tokens_decoder().values()))
+        else:
+            # tiktoken's gpt2 uses ids 0..50256; ours follow: <unk> 50257, <s> 50258, </s> 50259,
+            # <pad> 50260, <mask> 50261. The model's vocabulary is rounded up to a multiple of 64
+            # (faster matmuls, as in nanoGPT); ids 50262..50303 are never produced.
+            first = tiktoken_encoding.n_vocab
+            self.special_ids = {t: first + i for i, t in enumerate(SPECIAL_TOKENS)}
+            self.vocab_size = -(-(first + len(SPECIAL_TOKENS)) // 64) * 64
+            self.special_bytes = {i: t.encode() for t, i in self.special_ids.items()}
+        self.unk_id, self.bos_id, self.eos_id, self.pad_id, self.mask_id = (
+            self.special_ids[t] for t in SPECIAL_TOKENS)
+        if self.decode(self.encode(ROUND_TRIP_PROBE)) != ROUND_TRIP_PROBE:
+            raise ValueError("the tokenizer does not give text back unchanged after encoding and decoding "
+                             "(not byte-level?); use a byte-level BPE such as the one data.py trains")
+
+    def encode(self, text):
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts):
+        if self.tiktoken is not None:  # compact in memory: no need for pieces
+            return [self.tiktoken.encode_ordinary(t) for t in texts]
+        if not self.encode_in_pieces:
+            return [e.ids for e in self.bpe.encode_batch_fast(texts, add_special_tokens=False)]
+        ids = [[] for _ in texts]
+        pieces = ((i, piece) for i, text in enumerate(texts) for piece in split_at_line_breaks(text, PIECE_CHARS))
+        for group in batches(pieces, BATCH_CHARS, size=lambda item: len(item[1])):
+            encodings = self.bpe.encode_batch_fast([piece for _, piece in group], add_special_tokens=False)
+            for (i, _), encoding in zip(group, encodings):
+                ids[i] += encoding.ids
+        return ids
+
+    def decode(self, ids):
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        if self.bpe is not None:
+            return self.bpe.decode(ids, skip_special_tokens=False)
+        # tiktoken knows nothing of our added ids: decode runs of its own ids, splice in ours
+        pieces = []
+        for ours, run in itertools.groupby(ids, key=lambda i: i >= self.tiktoken.n_vocab):
+            if ours:
+                pieces += [self.special_bytes.get(i, b"") for i in run]  # unused padding ids decode to ""
+            else:
+                pieces.append(self.tiktoken.decode_bytes(list(run)))
+        return b"".join(pieces).decode("utf-8", errors="replace")
+
+    def to_spec(self):
+        if self.bpe is not None:
+            return {"kind": "bpe", "json": self.bpe.to_str()}
+        return {"kind": "tiktoken", "name": self.tiktoken.name}
+
+    @classmethod
+    def from_spec(cls, spec):
+        if spec.get("kind") == "bpe":
+            return cls(bpe=tokenizers.Tokenizer.from_str(spec["json"]))
+        if spec.get("kind") == "tiktoken":
+            return cls(tiktoken_encoding=load_tiktoken(spec["name"]))
+        raise ValueError(f"unknown tokenizer spec kind {spec.get('kind')!r}; expected 'bpe' or 'tiktoken'")
+
+    @classmethod
+    def load(cls, path):
+        """path: a prepared dataset folder, or a tokenizer file (tokenizers' tokenizer.json, or our
+        small tiktoken spec)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no tokenizer at {path}; give a prepared data folder or a tokenizer.json file")
+        text = path.read_text(encoding="utf-8")
+        try:
+            content = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not JSON ({e}); give a tokenizers tokenizer.json file") from None
+        try:
+            if isinstance(content, dict) and "kind" in content:
+                return cls.from_spec(content)
+            return cls(bpe=tokenizers.Tokenizer.from_str(text))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
+            raise ValueError(f"{path} is not a tokenizers file ({str(e).splitlines()[0]})") from None
+
+
+def batches(items, max_size, size=len):
+    """Group items into lists whose sizes add up to at most max_size (a larger item goes alone)."""
+    batch, total = [], 0
+    for item in items:
+        if batch and total + size(item) > max_size:
+            yield batch
+            batch, total = [], 0
+        batch.append(item)
+        total += size(item)
+    if batch:
+        yield batch
+
+
+def load_tiktoken(name):
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception as e:  # no network, an empty cache, a bad name: all mean "cannot load it here"
+        cache = os.environ.get("TIKTOKEN_CACHE_DIR", "the default data-gym-cache folder in your temp dir")
+        raise ValueError(
+            f"cannot load tiktoken's {name} encoding ({type(e).__name__}); tiktoken downloads it once and caches it "
+            f"in TIKTOKEN_CACHE_DIR (now: {cache}): run python -c \"import tiktoken; tiktoken.get_encoding('{name}')\" "
+            f"with a network and TIKTOKEN_CACHE_DIR set (copy that folder to offline machines), or use --tokenizer bpe"
+        ) from None
+
+
+def train_bpe(texts, vocab_size):
+    """The paper's recipe: a byte-level BPE trained on the corpus. The initial alphabet holds all 256
+    bytes, so any text can be encoded (no <unk> ever) and decodes back exactly."""
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=sys.stderr.isatty())
+    # In pieces: tokenizers buffers 256 texts at a time, which for whole novels is the whole corpus
+    bpe.train_from_iterator((piece for text in texts for piece in split_at_line_breaks(text, PIECE_CHARS)), trainer)
+    return Tokenizer(bpe=bpe)
+
+
+def token_dtype(vocab_size):
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+# -----------------------------------------------------------------------------
+# Reading documents
+
+
+def is_jsonl(path):
+    return path.name.endswith((".jsonl", ".jsonl.gz"))
+
+
+def list_input_files(inputs):
+    """Files in the order given; a folder contributes its .txt and .jsonl files (and .gz of them),
+    recursively, sorted by path, skipping hidden ones, so the order never depends on the file system."""
+    files = []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            found = [f for f in given.rglob("*") if f.is_file()
+                     and f.name.endswith((".txt", ".jsonl", ".txt.gz", ".jsonl.gz"))
+                     and not any(part.startswith(".") for part in f.relative_to(given).parts)]
+            if not found:
+                raise ValueError(f"input folder {given} holds no .txt or .jsonl files (or .gz of them); "
+                                 f"name the files to use with --input")
+            files += sorted(found, key=lambda f: f.relative_to(given).parts)
+        elif given.is_file():
+            files.append(given)
+        else:
+            raise FileNotFoundError(f"input {given} does not exist; pass text files, .jsonl files "
+                                    f"(or .gz of them) or folders of them with --input")
+    return files
+
+
+def trim_document(text):
+    """Drop trailing whitespace and leading blank lines (keeping the first line's indentation)."""
+    text = text.rstrip()
+    start = len(text) - len(text.lstrip())
+    return text[text.rfind("\n", 0, start) + 1:]
+
+
+def read_file_documents(path, doc_split):
+    """Yield the raw documents of one file. Text is UTF-8 (a BOM is dropped) and line endings become \\n."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", newline=None) as f:
+            if is_jsonl(path):
+                for line_number, line in enumerate(f, 1):
+                    if line.strip():
+                        yield json_document(path, line_number, line)
+            elif doc_split == "file":
+                yield f.read()
+            else:  # blank_line: a document is a run of lines that are not blank
+                paragraph = []
+                for line in f:
+                    if line.strip():
+                        paragraph.append(line)
+                    elif paragraph:
+                        yield "".join(paragraph)
+                        paragraph = []
+                if paragraph:
+                    yield "".join(paragraph)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not valid UTF-8; convert it, e.g. iconv -f latin1 -t utf-8") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{path} is not a valid gzip file ({e}); decompress or fix it") from None
+
+
+def json_document(path, line_number, line):
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}, line {line_number}: not valid JSON ({e.msg}); each line of a .jsonl file "
+                         f"must be one JSON object with a \"text\" field") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise ValueError(f"{path}, line {line_number}: no \"text\" string field; each line of a .jsonl file "
+                         f"must be one JSON object with a \"text\" field")
+    return record["text"].replace("\r\n", "\n").replace("\r", "\n")
+
+
+def iter_documents(files, doc_split):
+    """All non-empty documents, trimmed, lazily, in a fixed order."""
+    for path in files:
+        for text in read_file_documents(path, doc_split):
+            text = trim_document(text)
+            if text:
+                yield text
+
+
+def describe_documents(doc_split):
+    files = ("each plain-text file is one document" if doc_split == "file" else
+             "plain-text files are split into documents at blank lines (lines holding only whitespace)")
+    return (f"{files}; each line of a .jsonl file is one document (its \"text\" field). Text is read as UTF-8 "
+            f"without BOM, line endings normalised to \\n, trailing whitespace and leading blank lines removed; "
+            f"empty documents are skipped. In the .bin files each document is <s> followed by its tokens "
+            f"(no end-of-document token), documents back to back in input order")
+
+# -----------------------------------------------------------------------------
+# The split: by document, from a hash of its text
+
+
+def document_hash(text, seed):
+    """A 64-bit hash of the document's text: the split depends on the text alone, so it is the same
+    whatever the file order, and identical documents always land in the same split."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, salt=seed.to_bytes(16, "little")).digest()
+    return int.from_bytes(digest, "little")
+
+
+@dataclass
+class CorpusScan:
+    documents: int = 0
+    bytes: int = 0
+    empty_skipped: int = 0   # documents that were empty after trimming
+    min_hash: int = 2**64
+    max_hash: int = -1
+
+
+def scan_corpus(files, doc_split, seed):
+    """Pass 1: read everything once (so bad input fails before any long work) and keep O(1) state."""
+    scan = CorpusScan()
+    progress = Progress(total=len(files), desc="scan", unit="files", stream=sys.stdout)
+    for path in files:
+        for text in read_file_documents(path, doc_split):
+            text = trim_document(text)
+            if not text:
+                scan.empty_skipped += 1
+                continue
+            h = document_hash(text, seed)
+            scan.documents += 1
+            scan.bytes += len(text.encode("utf-8"))
+            scan.min_hash, scan.max_hash = min(scan.min_hash, h), max(scan.max_hash, h)
+        progress.update(1)
+    progress.close()
+    return scan
+
+
+def val_threshold(val_fraction, scan):
+    """A document goes to val.bin when its hash is below the threshold: val_fraction of the hash range,
+    so about that share of documents. If that leaves no validation document, the threshold rises just
+    enough to take the document with the smallest hash; if it leaves no training one, it drops to keep
+    the document with the largest hash. Returns (threshold, a note on any adjustment)."""
+    if scan.min_hash == scan.max_hash:
+        raise ValueError("the corpus holds a single distinct document, so none can be held out for validation; "
+                         "give more files, or split plain text into documents with --doc_split blank_line")
+    threshold = int(val_fraction * 2**64)
+    if scan.min_hash >= threshold:
+        return scan.min_hash + 1, "raised to hold out the document with the smallest hash (none fell below)"
+    if scan.max_hash < threshold:
+        return scan.max_hash, "lowered to keep the document with the largest hash for training (all fell below)"
+    return threshold, None
+
+# -----------------------------------------------------------------------------
+# Pass 3: parallel, streaming encoding. Workers encode chunks of documents; the parent appends the
+# results to the token files in input order, so the output does not depend on the number of workers.
+
+worker = {}  # each worker process's tokenizer and split settings, set once by init_worker
+
+
+def init_worker(tokenizer_spec, threshold, seed, dtype):
+    worker.update(tokenizer=Tokenizer.from_spec(tokenizer_spec), threshold=threshold, seed=seed,
+                  dtype=np.dtype(dtype))
+
+
+def encode_chunk(texts):
+    """Encode a chunk of documents; returns the train and val token arrays and their document counts."""
+    splits = {"train": [], "val": []}
+    for text in texts:
+        splits["val" if document_hash(text, worker["seed"]) < worker["threshold"] else "train"].append(text)
+    out = {}
+    for split, docs in splits.items():
+        ids = worker["tokenizer"].encode_batch(docs)
+        tokens = np.empty(sum(len(d) + 1 for d in ids), dtype=worker["dtype"])
+        position = 0
+        for doc in ids:
+            tokens[position] = worker["tokenizer"].bos_id
+            tokens[position + 1:position + 1 + len(doc)] = doc
+            position += 1 + len(doc)
+        out[split] = (tokens, len(docs))
+    return out, sum(len(t.encode("utf-8")) for t in texts)
+
+
+def encode_corpus(files, doc_split, tokenizer, threshold, seed, out_dir, workers, chunk_chars, total_bytes):
+    dtype = token_dtype(tokenizer.vocab_size)
+    final = {split: out_dir / f"{split}.bin" for split in ("train", "val")}
+    temporary = {split: path.with_name(path.name + ".tmp") for split, path in final.items()}
+    counts = {"train_tokens": 0, "val_tokens": 0, "train_documents": 0, "val_documents": 0}
+    init_args = (tokenizer.to_spec(), threshold, seed, dtype.str)
+    chunks = batches(iter_documents(files, doc_split), chunk_chars)
+    # Each worker encodes on one core; tokenizers' own thread pool would only oversubscribe the CPU.
+    # (Set before forking, this also stops tokenizers warning about a fork after its threads ran.)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    pool = multiprocessing.Pool(workers, init_worker, init_args) if workers > 1 else None
+    start, progress = time.time(), Progress(total=total_bytes, desc="encode", unit="B", stream=sys.stdout)
+    try:
+        if pool is None:
+            init_worker(*init_args)
+        # imap hands out chunks as workers free up (the pipe to them blocks when full) and yields the
+        # results in order: memory holds a few chunks at a time, however large the corpus.
+        results = pool.imap(encode_chunk, chunks) if pool else map(encode_chunk, chunks)
+        with open(temporary["train"], "wb") as f_train, open(temporary["val"], "wb") as f_val:
+            for out, n_bytes in results:
+                for split, f in (("train", f_train), ("val", f_val)):
+                    tokens, n_docs = out[split]
+                    tokens.tofile(f)
+                    counts[f"{split}_tokens"] += len(tokens)
+                    counts[f"{split}_documents"] += n_docs
+                progress.update(n_bytes)
+        for split in final:  # rename only complete files; meta.json, written last, vouches for them
+            os.replace(temporary[split], final[split])
+    finally:
+        if pool is not None:
+            pool.terminate()
+        for path in temporary.values():
+            path.unlink(missing_ok=True)
+    progress.close()
+    seconds = time.time() - start
+    n_tokens = counts["train_tokens"] + counts["val_tokens"]
+    print(f"encoded {total_bytes / 1e6:.1f} MB into {n_tokens:,} tokens in {seconds:.1f}s with {workers} worker(s): "
+          f"{total_bytes / 1e6 / seconds:.2f} MB/s, {n_tokens / seconds:,.0f} tokens/s")
+    return counts
+
+# -----------------------------------------------------------------------------
+# The whole preparation
+
+
+def write_atomically(path, text):
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def train_tokenizer(files, doc_split, seed, threshold, scan, vocab_size, tokenizer_train_bytes):
+    """Pass 2: train the BPE on the training documents only. With a byte budget, on a deterministic
+    sample: each training document is in with probability budget / corpus bytes, decided by its hash
+    (uniform over [threshold, 2^64) for training documents). Returns the tokenizer and a description."""
+    sampled = tokenizer_train_bytes is not None and tokenizer_train_bytes < scan.bytes
+    cutoff = threshold + int(tokenizer_train_bytes / scan.bytes * (2**64 - threshold)) if sampled else 2**64
+    sample = {"documents": 0, "bytes": 0}
+
+    def training_texts():
+        for text in iter_documents(files, doc_split):
+            if threshold <= document_hash(text, seed) < cutoff:
+                sample["documents"] += 1
+                sample["bytes"] += len(text.encode("utf-8"))
+                yield text
+
+    print(f"training a byte-level BPE with vocab_size {vocab_size} ...")
+    start = time.time()
+    tok = train_bpe(training_texts(), vocab_size)
+    seconds = time.time() - start
+    if sample["documents"] == 0:
+        raise ValueError(f"--tokenizer_train_bytes {tokenizer_train_bytes} sampled no training document "
+                         f"(the corpus has {scan.documents} documents, {scan.bytes:,} bytes); raise it")
+    print(f"trained the tokenizer in {seconds:.1f}s on {sample['documents']:,} documents "
+          f"({sample['bytes'] / 1e6:.1f} MB): {tok.vocab_size} tokens")
+    return tok, (f"byte-level BPE trained with tokenizers {tokenizers.__version__} (min_frequency 2, all 256 "
+                 f"bytes in the alphabet) on {sample['documents']} training documents ({sample['bytes']} bytes"
+                 + (f", a sample chosen by hash for --tokenizer_train_bytes {tokenizer_train_bytes}"
+                    if sampled else "") + f"); asked vocab_size {vocab_size}, got {tok.vocab_size}")
+
+
+def load_given_tokenizer(tokenizer):
+    """--tokenizer gpt2, or a tokenizer file / prepared folder to reuse. Returns it and a description."""
+    if tokenizer == "gpt2":
+        tok = Tokenizer.from_spec({"kind": "tiktoken", "name": "gpt2"})
+        return tok, (f"tiktoken gpt2 (ids 0..50256) plus {' '.join(SPECIAL_TOKENS)} as ids 50257..50261; "
+                     f"vocab_size rounded up to a multiple of 64: {tok.vocab_size}")
+    if not Path(tokenizer).exists():
+        raise FileNotFoundError(f"--tokenizer {tokenizer}: no such file or folder; use bpe, gpt2, or the path of a "
+                                f"tokenizer.json or of a prepared data folder")
+    tok = Tokenizer.load(tokenizer)
+    return tok, f"reused from {Path(tokenizer).resolve()} ({tok.vocab_size} ids)"
+
+
+def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe", doc_split="file",
+            workers=1, seed=0, tokenizer_train_bytes=None, sources=None, chunk_chars=1 << 20):
+    """Prepare a dataset folder from input files/folders (see the module docstring); returns meta.
+    tokenizer: "bpe" (train one), "gpt2" (tiktoken), or a tokenizer file / prepared folder to reuse."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"--val_fraction must be in (0, 1), got {val_fraction}; train.py needs a validation split")
+    if workers < 1 or seed < 0:
+        raise ValueError(f"--workers must be >= 1 and --seed >= 0, got {workers} and {seed}")
+    if tokenizer == "bpe" and vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise ValueError(f"--vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + the special "
+                         f"tokens), got {vocab_size}")
+    if tokenizer_train_bytes is not None and tokenizer_train_bytes < 1:
+        raise ValueError(f"--tokenizer_train_bytes must be positive, got {tokenizer_train_bytes}")
+    if tokenizer != "bpe":  # a tokenizer that cannot load should fail before any long pass
+        tok, tokenizer_rule = load_given_tokenizer(tokenizer)
+    files = list_input_files(inputs)
+    scan = scan_corpus(files, doc_split, seed)
+    if scan.documents == 0:
+        raise ValueError(f"empty input corpus: no non-empty document in {len(files)} input file(s) "
+                         f"({', '.join(map(str, inputs))}); give files that contain text")
+    threshold, threshold_note = val_threshold(val_fraction, scan)
+    if tokenizer == "bpe":
+        tok, tokenizer_rule = train_tokenizer(files, doc_split, seed, threshold, scan, vocab_size,
+                                              tokenizer_train_bytes)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A folder without meta.json is not a dataset (load_meta refuses it): drop any old one before
+    # touching the token files, so an interrupted run can never pass for a finished one.
+    (out_dir / "meta.json").unlink(missing_ok=True)
+    counts = encode_corpus(files, doc_split, tok, threshold, seed, out_dir, workers, chunk_chars, scan.bytes)
+    split_rule = (f"by document: a document goes to val.bin when the 64-bit blake2b hash of its UTF-8 text "
+                  f"(salt: seed {seed} as 16 little-endian bytes, digest read little-endian) is below "
+                  f"val_hash_threshold = val_fraction {val_fraction} x 2^64")
+    if threshold_note:
+        split_rule += f", {threshold_note}"
+    meta = {
+        "vocab_size": tok.vocab_size,
+        "dtype": token_dtype(tok.vocab_size).name,
+        **counts,
+        "special_tokens": dict(tok.special_ids),
+        "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "mask_id": tok.mask_id,
+        "unk_id": tok.unk_id,
+        "sources": [str(s) for s in (sources or [Path(i).resolve() for i in inputs])],
+        "input_files": len(files),
+        "corpus_bytes": scan.bytes,
+        "empty_documents_skipped": scan.empty_skipped,
+        "doc_split": doc_split,
+        "document_rule": describe_documents(doc_split),
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "val_hash_threshold": threshold,
+        "split_rule": split_rule,
+        "tokenizer": tokenizer_rule,
+    }
+    if tok.bpe is not None:
+        write_atomically(out_dir / "tokenizer.json", tok.bpe.to_str(pretty=True))
+    else:
+        write_atomically(out_dir / "tokenizer.json", json.dumps(tok.to_spec()))
+    write_atomically(out_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {out_dir}: train {counts['train_tokens']:,} tokens ({counts['train_documents']:,} documents), "
+          f"val {counts['val_tokens']:,} tokens ({counts['val_documents']:,} documents), vocab {tok.vocab_size}")
+    return meta
+
+
+def download(url, out_dir):
+    """Fetch url into out_dir (kept, and reused by later runs) and return its path."""
+    path = Path(out_dir) / (Path(urllib.parse.urlparse(url).path).name or "input.txt")
+    if path.is_file():
+        print(f"using {path}, downloaded before")
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    print(f"downloading {url} to {path}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(temporary, "wb") as f:
+            shutil.copyfileobj(response, f)
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        temporary.unlink(missing_ok=True)
+        raise ValueError(f"cannot download {url} ({getattr(e, 'reason', e)}); without a network, prepare a local "
+                         f"file instead: python data.py --input path/to/text.txt --out_dir {out_dir}") from None
+    os.replace(temporary, path)
+    return path
+
+# -----------------------------------------------------------------------------
+# Loading a prepared folder (train.py, eval.py, sample.py)
+
+
+def load_meta(data_dir):
+    data_dir = Path(data_dir)
+    fix = f"prepare it with: python data.py --input <text files or folders> --out_dir {data_dir}"
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"data folder {data_dir} does not exist; {fix}")
+    if not (data_dir / "meta.json").is_file():
+        raise FileNotFoundError(f"data folder {data_dir} has no meta.json (never prepared, or its preparation "
+                                f"was interrupted); {fix}")
+    try:
+        meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{data_dir / 'meta.json'} is not valid JSON ({e}); {fix}") from None
+    needed = ["vocab_size", "dtype", "train_tokens", "val_tokens", "bos_id", "pad_id", "mask_id"]
+    if not isinstance(meta, dict) or any(key not in meta for key in needed):
+        raise ValueError(f"{data_dir / 'meta.json'} is not a data.py description (it needs {', '.join(needed)}); {fix}")
+    for split in ("train", "val"):
+        path, n_tokens = data_dir / f"{split}.bin", meta[f"{split}_tokens"]
+        if not path.is_file() or path.stat().st_size == 0:
+            raise FileNotFoundError(f"{path} is missing or empty; {fix}")
+        if path.stat().st_size != n_tokens * np.dtype(meta["dtype"]).itemsize:
+            raise ValueError(f"{path} holds {path.stat().st_size} bytes, but meta.json says {n_tokens} "
+                             f"{meta['dtype']} tokens (a damaged folder, or files from two runs); {fix}")
+    return meta
+
+
+def windows_to_batch(windows, bos_id):
+    """(B, block_size+1) token windows -> x, y, and document ids: the number of <s> tokens in
+    x[b, :i+1], so tokens of one document share an id (for document masking)."""
+    import torch
+    windows = windows.astype(np.int64)
+    x, y = np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, 1:])
+    doc_ids = np.cumsum(x == bos_id, axis=1, dtype=np.int32)
+    return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(doc_ids)
+
+
+def epoch_seed(seed, epoch):
+    digest = hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # torch seeds must fit in 63 bits
+
+
+class TrainWindows:
+    """Deterministic windows over the first `unique_tokens` tokens of train.bin (paper §5.1 repetitions).
+
+    Window j (0 <= j < n_windows) is tokens [j*block_size, j*block_size + block_size + 1) of train.bin,
+    so each token is an input exactly once per epoch. n_windows = unique_tokens // block_size, using
+    tokens [0, n_windows*block_size + 1): asking for unique_tokens = T/r with T/r a multiple of
+    block_size gives exactly r epochs in T tokens. The stream is an endless sequence of windows indexed
+    by a global counter k = 0, 1, 2, ...: window k belongs to epoch e = k // n_windows and is window
+    perm_e[k % n_windows], where perm_e is a permutation of range(n_windows) drawn from a
+    torch.Generator seeded from (seed, e). So the data order is a pure function of (seed, k): resume
+    is exact, and ranks that take disjoint k never overlap.
+    """
+
+    def __init__(self, data_dir, block_size, unique_tokens=None, seed=0):
+        meta = load_meta(data_dir)
+        self.path, self.dtype, self.bos_id = Path(data_dir) / "train.bin", np.dtype(meta["dtype"]), meta["bos_id"]
+        self.block_size, self.seed = block_size, seed
+        available = meta["train_tokens"]
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        if unique_tokens is None:
+            unique_tokens = available - 1  # all of train.bin: the last token is only ever a target
+        if unique_tokens < 1 or unique_tokens + 1 > available:
+            raise ValueError(f"train.bin in {data_dir} holds {available:,} tokens, but this run needs unique_tokens "
+                             f"+ 1 = {unique_tokens + 1:,} (the token budget / repetitions); lower max_iters, "
+                             f"batch_size or block_size, raise repetitions, or prepare more text")
+        self.n_windows = unique_tokens // block_size
+        if self.n_windows < 1:
+            raise ValueError(f"block_size {block_size} is larger than the data supports: one window needs "
+                             f"{block_size + 1} tokens, and this run may use {unique_tokens + 1:,} of train.bin in "
+                             f"{data_dir} ({available:,}); lower block_size, or use more tokens (fewer repetitions, "
+                             f"more data)")
+        self.unique_tokens = self.n_windows * block_size
+        self.permutations = {}
+
+    def epoch_of(self, k):
+        return k // self.n_windows
+
+    def permutation(self, epoch):
+        if epoch not in self.permutations:
+            import torch
+            if len(self.permutations) >= 2:  # a batch touches one or two epochs; keep memory bounded
+                self.permutations.clear()
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+            self.permutations[epoch] = torch.randperm(self.n_windows, generator=generator).numpy()
+        return self.permutations[epoch]
+
+    def batch(self, first_window, batch_size):
+        """Windows k = first_window .. first_window + batch_size - 1 (each mapped on its own, so a batch
+        may straddle an epoch boundary). Returns x, y (B, block_size) int64 and doc_ids (B, block_size) int32."""
+        starts = [int(self.permutation(self.epoch_of(k))[k % self.n_windows]) * self.block_size
+                  for k in range(first_window, first_window + batch_size)]
+        # A fresh memmap per batch: a long-lived one keeps every page it touched counted as resident
+        # memory (the leak nanoGPT works around the same way); opening one is a cheap mmap call.
+        data = np.memmap(self.path, dtype=self.dtype, mode="r")
+        windows = np.stack([data[s:s + self.block_size + 1] for s in starts])
+        return windows_to_batch(windows, self.bos_id)
+
+
+def val_windows(data_dir, block_size, n_windows):
+    """A fixed held-out sample: n_windows windows of block_size+1 tokens, evenly spaced over val.bin from
+    its first to its last token, the same for every run. Windows never overlap as inputs, so when val.bin
+    holds fewer than n_windows of them, this returns the (val_tokens - 1) // block_size that fit."""
+    meta = load_meta(data_dir)
+    available = meta["val_tokens"]
+    if available < block_size + 1:
+        raise ValueError(f"val.bin in {data_dir} holds {available:,} tokens, fewer than one window of block_size + 1 "
+                         f"= {block_size + 1}; lower block_size, or prepare again with a larger --val_fraction")
+    if n_windows < 1:
+        raise ValueError(f"n_windows must be >= 1, got {n_windows}")
+    n_windows = min(n_windows, (available - 1) // block_size)
+    last_start = available - block_size - 1
+    # spacing last_start / (n_windows - 1) >= block_size, so the inputs of two windows never overlap
+    starts = [i * last_start // (n_windows - 1) for i in range(n_windows)] if n_windows > 1 else [0]
+    data = np.memmap(Path(data_dir) / "val.bin", dtype=np.dtype(meta["dtype"]), mode="r")
+    return windows_to_batch(np.stack([data[s:s + block_size + 1] for s in starts]), meta["bos_id"])
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Prepare a nanodual dataset folder (train.bin, val.bin, tokenizer.json, meta.json) from text. "
+                    "Without --input, download Tiny Shakespeare (or --url) and prepare it.")
+    parser.add_argument("--input", nargs="+", metavar="PATH",
+                        help="plain-text files, .jsonl files with a \"text\" field (one document per line), .gz of "
+                             "either, or folders of them (searched recursively for .txt/.jsonl[.gz], sorted)")
+    parser.add_argument("--out_dir", help="the dataset folder to write (default data_shakespeare when downloading)")
+    parser.add_argument("--url", help=f"download this text file instead of the default corpus ({DEFAULT_URL})")
+    parser.add_argument("--doc_split", choices=["file", "blank_line"], default=None,
+                        help="how plain text becomes documents: 'file' = one document per file (default with "
+                             "--input), 'blank_line' = documents separated by one or more blank lines (default "
+                             "for a download)")
+    parser.add_argument("--tokenizer", default="bpe",
+                        help="'bpe' trains a byte-level BPE on the training documents; 'gpt2' uses tiktoken's gpt2 "
+                             "(its files must be cached, see TIKTOKEN_CACHE_DIR); or a path to a tokenizer.json or "
+                             "a prepared data folder, to share its vocabulary (default: %(default)s)")
+    parser.add_argument("--vocab_size", type=int, default=8192,
+                        help="vocabulary size of the trained BPE (default: %(default)s; the paper uses 51200 on a far "
+                             "larger corpus)")
+    parser.add_argument("--tokenizer_train_bytes", type=int, default=None,
+                        help="train the BPE on a deterministic hash-chosen sample of about this many bytes of the "
+                             "training documents (default: all of them)")
+    parser.add_argument("--val_fraction", type=float, default=0.02,
+                        help="share of documents held out for validation, chosen by a hash of their text (at least "
+                             "one document; default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="processes that encode in parallel (default: min(8, CPUs) = %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="salt of the hash that splits train/val (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    settings = dict(vocab_size=args.vocab_size, val_fraction=args.val_fraction, tokenizer=args.tokenizer,
+                    workers=args.workers, seed=args.seed, tokenizer_train_bytes=args.tokenizer_train_bytes)
+    if args.input:
+        if args.url or not args.out_dir:
+            raise ValueError("with --input, give --out_dir and no --url (--url replaces --input)")
+        prepare(args.input, args.out_dir, doc_split=args.doc_split or "file", **settings)
+    else:
+        url, out_dir = args.url or DEFAULT_URL, args.out_dir or "data_shakespeare"
+        path = download(url, out_dir)
+        prepare([path], out_dir, doc_split=args.doc_split or "blank_line", sources=[url], **settings)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, OSError) as e:
+        sys.exit(f"data.py: error: {e}")

@@ -1,0 +1,554 @@
+"""
+Tests of data.py: tokenizers round-trip any text, preparation is deterministic and independent of the
+worker count, the split is by document, meta.json describes the .bin files, and the loader gives
+each window exactly once per epoch from only the first unique_tokens tokens. Real text throughout
+(small slices of Tiny Shakespeare and of the English novels), and each bad input as a one-line error.
+"""
+import gzip
+import hashlib
+import json
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tiktoken
+import tokenizers
+import torch
+
+import data
+
+REPO = Path(__file__).resolve().parents[1]
+NOVELS = ["Ford_Soldier_1915.txt", "Hardy_Tess_1891.txt", "Doyle_Hound_1902.txt", "Woolf_Night_1919.txt"]
+HANDMADE = [
+    "", "a", "Hello, world!", "<s>", "<mask>", "<unk>", "</s><pad>", "x<s>y<mask>z", "<|endoftext|>",
+    "line one\r\nline two\r\n", "page\x0cbreak", "tabs\tand  spaces   \n\n\n", "emoji 😀🎉👩‍👩‍👧 done",
+    "Café naïve 你好 Привет مرحبا", "\x00\x01\x7f", "no\u00a0break\u3000space", " leading space", "trailing \n",
+]
+
+
+def random_texts(n, seed=0):
+    """Random strings over everything that tends to break tokenizers: every kind of whitespace, literal
+    special tokens, emoji, any code point of the BMP and beyond (except surrogates, which UTF-8 cannot hold)."""
+    rng = random.Random(seed)
+    atoms = [" ", "\n", "\r\n", "\r", "\t", "\x0c", "\xa0", "\u3000", "\x1c", "<s>", "<mask>", "<unk>", "</s>",
+             "'s", "a", "Z", "7", ".", "😀", "é", "ß"]
+    texts = []
+    for _ in range(n):
+        pieces = []
+        for _ in range(rng.randint(0, 40)):
+            if rng.random() < 0.6:
+                pieces.append(rng.choice(atoms))
+            else:
+                c = rng.randint(0, 0x10FFFF)
+                pieces.append(chr(c) if not 0xD800 <= c <= 0xDFFF else "?")
+        texts.append("".join(pieces))
+    return texts
+
+
+def read_reference_documents(path, doc_split):
+    """An independent reading of the document rule: decode, drop a BOM, normalise line endings, split
+    at blank lines (regex), trim trailing whitespace and leading blank lines, drop empties."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    text = raw.decode("utf-8")
+    text = text[1:] if text.startswith("\ufeff") else text
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        docs = [json.loads(line)["text"].replace("\r\n", "\n").replace("\r", "\n")
+                for line in text.split("\n") if line.strip()]
+    elif doc_split == "file":
+        docs = [text]
+    else:
+        docs = re.split(r"\n(?:[^\S\n]*\n)+", text)
+    docs = [re.sub(r"\A(?:[^\S\n]*\n)+", "", d.rstrip()) for d in docs]
+    return [d for d in docs if d]
+
+
+def split_documents(tokens, bos_id):
+    """Cut a token stream into documents at <s>; the stream must start with <s>."""
+    assert len(tokens) == 0 or tokens[0] == bos_id, "every document starts with <s>"
+    starts = np.flatnonzero(tokens == bos_id)
+    return [tokens[a + 1:b] for a, b in zip(starts, list(starts[1:]) + [len(tokens)])]
+
+
+def reference_hash(text, seed):
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, salt=seed.to_bytes(16, "little")).digest()
+    return int.from_bytes(digest, "little")
+
+
+def run_cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, str(REPO / "data.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("data.py: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def cut_at_line(raw, n_bytes):
+    """The first ~n_bytes of a file, ending at a line break (never inside a character or a CRLF)."""
+    return raw[:raw.rindex(b"\n", 0, n_bytes) + 1]
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_data, tmp_path_factory):
+    """A small mixed corpus folder built from real text: novel slices (UTF-8 with BOM and CRLF, one with
+    form feeds) as .txt and .txt.gz, Tiny Shakespeare paragraphs as .jsonl and .jsonl.gz, in sub-folders,
+    plus files that must be ignored."""
+    root = tmp_path_factory.mktemp("corpus")
+    novels = shared_data / "corpus" / "english_novels"
+    (root / "novels").mkdir()
+    for i, name in enumerate(NOVELS):
+        raw = cut_at_line((novels / name).read_bytes(), 50_000)
+        assert raw.startswith(b"\xef\xbb\xbf") and b"\r\n" in raw
+        if i % 2:
+            (root / "novels" / (name + ".gz")).write_bytes(gzip.compress(raw, mtime=0))
+        else:
+            (root / "novels" / name).write_bytes(raw)
+    shakespeare = (shared_data / "corpus" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    paragraphs = [p for p in shakespeare[:200_000].split("\n\n") if p.strip()]
+    lines = [json.dumps({"text": p, "id": i}) for i, p in enumerate(paragraphs)]
+    (root / "plays").mkdir()
+    (root / "plays" / "a.jsonl").write_text("\n".join(lines[:400]) + "\n\n", encoding="utf-8")
+    (root / "plays" / "b.jsonl.gz").write_bytes(gzip.compress(("\n".join(lines[400:]) + "\n").encode(), mtime=0))
+    (root / "README.md").write_text("not part of the corpus")
+    (root / ".hidden").mkdir()
+    (root / ".hidden" / "x.txt").write_text("not part of the corpus either")
+    return root
+
+
+@pytest.fixture(scope="module")
+def corpus_files(corpus):
+    return [corpus / "novels" / "Doyle_Hound_1902.txt", corpus / "novels" / "Ford_Soldier_1915.txt",
+            corpus / "novels" / "Hardy_Tess_1891.txt.gz", corpus / "novels" / "Woolf_Night_1919.txt.gz",
+            corpus / "plays" / "a.jsonl", corpus / "plays" / "b.jsonl.gz"]
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    data.prepare([corpus], out, vocab_size=1000, val_fraction=0.05, doc_split="blank_line", workers=1,
+                 seed=3, chunk_chars=20_000)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokenizer(shared_data):
+    text = (shared_data / "corpus" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:100_000]
+    return data.train_bpe([text], vocab_size=600)
+
+# -----------------------------------------------------------------------------
+# tokenizers
+
+
+def test_trained_bpe_round_trips_any_text(tokenizer):
+    assert [tokenizer.special_ids[t] for t in data.SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    assert (tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, tokenizer.mask_id) == (0, 1, 2, 3, 4)
+    assert tokenizer.vocab_size == 600
+    texts = HANDMADE + random_texts(300)
+    ids = tokenizer.encode_batch(texts)
+    for text, encoded in zip(texts, ids):
+        assert encoded == tokenizer.encode(text)
+        assert tokenizer.decode(encoded) == text
+        assert all(0 <= i < tokenizer.vocab_size for i in encoded)
+    # literal special-token text is ordinary text, never the special id
+    for literal in ["<s>", "<mask>", "<unk>", "</s>", "<pad>", "a <s> b"]:
+        assert not set(tokenizer.encode(literal)) & set(range(5)), literal
+    # special ids decode to their literal text
+    assert tokenizer.decode([tokenizer.bos_id] + tokenizer.encode("hi") + [tokenizer.mask_id]) == "<s>hi<mask>"
+
+
+def test_tokenizer_spec_and_load_reproduce_the_encoding(tokenizer, prepared):
+    again = data.Tokenizer.from_spec(json.loads(json.dumps(tokenizer.to_spec())))
+    texts = HANDMADE + random_texts(50, seed=1)
+    assert again.encode_batch(texts) == tokenizer.encode_batch(texts)
+    from_folder, from_file = data.Tokenizer.load(prepared), data.Tokenizer.load(prepared / "tokenizer.json")
+    assert from_folder.to_spec() == from_file.to_spec() and from_folder.vocab_size == 1000
+
+
+def test_encoding_long_texts_in_pieces_is_exact(tokenizer, shared_data):
+    # real prose (hard-wrapped, CRLF turned into LF) and random text, cut into tiny pieces
+    novel = (shared_data / "corpus" / "english_novels" / "Ford_Soldier_1915.txt").read_text(encoding="utf-8-sig")
+    texts = [novel[:60_000].replace("\r\n", "\n")] + random_texts(300, seed=2)
+    texts += ["".join(random.Random(i).choices(["\n", " ", "\t", "a", ".", "\x1c", "\xa0"], k=60)) for i in range(300)]
+    pre_tokenize = tokenizer.bpe.pre_tokenizer.pre_tokenize_str
+    for text in texts:
+        pieces = list(data.split_at_line_breaks(text, piece_chars=3))
+        assert "".join(pieces) == text
+        # the claim itself: cutting never moves a pre-token boundary (so BPE, within pre-tokens, agrees)
+        assert [t for p in pieces for t, _ in pre_tokenize(p)] == [t for t, _ in pre_tokenize(text)]
+        whole = tokenizer.bpe.encode(text, add_special_tokens=False).ids
+        assert sum((tokenizer.bpe.encode(p, add_special_tokens=False).ids for p in pieces), []) == whole
+    assert len(list(data.split_at_line_breaks(texts[0], piece_chars=1000))) > 30
+
+
+def test_encode_batch_in_pieces_equals_whole_texts(tokenizer, shared_data, monkeypatch):
+    novel = (shared_data / "corpus" / "english_novels" / "Hardy_Tess_1891.txt").read_text(encoding="utf-8-sig")
+    texts = [novel[:30_000].replace("\r\n", "\n"), "short", novel[30_000:50_000]] + random_texts(20, seed=5)
+    monkeypatch.setattr(data, "PIECE_CHARS", 500)
+    monkeypatch.setattr(data, "BATCH_CHARS", 2000)
+    assert tokenizer.encode_in_pieces
+    assert tokenizer.encode_batch(texts) == [tokenizer.bpe.encode(t, add_special_tokens=False).ids for t in texts]
+
+
+def tiny_tiktoken():
+    """A tiktoken encoding with GPT-2's split pattern and only byte tokens, to test our wrapper offline."""
+    pattern = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    return tiktoken.Encoding(name="bytes", pat_str=pattern, mergeable_ranks={bytes([i]): i for i in range(256)},
+                             special_tokens={"<|endoftext|>": 256})
+
+
+def test_tiktoken_wrapper_adds_special_ids_after_its_vocabulary():
+    tok = data.Tokenizer(tiktoken_encoding=tiny_tiktoken())
+    assert [tok.special_ids[t] for t in data.SPECIAL_TOKENS] == [257, 258, 259, 260, 261]
+    assert tok.bos_id == 258 and tok.mask_id == 261 and tok.vocab_size == 320  # 262 rounded up to 64
+    for text in HANDMADE + random_texts(100, seed=3):
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text and all(i < 257 for i in ids)
+    assert tok.decode([tok.bos_id] + tok.encode("hé") + [tok.pad_id, 300]) == "<s>hé<pad>"  # 300: unused, ""
+
+
+def test_gpt2_through_tiktoken_or_a_clear_error(tmp_path):
+    try:
+        tiktoken.get_encoding("gpt2")
+    except Exception:  # offline without a cached file: the CLI must say how to provide it
+        (tmp_path / "a.txt").write_text("one\n\ntwo\n")
+        result = run_cli("--input", tmp_path / "a.txt", "--out_dir", tmp_path / "out", "--tokenizer", "gpt2")
+        assert_one_line_error(result, "gpt2", "TIKTOKEN_CACHE_DIR", "--tokenizer bpe")
+        return
+    tok = data.Tokenizer.from_spec({"kind": "tiktoken", "name": "gpt2"})
+    assert tok.vocab_size == 50304 and tok.bos_id == 50258 and tok.unk_id == 50257
+    for text in HANDMADE + random_texts(100, seed=4):
+        assert tok.decode(tok.encode(text)) == text
+    assert data.Tokenizer.from_spec(tok.to_spec()).encode("Hello world") == tok.encode("Hello world")
+
+
+def test_dtype_rule():
+    assert data.token_dtype(50304) == np.uint16 and data.token_dtype(65536) == np.uint16
+    assert data.token_dtype(65537) == np.uint32 and data.token_dtype(51200) == np.uint16
+
+
+def big_vocab_tokenizer_file(path, size=70_000):
+    """A byte-level BPE file whose vocabulary does not fit in uint16 (filler tokens never produced)."""
+    vocab = {t: i for i, t in enumerate(data.SPECIAL_TOKENS)}
+    for char in tokenizers.pre_tokenizers.ByteLevel.alphabet():
+        vocab[char] = len(vocab)
+    while len(vocab) < size:
+        vocab[f"filler{len(vocab)}"] = len(vocab)
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[]))
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = tokenizers.decoders.ByteLevel()
+    bpe.add_special_tokens(data.SPECIAL_TOKENS)
+    bpe.save(str(path))
+    return path
+
+
+def test_large_vocabulary_is_stored_as_uint32(tmp_path, corpus_files):
+    tokenizer_file = big_vocab_tokenizer_file(tmp_path / "big.json")
+    meta = data.prepare(corpus_files[:2], tmp_path / "out", tokenizer=str(tokenizer_file), val_fraction=0.2,
+                        doc_split="blank_line")
+    assert meta["vocab_size"] == 70_000 and meta["dtype"] == "uint32"
+    assert (tmp_path / "out" / "train.bin").stat().st_size == 4 * meta["train_tokens"]
+    tok = data.Tokenizer.load(tmp_path / "out")
+    tokens = np.fromfile(tmp_path / "out" / "train.bin", dtype=np.uint32)
+    docs = [tok.decode(d) for d in split_documents(tokens, tok.bos_id)]
+    expected = sum((read_reference_documents(f, "blank_line") for f in corpus_files[:2]), [])
+    assert docs and all(d in expected for d in docs)
+
+# -----------------------------------------------------------------------------
+# reading and preparing
+
+
+def test_reading_drops_bom_and_normalises_line_endings(corpus):
+    path = corpus / "novels" / "Ford_Soldier_1915.txt"
+    (text,) = list(data.read_file_documents(path, "file"))
+    assert not text.startswith("\ufeff") and "\r" not in text and "\x0c" in text
+    assert text == path.read_bytes().decode("utf-8-sig").replace("\r\n", "\n")
+    gz = corpus / "novels" / "Hardy_Tess_1891.txt.gz"
+    assert list(data.iter_documents([gz], "blank_line")) == read_reference_documents(gz, "blank_line")
+    assert list(data.iter_documents([path], "blank_line")) == read_reference_documents(path, "blank_line")
+
+
+def test_folder_inputs_are_found_recursively_and_sorted(corpus, corpus_files):
+    assert data.list_input_files([corpus]) == corpus_files
+    assert data.list_input_files([corpus_files[3], corpus]) == [corpus_files[3]] + corpus_files
+
+
+def test_prepared_folder_holds_every_document_once_split_by_hash(prepared, corpus_files):
+    meta = json.loads((prepared / "meta.json").read_text())
+    tok = data.Tokenizer.load(prepared)
+    documents = sum((read_reference_documents(f, "blank_line") for f in corpus_files), [])
+    found = {}
+    for split in ("train", "val"):
+        tokens = np.fromfile(prepared / f"{split}.bin", dtype=meta["dtype"])
+        found[split] = [tok.decode(d) for d in split_documents(tokens, meta["bos_id"])]
+        expected = [d for d in documents if (reference_hash(d, 3) < meta["val_hash_threshold"]) == (split == "val")]
+        assert found[split] == expected  # same documents, same order, each starting with <s>
+        assert meta[f"{split}_documents"] == len(expected) and meta[f"{split}_tokens"] == len(tokens)
+    assert not set(found["train"]) & set(found["val"])
+    assert meta["val_hash_threshold"] == int(0.05 * 2**64)
+    assert 0.02 < meta["val_documents"] / len(documents) < 0.1
+
+
+def test_meta_json_describes_the_files(prepared, corpus):
+    meta = data.load_meta(prepared)
+    assert meta["vocab_size"] == 1000 and meta["dtype"] == "uint16"
+    assert meta["special_tokens"] == {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, "<mask>": 4}
+    assert (meta["bos_id"], meta["pad_id"], meta["mask_id"], meta["unk_id"], meta["eos_id"]) == (1, 3, 4, 0, 2)
+    assert meta["sources"] == [str(corpus.resolve())] and meta["input_files"] == 6
+    for key in ("split_rule", "document_rule", "tokenizer"):
+        assert isinstance(meta[key], str) and len(meta[key]) > 40
+    for split in ("train", "val"):
+        assert (prepared / f"{split}.bin").stat().st_size == 2 * meta[f"{split}_tokens"]
+    assert not list(prepared.glob("*.tmp"))
+
+
+def test_output_is_deterministic_and_independent_of_workers(corpus, prepared, tmp_path):
+    data.prepare([corpus], tmp_path / "w2", vocab_size=1000, val_fraction=0.05, doc_split="blank_line",
+                 workers=2, seed=3, chunk_chars=20_000)
+    for name in ("train.bin", "val.bin", "tokenizer.json", "meta.json"):
+        assert (tmp_path / "w2" / name).read_bytes() == (prepared / name).read_bytes(), name
+
+
+def test_at_least_one_validation_document_and_one_training_document(corpus_files, tmp_path):
+    files = corpus_files[:4]  # four novel slices, one document each
+    meta = data.prepare(files, tmp_path / "a", vocab_size=400, val_fraction=1e-12)
+    hashes = sorted(reference_hash(d, 0) for f in files for d in read_reference_documents(f, "file"))
+    assert meta["val_documents"] == 1 and meta["val_hash_threshold"] == hashes[0] + 1
+    meta = data.prepare(files, tmp_path / "b", vocab_size=400, val_fraction=1 - 1e-12)
+    assert meta["train_documents"] == 1 and meta["val_hash_threshold"] == hashes[-1]
+
+
+def test_reusing_a_tokenizer_shares_the_vocabulary(prepared, corpus_files, tmp_path):
+    meta = data.prepare(corpus_files[2:4], tmp_path / "reuse", tokenizer=str(prepared), doc_split="blank_line",
+                        val_fraction=0.1)
+    assert (tmp_path / "reuse" / "tokenizer.json").read_bytes() == (prepared / "tokenizer.json").read_bytes()
+    tok = data.Tokenizer.load(prepared)
+    tokens = np.fromfile(tmp_path / "reuse" / "train.bin", dtype=np.uint16)
+    first = split_documents(tokens, 1)[0]
+    assert first.tolist() == tok.encode(tok.decode(first)) and meta["vocab_size"] == 1000
+
+
+def test_tokenizer_trained_on_a_sample(corpus, tmp_path):
+    meta = data.prepare([corpus], tmp_path / "s", vocab_size=500, doc_split="blank_line",
+                        tokenizer_train_bytes=60_000)
+    sampled = int(re.search(r"on (\d+) training documents \((\d+) bytes, a sample", meta["tokenizer"]).group(2))
+    assert 20_000 < sampled < 100_000  # about the budget
+    tokens = np.fromfile(tmp_path / "s" / "train.bin", dtype=np.uint16)
+    assert tokens[0] == 1 and len(tokens) == meta["train_tokens"]
+
+
+def test_an_interrupted_run_leaves_no_folder_that_looks_complete(corpus_files, tmp_path, monkeypatch):
+    data.prepare(corpus_files[:3], tmp_path / "out", vocab_size=400)
+    data.load_meta(tmp_path / "out")
+    calls = []
+
+    def failing_encode_chunk(texts):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("simulated crash")
+        return real_encode_chunk(texts)
+
+    real_encode_chunk = data.encode_chunk
+    monkeypatch.setattr(data, "encode_chunk", failing_encode_chunk)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        data.prepare(corpus_files[:3], tmp_path / "out", vocab_size=400, chunk_chars=10)
+    with pytest.raises(FileNotFoundError, match="no meta.json"):
+        data.load_meta(tmp_path / "out")
+    assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_download_through_a_file_url(shared_data, tmp_path):
+    source = tmp_path / "src" / "input.txt"
+    source.parent.mkdir()
+    source.write_bytes(cut_at_line((shared_data / "corpus" / "tinyshakespeare" / "input.txt").read_bytes(), 200_000))
+    url = source.as_uri()
+    data.main(["--url", url, "--out_dir", str(tmp_path / "ds"), "--vocab_size", "500", "--workers", "1"])
+    meta = data.load_meta(tmp_path / "ds")
+    assert meta["sources"] == [url] and meta["doc_split"] == "blank_line"
+    assert (tmp_path / "ds" / "input.txt").read_bytes() == source.read_bytes()
+    assert meta["train_documents"] + meta["val_documents"] == len(read_reference_documents(source, "blank_line"))
+
+
+def test_download_failure_says_how_to_use_a_local_file(tmp_path):
+    result = run_cli("--url", (tmp_path / "nowhere" / "input.txt").as_uri(), "--out_dir", tmp_path / "ds")
+    assert_one_line_error(result, "cannot download", "--input path/to/text.txt")
+    assert not (tmp_path / "ds" / "input.txt").exists()
+
+# -----------------------------------------------------------------------------
+# bad inputs to the CLI: one line, non-zero exit, no traceback
+
+
+def test_cli_empty_corpus(tmp_path):
+    (tmp_path / "blank.txt").write_text("  \n\n\t\n")
+    (tmp_path / "blank.jsonl").write_text('{"text": "   "}\n\n{"text": ""}\n')
+    assert_one_line_error(run_cli("--input", tmp_path / "blank.txt", tmp_path / "blank.jsonl", "--out_dir",
+                                  tmp_path / "out"), "empty input corpus")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_missing_input(tmp_path):
+    assert_one_line_error(run_cli("--input", tmp_path / "nope.txt", "--out_dir", tmp_path / "out"),
+                          "nope.txt", "does not exist")
+
+
+def test_cli_bad_jsonl_lines(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": "broken\n')
+    assert_one_line_error(run_cli("--input", tmp_path / "bad.jsonl", "--out_dir", tmp_path / "out"),
+                          "bad.jsonl, line 2", "not valid JSON")
+    (tmp_path / "field.jsonl").write_text('{"text": "fine"}\n{"text": "also fine"}\n{"body": "no text"}\n')
+    assert_one_line_error(run_cli("--input", tmp_path / "field.jsonl", "--out_dir", tmp_path / "out"),
+                          "field.jsonl, line 3", '"text"')
+
+
+def test_cli_text_that_is_not_utf8(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9\n\nna\u00efve\n".encode("latin-1"))
+    assert_one_line_error(run_cli("--input", tmp_path / "latin1.txt", "--out_dir", tmp_path / "out"),
+                          "latin1.txt is not valid UTF-8")
+
+
+def test_cli_tokenizer_without_special_tokens(tmp_path):
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "<pad>"], show_progress=False,
+                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(["some text to train on"] * 10, trainer)
+    bpe.save(str(tmp_path / "plain.json"))
+    (tmp_path / "a.txt").write_text("one\n\ntwo\n")
+    result = run_cli("--input", tmp_path / "a.txt", "--out_dir", tmp_path / "out", "--tokenizer", tmp_path / "plain.json")
+    assert_one_line_error(result, "plain.json", "<unk>", "<mask>")
+
+
+def test_cli_single_document_cannot_be_split(tmp_path):
+    (tmp_path / "one.txt").write_text("one\n\ntwo\n")
+    assert_one_line_error(run_cli("--input", tmp_path / "one.txt", "--out_dir", tmp_path / "out"),
+                          "single distinct document", "--doc_split blank_line")
+
+# -----------------------------------------------------------------------------
+# the loader
+
+
+def fake_dataset(folder, train_tokens, val_tokens, bos_id=1, dtype="uint32"):
+    """A prepared folder whose token values are their positions, so every value says where it came from."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.asarray(train_tokens, dtype=dtype).tofile(folder / "train.bin")
+    np.asarray(val_tokens, dtype=dtype).tofile(folder / "val.bin")
+    meta = {"vocab_size": 2**20, "dtype": dtype, "train_tokens": len(train_tokens), "val_tokens": len(val_tokens),
+            "bos_id": bos_id, "pad_id": 3, "mask_id": 4}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_each_window_once_per_epoch_over_only_the_unique_tokens(tmp_path):
+    folder = fake_dataset(tmp_path / "d", np.arange(1000), np.arange(100))
+    block, unique, repetitions, batch, ranks = 8, 203, 3, 5, 3
+    windows = data.TrainWindows(folder, block, unique_tokens=unique, seed=7)
+    assert windows.n_windows == 25 and windows.unique_tokens == 200
+    # two "ranks" take disjoint global window counters k, batch by batch, for r epochs
+    seen = []
+    for step in range(repetitions * windows.n_windows // (batch * ranks)):
+        for rank in range(ranks):
+            x, y, _ = windows.batch((step * ranks + rank) * batch, batch)
+            assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
+            seen += [(x[b].tolist(), y[b].tolist()) for b in range(batch)]
+    assert len(seen) == repetitions * windows.n_windows
+    all_values = [v for xs, ys in seen for v in xs + ys]
+    assert max(all_values) <= windows.unique_tokens < unique + 1  # nothing beyond the first unique_tokens + 1
+    for epoch in range(repetitions):
+        inputs = sorted(v for xs, _ in seen[epoch * 25:(epoch + 1) * 25] for v in xs)
+        assert inputs == list(range(200))  # every unique token is an input exactly once per epoch
+        starts = [xs[0] for xs, _ in seen[epoch * 25:(epoch + 1) * 25]]
+        assert all(s % block == 0 for s in starts)
+    # the order is reshuffled every epoch, and repetitions mean what they say: T = r x unique tokens
+    orders = [[xs[0] for xs, _ in seen[e * 25:(e + 1) * 25]] for e in range(repetitions)]
+    assert orders[0] != orders[1] != orders[2]
+    assert sum(len(xs) for xs, _ in seen) == repetitions * windows.unique_tokens
+
+
+def test_windows_are_a_pure_function_of_seed_and_counter(tmp_path):
+    folder = fake_dataset(tmp_path / "d", np.arange(500), np.arange(100))
+    run = data.TrainWindows(folder, 16, seed=1)
+    assert run.n_windows == 31 and run.unique_tokens == 496
+    stream = torch.cat([run.batch(k, 4)[0] for k in range(0, 40, 4)])
+    resumed = data.TrainWindows(folder, 16, seed=1)  # e.g. after a restart at window 13, across the epoch boundary
+    assert torch.equal(resumed.batch(13, 27)[0], stream[13:40])
+    assert [run.epoch_of(k) for k in (0, 30, 31, 62)] == [0, 0, 1, 2]
+    assert not torch.equal(data.TrainWindows(folder, 16, seed=2).batch(0, 31)[0], stream[:31])
+    # window k of epoch e is window perm_e[k % n]: the permutation is a torch.randperm seeded from (seed, e)
+    perm = torch.randperm(31, generator=torch.Generator().manual_seed(data.epoch_seed(1, 1)))
+    assert stream[31:40, 0].tolist() == (perm[:9] * 16).tolist()
+
+
+def test_document_ids_match_a_slow_reference(prepared):
+    windows = data.TrainWindows(prepared, 64, seed=0)
+    x, y, doc_ids = windows.batch(5, 16)
+    assert x.dtype == y.dtype == torch.int64 and doc_ids.dtype == torch.int32 and x.shape == (16, 64)
+    assert (x == 1).any()  # the sample crosses document boundaries
+    for b in range(16):
+        count = 0
+        for i in range(64):
+            count += int(x[b, i] == 1)
+            assert doc_ids[b, i] == count
+
+
+def test_val_windows_are_fixed_evenly_spaced_and_never_overlap(tmp_path):
+    folder = fake_dataset(tmp_path / "d", np.arange(500), np.arange(100))
+    x, y, doc_ids = data.val_windows(folder, 8, 5)
+    assert x[:, 0].tolist() == [0, 22, 45, 68, 91] and y[-1, -1] == 99
+    x_all, _, _ = data.val_windows(folder, 8, 1000)  # asks for more than fit: as many as fit
+    assert len(x_all) == (100 - 1) // 8
+    starts = x_all[:, 0].tolist()
+    assert starts[0] == 0 and starts[-1] == 91 and all(b - a >= 8 for a, b in zip(starts, starts[1:]))
+    assert torch.equal(data.val_windows(folder, 8, 5)[0], x)
+    assert data.val_windows(folder, 99, 3)[0].shape == (1, 99)
+
+# -----------------------------------------------------------------------------
+# loader errors: one-line messages that name the fix (train.py turns them into its CLI errors)
+
+
+def one_line(error):
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+def test_missing_or_empty_data_folder(tmp_path):
+    with pytest.raises(FileNotFoundError) as error:
+        data.load_meta(tmp_path / "nothing")
+    assert "does not exist" in one_line(error) and "python data.py --input" in str(error.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError) as error:
+        data.TrainWindows(tmp_path / "empty", 8)
+    assert "no meta.json" in one_line(error)
+    folder = fake_dataset(tmp_path / "zero", [], np.arange(10))
+    with pytest.raises(FileNotFoundError) as error:
+        data.TrainWindows(folder, 8)
+    assert "train.bin is missing or empty" in one_line(error)
+    folder = fake_dataset(tmp_path / "short", np.arange(50), np.arange(10))
+    (folder / "train.bin").write_bytes(b"\0" * 12)
+    with pytest.raises(ValueError) as error:
+        data.load_meta(folder)
+    assert "holds 12 bytes" in one_line(error)
+
+
+def test_block_size_or_token_budget_too_large_for_the_data(tmp_path):
+    folder = fake_dataset(tmp_path / "d", np.arange(50), np.arange(10))
+    with pytest.raises(ValueError) as error:
+        data.TrainWindows(folder, 64)
+    assert "block_size 64 is larger than the data supports" in one_line(error)
+    with pytest.raises(ValueError) as error:
+        data.TrainWindows(folder, 8, unique_tokens=50)
+    assert "holds 50 tokens" in one_line(error) and "repetitions" in str(error.value)
+    assert data.TrainWindows(folder, 8, unique_tokens=49).n_windows == 6
+    with pytest.raises(ValueError) as error:
+        data.val_windows(folder, 10, 4)
+    assert "val.bin" in one_line(error) and "block_size" in str(error.value)

@@ -1,0 +1,258 @@
+"""train.py end to end on real text: learning, lam scheduling, DDP = gradient accumulation, exact resume
+after SIGKILL, atomic checkpoints, NaN handling and one-line errors for bad settings."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import model as M
+import train
+from conftest import REPO
+
+# a model small enough that a step takes a few milliseconds on CPU
+SMALL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--intermediate_size=64", "--block_size=32",
+         "--batch_size=4", "--eval_iters=2", "--log_interval=2", "--compile=False", "--device=cpu"]
+
+
+def run_train(args, cwd=None, env=None, check=True):
+    run = subprocess.run([sys.executable, str(REPO / "train.py"), *args], capture_output=True, text=True,
+                         cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    if check:
+        assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def read_metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def weights(out_dir):
+    return torch.load(os.path.join(out_dir, "ckpt.pt"), weights_only=True)["model"]
+
+
+# -----------------------------------------------------------------------------
+# lam scheduling (pure functions)
+
+@pytest.mark.parametrize("lam, G", [(0.5, 8), (0.25, 4), (63 / 64, 64), (0.0, 3), (1.0, 5), (0.6, 10)])
+def test_exactly_lam_share_of_ar_micro_batches_every_step_and_epoch(lam, G):
+    n_ar = train.ar_micro_batches(lam, G)
+    assert n_ar == round(lam * G)
+    for epoch in range(2 * G):
+        assert sum(train.objective_of(g, epoch, G, n_ar) == "ar" for g in range(G)) == n_ar
+
+
+def test_assignment_rotates_every_epoch():
+    G, n_ar = 8, 3
+    e0 = [train.objective_of(g, 0, G, n_ar) for g in range(G)]
+    e1 = [train.objective_of(g, 1, G, n_ar) for g in range(G)]
+    assert e0 == ["ar"] * 3 + ["md"] * 5  # k of N "devices" run AR (paper §3)
+    assert e1 == e0[1:] + e0[:1]  # shifted by one micro-batch
+    # over G epochs every micro-batch slot runs AR exactly n_ar times: no slot belongs to one objective
+    for g in range(G):
+        assert sum(train.objective_of(g, e, G, n_ar) == "ar" for e in range(G)) == n_ar
+
+
+@pytest.mark.parametrize("lam, G, message", [
+    (0.3, 8, "nearest valid values are 0.25 and 0.375; for lam=0.3 exactly set gradient_accumulation_steps "
+             "to a multiple of 10"),
+    (1.5, 8, "outside [0, 1]"),
+    (-0.1, 8, "outside [0, 1]"),
+])
+def test_unachievable_lam_is_rejected(lam, G, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        train.ar_micro_batches(lam, G)
+
+
+def test_wsd_schedule(monkeypatch):
+    monkeypatch.setattr(train, "max_iters", 8192)
+    monkeypatch.setattr(train, "decay_frac", 0.25)
+    monkeypatch.setattr(train, "warmup_iters", 0)
+    monkeypatch.setattr(train, "lr_schedule", "wsd")
+    assert train.lr_factor(0) == 1.0 and train.lr_factor(6143) == 1.0  # stable for 6,144 steps
+    assert train.lr_factor(6144) == 1.0 and train.lr_factor(7168) == 0.5  # then 2,048 steps of linear decay
+    assert train.lr_factor(8191) == 1 / 2048  # reaching 0 at step 8192
+
+
+def test_overfitting_flag_needs_val_rising_while_train_falls():
+    rows = [{"v": v, "t": t} for v, t in [(3.0, 3.0), (2.9, 2.8), (3.0, 2.6), (3.1, 2.5), (3.2, 2.4)]]
+    assert train.overfitting(rows, "v", "t", patience=3)
+    assert not train.overfitting(rows[:4], "v", "t", patience=3)  # only two rises so far
+    flat_train = [dict(r, t=3.0) for r in rows]
+    assert not train.overfitting(flat_train, "v", "t", patience=3)
+
+
+# -----------------------------------------------------------------------------
+# end to end
+
+def test_tiny_cpu_learns_both_objectives_and_checkpoint_reloads(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    run = run_train([str(REPO / "config" / "tiny_cpu.py"), f"--data_dir={tiny_dataset}", f"--out_dir={out}",
+                     "--max_iters=40", "--eval_interval=20", "--lam=0.5"])
+    assert "lam=0.5: 1 of 2 micro-batches AR" in run.stdout
+    rows = read_metrics(out)
+    assert [r["iter"] for r in rows] == [0, 20, 40]
+    for key in ("iter", "tokens", "train_ar_loss", "train_md_loss", "val_ar_loss", "val_md_loss", "lr",
+                "tokens_per_sec", "mfu"):
+        assert key in rows[-1]
+    assert rows[-1]["mfu"] is None  # not measured on CPU
+    assert rows[-1]["train_ar_loss"] < rows[1]["train_ar_loss"] - 0.3
+    assert rows[-1]["train_md_loss"] < rows[1]["train_md_loss"] - 0.3
+    assert rows[-1]["val_ar_loss"] < rows[0]["val_ar_loss"] - 1.0
+    assert rows[-1]["val_md_loss"] < rows[0]["val_md_loss"] - 1.0
+    model = M.load_checkpoint(str(out / "ckpt.pt"))
+    assert model.meta["iter_num"] == 40 and model.meta["config"]["lam"] == 0.5
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in ckpt["model"])
+
+
+def test_repetitions_train_on_the_first_T_over_r_tokens(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    # T = 8 steps x 2 micro-batches x 4 windows x 32 tokens = 2,048 tokens; r = 4 -> 512 unique tokens
+    run = run_train([f"--data_dir={tiny_dataset}", f"--out_dir={out}", *SMALL, "--max_iters=8",
+                     "--gradient_accumulation_steps=2", "--eval_interval=8", "--repetitions=4"])
+    info = torch.load(out / "ckpt.pt", weights_only=True)["data"]
+    assert info["total_tokens"] == 2048 and info["n_windows"] == 16
+    assert info["unique_tokens"] == 512 and info["epochs"] == 4.0
+    assert "512 unique training tokens" in run.stdout.replace(",", "")
+    assert read_metrics(out)[-1]["epoch"] == 4.0
+
+
+def test_ddp_on_two_processes_equals_one_process_with_accumulation(tiny_dataset, tmp_path):
+    common = [f"--data_dir={tiny_dataset}", *SMALL, "--max_iters=4", "--eval_interval=4",
+              "--gradient_accumulation_steps=4", "--lam=0.5"]
+    run_train(common + [f"--out_dir={tmp_path / 'single'}"])
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(REPO / "train.py"), *common, f"--out_dir={tmp_path / 'ddp'}"],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single, multi = weights(tmp_path / "single"), weights(tmp_path / "ddp")
+    for name in single:
+        diff = (single[name] - multi[name]).abs().max().item()
+        assert diff <= 1e-5, (name, diff)
+    for out in ("single", "ddp"):  # and both did train: equal weights are not just equal initialisations
+        rows = read_metrics(tmp_path / out)
+        assert rows[-1]["val_ar_loss"] < rows[0]["val_ar_loss"] - 0.1
+
+
+def test_sigkill_then_resume_is_bit_exact(tiny_dataset, tmp_path):
+    common = [f"--data_dir={tiny_dataset}", *SMALL, "--max_iters=24", "--eval_interval=4",
+              "--gradient_accumulation_steps=2", "--lam=0.5"]
+    run_train(common + [f"--out_dir={tmp_path / 'whole'}"])
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *common, f"--out_dir={out}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it once a mid-run checkpoint exists
+        try:
+            if torch.load(out / "ckpt.pt", weights_only=True)["iter_num"] >= 8:
+                break
+        except Exception:
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(out / "ckpt.pt", weights_only=True)["iter_num"]
+    assert 8 <= killed_at < 24, killed_at
+    run_train(common + [f"--out_dir={out}", "--resume=True"])
+    whole, resumed = read_metrics(tmp_path / "whole"), read_metrics(out)
+    strip = lambda rows: [{k: r[k] for k in r if k not in ("tokens_per_sec", "elapsed", "mfu")} for r in rows]
+    assert strip(resumed) == strip(whole)  # every logged loss, bit for bit, and no duplicated lines
+    w1, w2 = weights(tmp_path / "whole"), weights(out)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_sigkill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    writer = (
+        "import sys, torch; sys.path.insert(0, %r); import model\n"
+        "i = 0\n"
+        "while True:\n"
+        "    i += 1\n"
+        "    model.save_checkpoint(%r, {'model': {'w': torch.full((2_000_000,), float(i))},\n"
+        "                                'model_config': {}, 'iter_num': i})\n" % (str(REPO), str(path)))
+    rng = random.Random(0)
+    last = 0
+    for attempt in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", writer])
+        while not path.exists():
+            time.sleep(0.01)
+        time.sleep(0.3 + rng.random() * 0.5)  # somewhere in the middle of a write, most likely
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ckpt = M.read_checkpoint(str(path))  # always a complete file...
+        assert torch.all(ckpt["model"]["w"] == ckpt["iter_num"])  # ...and a consistent one
+        last = ckpt["iter_num"]
+    assert last >= 2  # the writer did replace the file while we were killing it
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    common = [f"--data_dir={tiny_dataset}", f"--out_dir={out}", *SMALL, "--gradient_accumulation_steps=2",
+              "--eval_interval=4", "--optimizer=adamw"]
+    run_train(common + ["--max_iters=4"])
+    good = weights(out)
+    run = run_train(common + ["--max_iters=40", "--resume=True", "--learning_rate=1e30"], check=False)
+    assert run.returncode != 0
+    assert "non-finite loss" in run.stderr and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    kept = M.read_checkpoint(str(out / "ckpt.pt"))
+    assert kept["iter_num"] == 4 and all(torch.equal(good[k], kept["model"][k]) for k in good)
+
+
+# -----------------------------------------------------------------------------
+# bad inputs: one line, non-zero exit, no traceback
+
+def assert_one_line_error(run, *fragments):
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_bad_settings_fail_with_one_line(tiny_dataset, tmp_path):
+    base = [f"--data_dir={tiny_dataset}", f"--out_dir={tmp_path / 'o'}", *SMALL, "--max_iters=2"]
+    cases = [
+        (["--learnig_rate=0.1"], ["unknown config key 'learnig_rate'", "did you mean 'learning_rate'"]),
+        (["--max_iters=ten"], ["'max_iters' expects int"]),
+        (["--lam=1.5"], ["lam=1.5 is outside [0, 1]"]),
+        (["--lam=0.3", "--gradient_accumulation_steps=8"], ["nearest valid values are 0.25 and 0.375"]),
+        (["--data_dir=" + str(tmp_path / "nowhere")], ["nowhere"]),
+        (["--block_size=100000"], ["block_size"]),
+        (["--resume=True"], ["no checkpoint"]),
+        ([str(tmp_path / "missing_config.py")], ["config file", "does not exist"]),
+    ]
+    os.makedirs(tmp_path / "empty")
+    cases.append((["--data_dir=" + str(tmp_path / "empty")], ["empty"]))
+    for extra, fragments in cases:
+        assert_one_line_error(run_train(base + extra, check=False), *fragments)
+    # batch settings inconsistent with the world size (as torchrun would set it)
+    run = run_train(base + ["--gradient_accumulation_steps=3"], env={"WORLD_SIZE": "2"}, check=False)
+    assert_one_line_error(run, "gradient_accumulation_steps=3 must be a positive multiple of the world size 2")
+
+
+def test_resume_errors_vocab_mismatch_and_corrupt_checkpoint(tiny_dataset, tmp_path, shared_data):
+    out = tmp_path / "out"
+    base = [f"--out_dir={out}", *SMALL, "--max_iters=2", "--eval_interval=2"]
+    run_train(base + [f"--data_dir={tiny_dataset}"])
+    other = tmp_path / "other_data"
+    text = (shared_data / "corpus" / "wikitext-2" / "valid.txt").read_text(encoding="utf-8")[:100_000]
+    (tmp_path / "w.txt").write_text(text, encoding="utf-8")
+    subprocess.run([sys.executable, str(REPO / "data.py"), "--input", str(tmp_path / "w.txt"), "--out_dir",
+                    str(other), "--vocab_size", "300", "--doc_split", "blank_line", "--workers", "1"],
+                   check=True, capture_output=True)
+    run = run_train(base + [f"--data_dir={other}", "--resume=True", "--max_iters=4"], check=False)
+    assert_one_line_error(run, "vocabulary size 300", "checkpoint was trained with 512")
+    data = (out / "ckpt.pt").read_bytes()
+    (out / "ckpt.pt").write_bytes(data[: len(data) // 3])
+    run = run_train(base + [f"--data_dir={tiny_dataset}", "--resume=True", "--max_iters=4"], check=False)
+    assert_one_line_error(run, "corrupt or truncated")

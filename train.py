@@ -1,0 +1,381 @@
+"""
+Train a dual-objective language model: one transformer, two objectives, in the ratio lam (paper §3).
+
+    python train.py config/tiny_cpu.py                              # CPU or one GPU
+    torchrun --nproc_per_node=8 train.py config/lambda_0.5.py       # DDP on 8 GPUs
+
+How lam is realised. An optimizer step is made of `gradient_accumulation_steps` (G) micro-batches,
+counted over all ranks as in nanoGPT; each rank runs G / world_size of them. Every micro-batch runs
+exactly one objective, either autoregressive (AR) or masked diffusion (MD), so each compute graph
+stays static and compiles well. lam * G of the G micro-batches are AR: micro-batch g of an
+optimizer step in epoch e is AR iff (g + e) mod G < lam * G. With one micro-batch per GPU this is
+the paper's "k of N devices run AR"; the shift by e rotates the assignment every epoch, as the
+official code does, so no slice of the data is only ever seen by one objective.
+
+One GPU reproduces N GPUs. The data of micro-batch g of step s, the objective and the diffusion
+noise depend only on (seed, s, g), never on the rank, and the gradients are averaged over all G
+micro-batches either way. So N ranks compute what one process with the same G computes.
+
+Resuming is exact for the same reason: everything random is a function of (seed, step, micro-batch),
+and the checkpoint holds the model, the optimizer and the step.
+"""
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from fractions import Fraction
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import data
+import model as modeling
+from configurator import configure, settings
+from muon import MuonAdamW
+from progress import format_seconds
+
+# -----------------------------------------------------------------------------
+# Settings (defaults: a small run on Tiny Shakespeare). Config files and --key=value change them.
+# I/O
+data_dir = "data_shakespeare"   # a folder prepared by data.py
+out_dir = "out"
+eval_interval = 100             # evaluate, log metrics and checkpoint every this many steps
+eval_iters = 8                  # validation batches (of batch_size windows) per objective
+log_interval = 10
+resume = False                  # continue the run whose checkpoint is out_dir/ckpt.pt
+seed = 1337
+# the dual objective
+lam = 0.5                       # share of AR micro-batches: 1 = pure AR, 0 = pure masked diffusion
+md_weighting = "elbo"           # "elbo": weight 1/t (paper Eq. 4); "ce": plain cross-entropy (seed 002)
+md_antithetic = True            # MDLM's low-discrepancy sampler for t across the micro-batch
+z_loss = 1e-4                   # weight of the mean squared log-partition (PaLM's z-loss; paper §5.1)
+doc_masking = True              # packed documents do not attend to each other
+# data
+repetitions = 0.0               # r > 0: train on the first T/r tokens, r times over (paper §5.1); 0: all data
+batch_size = 16                 # sequences per micro-batch (per rank)
+block_size = 256
+gradient_accumulation_steps = 4 # micro-batches per optimizer step, over all ranks
+# model
+n_layer = 6
+n_head = 4
+n_embd = 256
+intermediate_size = 688
+rope_theta = 10000.0
+tie_embeddings = False
+# optimizer
+optimizer = "muon"              # "muon" (Muon + AdamW, paper §5.1) or "adamw" (everything AdamW)
+learning_rate = 0.007
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0                 # 0 disables clipping
+max_iters = 1000
+lr_schedule = "wsd"             # "wsd": warmup-stable-decay (paper §5.1); "cosine"
+warmup_iters = 0
+decay_frac = 0.25               # wsd: the last decay_frac of the steps decay linearly to 0 (2048 of 8192)
+min_lr_frac = 0.1               # cosine: the final lr as a fraction of learning_rate
+overfit_patience = 3            # flag an objective whose val loss rose this many evals while its train loss fell
+# system
+device = "auto"                 # "auto", "cpu", "cuda", "cuda:1", "mps"
+dtype = "auto"                  # "auto" (bfloat16 on CUDA, float32 elsewhere), "float32", "bfloat16"
+compile = None                  # None: torch.compile on CUDA, not on CPU; or True / False
+# -----------------------------------------------------------------------------
+
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "intermediate_size", "rope_theta", "tie_embeddings", "block_size")
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
+
+
+def ar_micro_batches(lam, G):
+    """Number of AR micro-batches per step; lam must be a multiple of 1/G."""
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam={lam} is outside [0, 1]; 1 is pure AR, 0 pure masked diffusion")
+    n_ar = round(lam * G)
+    if abs(n_ar - lam * G) > 1e-9:
+        lower, upper = math.floor(lam * G) / G, math.ceil(lam * G) / G
+        need = Fraction(lam).limit_denominator(1 << 16).denominator
+        raise ValueError(f"lam={lam} is not a multiple of 1/gradient_accumulation_steps=1/{G}: the nearest "
+                         f"valid values are {lower:g} and {upper:g}; for lam={lam} exactly set "
+                         f"gradient_accumulation_steps to a multiple of {need}")
+    return n_ar
+
+
+def objective_of(g, epoch, G, n_ar):
+    """"ar" or "md" for micro-batch g (0 <= g < G) of a step in `epoch`: exactly n_ar of the G are
+    AR, and the assignment rotates by one micro-batch every epoch."""
+    return "ar" if (g + epoch) % G < n_ar else "md"
+
+
+def lr_factor(it):
+    """Learning rate at step `it` as a fraction of learning_rate."""
+    if it < warmup_iters:
+        return (it + 1) / warmup_iters
+    if lr_schedule == "wsd":  # stable, then a linear decay that reaches 0 at max_iters
+        decay_iters = int(decay_frac * max_iters)
+        decay_start = max_iters - decay_iters
+        return 1.0 if it < decay_start else (max_iters - it) / max(decay_iters, 1)
+    progress = (it - warmup_iters) / max(max_iters - warmup_iters, 1)
+    return min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def noise_seed(step, g):
+    """The diffusion noise of micro-batch g of a step: a function of (seed, step, g) only."""
+    return (seed * 1_000_003 + step * 4_099 + g) % (1 << 62)
+
+
+def peak_flops(dev):
+    if dev.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(dev)
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+def overfitting(history, key_val, key_train, patience):
+    """True when the validation loss rose at each of the last `patience` evaluations while the
+    training loss fell over the same span (the paper's definition, §5.3 footnote)."""
+    recent = [h for h in history if h.get(key_val) is not None and h.get(key_train) is not None][-(patience + 1):]
+    if len(recent) < patience + 1:
+        return False
+    val_rising = all(b[key_val] > a[key_val] for a, b in zip(recent, recent[1:]))
+    return val_rising and recent[-1][key_train] < recent[0][key_train]
+
+
+def main(argv):
+    configure(globals(), argv)
+    config = {k: globals()[k] for k in sorted(settings(globals()))}  # the resolved run config, saved with the model
+
+    # --- processes and devices ---------------------------------------------------------------
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    G = gradient_accumulation_steps
+    if G < 1 or G % world != 0:
+        raise ValueError(f"gradient_accumulation_steps={G} must be a positive multiple of the world size "
+                         f"{world} (each rank runs G/world micro-batches); use {world * max(1, round(G / world))}")
+    n_ar = ar_micro_batches(lam, G)
+    for key, allowed in (("optimizer", ("muon", "adamw")), ("lr_schedule", ("wsd", "cosine")),
+                         ("md_weighting", ("elbo", "ce")), ("dtype", ("auto", "float32", "bfloat16"))):
+        if globals()[key] not in allowed:
+            raise ValueError(f"{key}={globals()[key]!r} is not one of {allowed}")
+    if device == "auto":
+        dev = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(device if world == 1 or device != "cuda" else f"cuda:{local_rank}")
+    if world > 1:
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        else:  # share the cores between the processes of this machine
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    master = rank == 0
+    ptdtype = torch.bfloat16 if dtype == "bfloat16" or (dtype == "auto" and dev.type == "cuda") else torch.float32
+    autocast = torch.autocast(dev.type, dtype=ptdtype) if ptdtype != torch.float32 else nullcontext()
+    if compile not in (None, True, False):
+        raise ValueError(f"compile={compile!r} must be True, False or None (None: on for CUDA, off for CPU)")
+    use_compile = (dev.type == "cuda") if compile is None else compile
+    torch.manual_seed(seed)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    def log(*args):
+        if master:
+            print(*args, flush=True)
+
+    # --- data: the first T/r tokens of train.bin, r times over (paper §5.1) -----------------
+    meta = data.load_meta(data_dir)
+    tokenizer = data.Tokenizer.load(data_dir)
+    windows_per_step = G * batch_size
+    total_windows = max_iters * windows_per_step
+    unique = None
+    if repetitions > 0:
+        unique = int(total_windows // repetitions) * block_size + 1
+        if unique <= block_size:
+            raise ValueError(f"repetitions={repetitions} leaves fewer than one window of block_size={block_size} "
+                             f"unique tokens for a budget of {total_windows * block_size:,} tokens; lower repetitions")
+    windows = data.TrainWindows(data_dir, block_size, unique_tokens=unique, seed=seed)
+    val_x, val_y, val_docs = data.val_windows(data_dir, block_size, eval_iters * batch_size)
+    tokens_per_step = windows_per_step * block_size
+    epochs = total_windows / windows.n_windows
+    log(f"data: {data_dir}, vocab {meta['vocab_size']}, {windows.unique_tokens:,} unique training tokens "
+        f"({windows.n_windows:,} windows of {block_size}); budget {total_windows * block_size:,} tokens "
+        f"= {epochs:.2f} epochs; {len(val_x)} validation windows")
+
+    # --- model and optimizer -----------------------------------------------------------------
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    ckpt = None
+    if resume:
+        if not os.path.isfile(ckpt_path):
+            raise ValueError(f"resume=True but there is no checkpoint at {ckpt_path}; run without --resume=True")
+        ckpt = modeling.read_checkpoint(ckpt_path)
+        if ckpt["model_config"]["vocab_size"] != meta["vocab_size"]:
+            raise ValueError(f"data folder {data_dir} has vocabulary size {meta['vocab_size']} but the checkpoint "
+                             f"was trained with {ckpt['model_config']['vocab_size']}; resume with the data it used")
+        for key in MODEL_KEYS:
+            if ckpt["config"][key] != config[key]:
+                raise ValueError(f"{key}={config[key]} differs from the checkpoint's {ckpt['config'][key]}; "
+                                 f"resume with the configuration the run started with")
+    model_config = modeling.ModelConfig(
+        vocab_size=meta["vocab_size"], block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+        intermediate_size=intermediate_size, rope_theta=rope_theta, tie_embeddings=tie_embeddings,
+        bos_id=tokenizer.bos_id, pad_id=tokenizer.pad_id, mask_id=tokenizer.mask_id)
+    raw_model = modeling.DualLM(model_config).to(dev)
+    opt = MuonAdamW(raw_model, lr=learning_rate, weight_decay=weight_decay, adamw_betas=(beta1, beta2),
+                    use_muon=(optimizer == "muon"))
+    log(opt.describe())
+    iter_num, tokens_seen, history = 0, 0, []
+    if ckpt is not None:
+        raw_model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        iter_num, tokens_seen, history = ckpt["iter_num"], ckpt["tokens_seen"], ckpt["history"]
+        log(f"resumed from {ckpt_path} at step {iter_num}")
+        del ckpt
+    n_params = raw_model.num_params()
+    log(f"model: {n_params / 1e6:.2f}M parameters ({raw_model.num_params(True) / 1e6:.2f}M non-embedding); "
+        f"lam={lam}: {n_ar} of {G} micro-batches AR; device {dev}, {ptdtype}, compile={use_compile}, world {world}")
+    model = torch.compile(raw_model) if use_compile else raw_model
+    train_model = DDP(model, device_ids=[local_rank] if dev.type == "cuda" else None) if world > 1 else model
+    flops_per_step = raw_model.flops_per_token(block_size) * tokens_per_step
+    peak = peak_flops(dev)
+
+    # --- metrics -----------------------------------------------------------------------------
+    metrics_path = os.path.join(out_dir, "metrics.jsonl")
+    if master:
+        os.makedirs(out_dir, exist_ok=True)
+        if not resume and os.path.exists(metrics_path):
+            os.remove(metrics_path)  # a fresh run starts a fresh log
+        elif os.path.exists(metrics_path):  # resuming: drop what was logged after the checkpoint
+            with open(metrics_path) as f:
+                kept = [line for line in f if json.loads(line)["iter"] <= iter_num]
+            with open(metrics_path, "w") as f:
+                f.writelines(kept)
+
+    @torch.no_grad()
+    def evaluate():
+        """Validation loss of both objectives on the fixed held-out windows. MD uses fixed seeds and
+        stratified t, and always the ELBO weighting, so evaluations compare across runs and lam."""
+        model.eval()
+        sums = torch.zeros(2, device=dev)
+        n_batches = len(val_x) // batch_size
+        for i in range(rank, n_batches, world):
+            sl = slice(i * batch_size, (i + 1) * batch_size)
+            x, y = val_x[sl].to(dev), val_y[sl].to(dev)
+            docs = val_docs[sl].to(dev) if doc_masking else None
+            with autocast:
+                sums[0] += modeling.ar_loss(model, x, y, docs)[0]
+                noise = torch.Generator(device=dev).manual_seed(10_000 + i)
+                sums[1] += modeling.md_loss(model, x, y, docs, generator=noise, antithetic=True, weighting="elbo")[0]
+        if world > 1:
+            dist.all_reduce(sums)
+        model.train()
+        return (sums / max(n_batches, 1)).tolist()
+
+    # --- the training loop -------------------------------------------------------------------
+    my_micro_batches = range(rank * G // world, (rank + 1) * G // world)
+    train_sums = torch.zeros(2, device=dev)   # summed AR / MD micro-batch losses since the last eval
+    train_counts = torch.zeros(2, device=dev)
+    log_sums, log_counts = torch.zeros(2, device=dev), torch.zeros(2, device=dev)  # ... since the last log line
+    nonfinite = torch.zeros((), dtype=torch.int32, device=dev)
+    t_log, tokens_at_log, iter_at_log = time.time(), tokens_seen, iter_num
+    tokens_per_sec, mfu, start_iter, t_start = None, None, iter_num, time.time()
+    raw_model.train()
+    while True:
+        # evaluate, log and checkpoint (a resumed run did this for its first step before it stopped)
+        if (iter_num % eval_interval == 0 or iter_num == max_iters) and not (resume and iter_num == start_iter):
+            val_ar, val_md = evaluate()
+            if world > 1:
+                dist.all_reduce(train_sums)
+                dist.all_reduce(train_counts)
+                dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
+            if nonfinite.item() or not (math.isfinite(val_ar) and math.isfinite(val_md)):
+                raise FloatingPointError(f"non-finite loss before step {iter_num}; the last good checkpoint "
+                                         f"{ckpt_path} was kept. Lower learning_rate or check the data")
+            means = [float(s / c) if c > 0 else None for s, c in zip(train_sums, train_counts)]
+            row = {"iter": iter_num, "tokens": tokens_seen,
+                   "epoch": round(iter_num * windows_per_step / windows.n_windows, 4), "train_ar_loss": means[0], "train_md_loss": means[1], "val_ar_loss": val_ar, "val_md_loss": val_md,
+                   "lr": learning_rate * lr_factor(min(iter_num, max_iters - 1)), "tokens_per_sec": tokens_per_sec,
+                   "mfu": mfu, "elapsed": round(time.time() - t_start, 2)}
+            history.append(row)
+            row["overfit_ar"] = overfitting(history, "val_ar_loss", "train_ar_loss", overfit_patience)
+            row["overfit_md"] = overfitting(history, "val_md_loss", "train_md_loss", overfit_patience)
+            train_sums.zero_()
+            train_counts.zero_()
+            if master:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                flags = [name for name in ("ar", "md") if row[f"overfit_{name}"]]
+                log(f"eval {iter_num}: val ar {val_ar:.4f} md {val_md:.4f}"
+                    + (f" | train ar {means[0]:.4f}" if means[0] is not None else "")
+                    + (f" md {means[1]:.4f}" if means[1] is not None else "")
+                    + (f" | OVERFITTING: {', '.join(flags)} (val loss rising while train loss falls)" if flags else ""))
+                modeling.save_checkpoint(ckpt_path, {
+                    "model": raw_model.state_dict(), "model_config": asdict(model_config),
+                    "optimizer": opt.state_dict(), "config": config, "iter_num": iter_num,
+                    "tokens_seen": tokens_seen, "lam": lam, "history": history, "tokenizer": tokenizer.to_spec(),
+                    "data": {"data_dir": os.path.abspath(data_dir), "vocab_size": meta["vocab_size"],
+                             "unique_tokens": windows.unique_tokens, "n_windows": windows.n_windows,
+                             "total_tokens": total_windows * block_size, "epochs": epochs}})
+        if iter_num >= max_iters:
+            break
+
+        # one optimizer step: this rank's share of the G micro-batches
+        opt.set_lr_factor(lr_factor(iter_num))
+        epoch = windows.epoch_of(iter_num * windows_per_step)
+        for i, g in enumerate(my_micro_batches):
+            x, y, docs = windows.batch((iter_num * G + g) * batch_size, batch_size)
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            docs = docs.to(dev, non_blocking=True) if doc_masking else None
+            objective = objective_of(g, epoch, G, n_ar)
+            last = i == len(my_micro_batches) - 1
+            sync = train_model.no_sync() if world > 1 and not last else nullcontext()
+            with sync, autocast:
+                if objective == "ar":
+                    loss, zl = modeling.ar_loss(train_model, x, y, docs)
+                else:
+                    noise = torch.Generator(device=dev).manual_seed(noise_seed(iter_num, g))
+                    loss, zl = modeling.md_loss(train_model, x, y, docs, generator=noise,
+                                                antithetic=md_antithetic, weighting=md_weighting)
+                # mean over all G micro-batches once DDP has averaged over the world
+                ((loss + z_loss * zl) * (world / G)).backward()
+            k = 0 if objective == "ar" else 1
+            for sums, counts in ((train_sums, train_counts), (log_sums, log_counts)):
+                sums[k] += loss.detach()
+                counts[k] += 1
+            nonfinite |= ~torch.isfinite(loss.detach())
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        iter_num += 1
+        tokens_seen += tokens_per_step
+
+        if iter_num % log_interval == 0 or iter_num == max_iters:
+            if nonfinite.item():  # checked here too, so a blow-up stops within log_interval steps
+                raise FloatingPointError(f"non-finite loss before step {iter_num}; the last good checkpoint "
+                                         f"{ckpt_path} was kept. Lower learning_rate or check the data")
+            dt = time.time() - t_log
+            tokens_per_sec = (tokens_seen - tokens_at_log) / dt
+            mfu = flops_per_step * (iter_num - iter_at_log) / dt / (peak * world) if peak else None
+            t_log, tokens_at_log, iter_at_log = time.time(), tokens_seen, iter_num
+            eta = (time.time() - t_start) / (iter_num - start_iter) * (max_iters - iter_num)
+            losses = " ".join(f"{name} {float(s / c):.4f}" for name, s, c in zip(("ar", "md"), log_sums, log_counts)
+                              if c > 0)  # this rank's micro-batches since the last log line
+            log_sums.zero_()
+            log_counts.zero_()
+            log(f"iter {iter_num}/{max_iters} | {losses} | lr {learning_rate * lr_factor(iter_num - 1):.2e} | "
+                f"{tokens_per_sec:,.0f} tok/s" + (f" | mfu {100 * mfu:.1f}%" if mfu else "") +
+                f" | eta {format_seconds(eta)}")
+
+    log(f"done: {iter_num} steps, {tokens_seen:,} tokens in {format_seconds(time.time() - t_start)}; "
+        f"checkpoint {ckpt_path}")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        sys.exit(f"train.py: error: {e}")
