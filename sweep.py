@@ -1,0 +1,376 @@
+"""
+The paper's headline experiment at a scale you can run yourself (paper §5, Figures 1 and 4): train
+one dual model per cell of a grid of data repetitions r x AR shares λ, all with the same token
+budget T, model and schedule; evaluate each; collect one CSV row per run; then draw the figures and
+fit the Gaussian process of gp_fit.py.
+
+    python data.py --input ../shared/data/corpus/english_novels --out_dir data_novels --vocab_size 4096
+    python sweep.py config/sweep_cpu.py --jobs 2 --eval_data_dir ../shared/data   # train + evaluate
+    python sweep.py --figures results/sweep_cpu                                  # figures + GP fit
+
+Each cell is two subprocesses, exactly the commands a user would type:
+    python train.py CONFIG --lam=λ --repetitions=r --out_dir=runs/NAME/r{r}_lam{λ} [--key=value ...]
+    python eval.py --ckpt runs/NAME/r{r}_lam{λ}/ckpt.pt --tasks blimp --modes causal,pll ...
+so a sweep is only a loop, and a cell can be rerun or inspected by hand. Extra `--key=value`
+arguments go to every train.py call (e.g. --data_dir=my_corpus). The sweep resumes: a cell whose
+checkpoint exists is continued with --resume=True (a finished run returns at once), and a cell with
+an eval.json is not evaluated again. Results (small, meant to be committed) go to results/NAME/:
+results.csv (one row per cell) and curves.csv (every evaluation of every run), each row recording
+the git commit that trained and evaluated it.
+"""
+import argparse
+import concurrent.futures
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from progress import Progress, format_seconds
+
+REPO = Path(__file__).resolve().parent
+RESULT_COLUMNS = [
+    "repetitions", "lambda", "tokens", "unique_tokens", "epochs",
+    "final_val_ar_loss", "final_val_md_loss", "min_val_ar_loss", "min_val_md_loss",
+    "final_train_ar_loss", "final_train_md_loss", "overfit_ar", "overfit_md", "overfit",
+    "blimp_causal", "blimp_pll", "blimp_best", "tokens_per_sec", "train_seconds", "eval_seconds",
+    "train_commit", "eval_commit",
+]
+CURVE_COLUMNS = ["repetitions", "lambda", "iter", "tokens", "epoch", "train_ar_loss", "train_md_loss",
+                 "val_ar_loss", "val_md_loss"]
+
+
+def git_commit():
+    """The commit the code was run at, with '+dirty' when tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def parse_floats(text, what):
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{what} must be a comma list of numbers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"--{what} is empty; give a comma list such as 1,4,16")
+    return values
+
+
+def cell_name(r, lam):
+    return f"r{r:g}_lam{lam:g}"
+
+
+def run_logged(cmd, log_path, threads):
+    """Run cmd with its output in log_path; a failure raises with the log's last line."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    with open(log_path, "a") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        lines = Path(log_path).read_text().strip().splitlines()
+        raise RuntimeError(f"{Path(log_path).parent.name}: `{' '.join(cmd[:3])} ...` failed: "
+                           f"{lines[-1] if lines else 'no output'} (full log: {log_path})")
+
+
+def run_cell(cell_dir, config, r, lam, args, train_overrides, threads):
+    """Train (or resume, or find finished) and evaluate one cell; returns what was done."""
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    record_path = cell_dir / "cell.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    done = []
+    if args.stage in ("all", "train") and not record.get("train_done"):
+        cmd = [sys.executable, "train.py", config, f"--lam={lam!r}", f"--repetitions={float(r)!r}",
+               f"--out_dir={cell_dir}", *train_overrides]
+        if (cell_dir / "ckpt.pt").exists():
+            cmd.append("--resume=True")
+        t0 = time.time()
+        run_logged(cmd, cell_dir / "train.log", threads)
+        record.update(train_done=True, train_commit=git_commit(),
+                      train_seconds=round(record.get("train_seconds", 0) + time.time() - t0, 1))
+        record_path.write_text(json.dumps(record, indent=1))
+        done.append("trained")
+    if args.stage in ("all", "eval") and record.get("train_done") and not (cell_dir / "eval.json").exists():
+        cmd = [sys.executable, "eval.py", "--ckpt", str(cell_dir / "ckpt.pt"), "--tasks", args.eval_tasks,
+               "--modes", args.eval_modes, "--pll_k", args.pll_k, "--out", str(cell_dir / "eval.json.tmp")]
+        if args.eval_limit:
+            cmd += ["--limit", str(args.eval_limit)]
+        if args.eval_data_dir:
+            cmd += ["--data_dir", args.eval_data_dir]
+        t0 = time.time()
+        run_logged(cmd, cell_dir / "eval.log", threads)
+        os.replace(cell_dir / "eval.json.tmp", cell_dir / "eval.json")  # eval.json exists only when complete
+        record.update(eval_commit=git_commit(), eval_seconds=round(time.time() - t0, 1))
+        record_path.write_text(json.dumps(record, indent=1))
+        done.append("evaluated")
+    return done
+
+
+def read_metrics(cell_dir):
+    path = cell_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def blimp_accuracy(evaluation, mode):
+    try:
+        return evaluation["tasks"]["blimp"][mode]["accuracy"]
+    except KeyError:
+        return None
+
+
+def result_row(cell_dir, r, lam):
+    """One results.csv row from a finished cell's metrics.jsonl, eval.json and cell.json."""
+    history = read_metrics(cell_dir)
+    record = json.loads((cell_dir / "cell.json").read_text())
+    evaluation = json.loads((cell_dir / "eval.json").read_text())
+    last = history[-1]
+
+    def lowest(key):
+        values = [h[key] for h in history if h.get(key) is not None]
+        return min(values) if values else None
+
+    speeds = sorted(h["tokens_per_sec"] for h in history if h.get("tokens_per_sec"))
+    ckpt_data = evaluation.get("run", {}).get("config", {})
+    blimp = {mode: blimp_accuracy(evaluation, mode) for mode in ("causal", "pll")}
+    known = [v for v in blimp.values() if v is not None]
+    row = {
+        "repetitions": r, "lambda": lam, "tokens": last["tokens"],
+        "unique_tokens": round(last["tokens"] / last["epoch"]) if last.get("epoch") else None,
+        "epochs": last.get("epoch"),
+        "final_val_ar_loss": last["val_ar_loss"], "final_val_md_loss": last["val_md_loss"],
+        "min_val_ar_loss": lowest("val_ar_loss"), "min_val_md_loss": lowest("val_md_loss"),
+        "final_train_ar_loss": last.get("train_ar_loss"), "final_train_md_loss": last.get("train_md_loss"),
+        "overfit_ar": any(h.get("overfit_ar") for h in history),
+        "overfit_md": any(h.get("overfit_md") for h in history),
+        "blimp_causal": blimp["causal"], "blimp_pll": blimp["pll"], "blimp_best": max(known) if known else None,
+        "tokens_per_sec": speeds[len(speeds) // 2] if speeds else None,
+        "train_seconds": record.get("train_seconds"), "eval_seconds": record.get("eval_seconds"),
+        "train_commit": record.get("train_commit"), "eval_commit": record.get("eval_commit"),
+    }
+    row["overfit"] = row["overfit_ar"] or row["overfit_md"]
+    assert not ckpt_data or math.isclose(ckpt_data.get("lam", lam), lam), f"{cell_dir} holds another lam"
+    return row, [{"repetitions": r, "lambda": lam, **{k: h.get(k) for k in CURVE_COLUMNS[2:]}} for h in history]
+
+
+def cell_text(value):
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def write_csv(path, columns, rows):
+    """Whole-file rewrite through a temporary file, so a crash never leaves half a CSV."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: cell_text(row.get(k)) for k in columns})
+    os.replace(tmp, path)
+
+
+def collect(cells, runs_dir, results_dir):
+    """Rewrite results.csv and curves.csv from every cell that is trained and evaluated."""
+    rows, curves = [], []
+    for r, lam in cells:
+        cell_dir = runs_dir / cell_name(r, lam)
+        if (cell_dir / "eval.json").exists() and (cell_dir / "cell.json").exists():
+            row, curve = result_row(cell_dir, r, lam)
+            rows.append(row)
+            curves.extend(curve)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(results_dir / "results.csv", RESULT_COLUMNS, rows)
+    write_csv(results_dir / "curves.csv", CURVE_COLUMNS, curves)
+    return rows
+
+
+def sweep(args, train_overrides):
+    if not os.path.isfile(args.config):
+        raise ValueError(f"config file {args.config} does not exist; pass one like config/sweep_cpu.py")
+    name = Path(args.config).stem
+    runs_dir = Path(args.runs_dir or REPO / "runs" / name).resolve()
+    results_dir = Path(args.results_dir or REPO / "results" / name).resolve()
+    reps, lams = parse_floats(args.repetitions, "repetitions"), parse_floats(args.lams, "lams")
+    for lam in lams:
+        if not 0 <= lam <= 1:
+            raise ValueError(f"--lams value {lam} is outside [0, 1]")
+    for r in reps:
+        if r < 1:
+            raise ValueError(f"--repetitions value {r} is below 1; r is how often each token is seen")
+    cells = [(r, lam) for r in reps for lam in lams]
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    print(f"sweep {name}: {len(reps)} repetitions x {len(lams)} lambdas = {len(cells)} cells, {args.jobs} at a "
+          f"time with {threads} thread(s) each; runs in {runs_dir}, results in {results_dir}", flush=True)
+    progress = Progress(total=len(cells), desc="sweep", unit="cells", every=0)
+    failures = []
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # threads only wait on subprocesses
+        futures = {pool.submit(run_cell, runs_dir / cell_name(r, lam), args.config, r, lam, args,
+                               train_overrides, threads): (r, lam) for r, lam in cells}
+        for future in concurrent.futures.as_completed(futures):
+            r, lam = futures[future]
+            try:
+                done = future.result()
+                print(f"{cell_name(r, lam)}: {' and '.join(done) if done else 'already done'}", flush=True)
+            except RuntimeError as e:
+                failures.append(str(e))
+                print(f"FAILED {e}", flush=True)
+            collect(cells, runs_dir, results_dir)
+            progress.update(1)
+    rows = collect(cells, runs_dir, results_dir)
+    print(f"wrote {results_dir / 'results.csv'} ({len(rows)} of {len(cells)} cells)", flush=True)
+    if failures:
+        raise RuntimeError(f"{len(failures)} cell(s) failed; fix the cause and rerun the same command to "
+                           f"resume. First: {failures[0]}")
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# Figures and the Gaussian process, from the committed CSVs alone
+
+def read_csv(path):
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; run the sweep first (python sweep.py CONFIG)")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for k, v in row.items():
+            try:
+                row[k] = float(v) if v not in ("", "True", "False") else (None if v == "" else v == "True")
+            except ValueError:
+                pass  # commits stay strings
+    return rows
+
+
+def best_mixed(rows, r):
+    """The 0 < λ < 1 cell with the lowest final validation AR loss at repetitions r."""
+    mixed = [row for row in rows if row["repetitions"] == r and 0 < row["lambda"] < 1]
+    return min(mixed, key=lambda row: row["final_val_ar_loss"])["lambda"] if mixed else None
+
+
+def figures(results_dir, nu=2.5, samples=10000, seed=0):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import gp_fit
+
+    rows = read_csv(results_dir / "results.csv")
+    curves = read_csv(results_dir / "curves.csv")
+    if not rows:
+        raise ValueError(f"{results_dir / 'results.csv'} has no rows; run the sweep first")
+    reps = sorted({row["repetitions"] for row in rows})
+    lams = sorted({row["lambda"] for row in rows})
+    r_max = reps[-1]
+
+    # Figure 1 (paper Figure 1): validation loss against tokens at the largest r
+    shown = [(1.0, "λ=1 (AR)", "tab:red"), (0.0, "λ=0 (MD)", "tab:blue")]
+    mixed = best_mixed(rows, r_max)
+    if mixed is not None:
+        shown.append((mixed, f"λ={mixed:g} (best mix)", "tab:green"))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for lam, label, color in shown:
+        run = [c for c in curves if c["repetitions"] == r_max and c["lambda"] == lam]
+        tokens = [c["tokens"] / 1e6 for c in run]
+        for ax, key in zip(axes, ("ar", "md")):
+            ax.plot(tokens, [c[f"val_{key}_loss"] for c in run], color=color, label=label + " val")
+            train = [(t, c[f"train_{key}_loss"]) for t, c in zip(tokens, run) if c[f"train_{key}_loss"] is not None]
+            if train:
+                ax.plot(*zip(*train), color=color, linestyle=":", alpha=0.7, label=label + " train")
+    for ax, key in zip(axes, ("autoregressive", "masked-diffusion (ELBO)")):
+        ax.set_xlabel("training tokens (millions)")
+        ax.set_ylabel(f"{key} loss")
+        ax.set_title(f"{key} loss, r = {r_max:g} repetitions")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(results_dir / "fig1_loss_curves.png", dpi=120)
+    plt.close(fig)
+
+    # Figure 2: final scores against λ, one line per r
+    panels = [("final_val_ar_loss", "final validation AR loss"), ("final_val_md_loss", "final validation MD loss"),
+              ("blimp_best", "BLiMP accuracy (best of causal, PLL)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4))
+    cmap = plt.get_cmap("viridis")
+    for ax, (key, title) in zip(axes, panels):
+        for i, r in enumerate(reps):
+            line = sorted((row["lambda"], row[key]) for row in rows if row["repetitions"] == r and row[key] is not None)
+            if line:
+                ax.plot(*zip(*line), marker="o", color=cmap(i / max(len(reps) - 1, 1)), label=f"r = {r:g}")
+        ax.set_xlabel("λ (share of AR micro-batches)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(results_dir / "fig2_score_vs_lambda.png", dpi=120)
+    plt.close(fig)
+
+    # Figure 3: the Gaussian process over (r, λ) of the validation AR score (higher is better)
+    gp_rows = [{"repetitions": row["repetitions"], "lambda": row["lambda"], "score": -row["final_val_ar_loss"],
+                "overfit": bool(row["overfit"])} for row in rows]
+    summary = gp_fit.analyse(gp_fit.runs_from_rows(gp_rows), results_dir / "gp", nu=nu, samples=samples, seed=seed)
+    print(f"figures in {results_dir}: fig1_loss_curves.png, fig2_score_vs_lambda.png, gp/")
+    print_headline(rows, summary, r_max)
+    return summary
+
+
+def print_headline(rows, summary, r_max):
+    at = {row["lambda"]: row for row in rows if row["repetitions"] == r_max}
+    mixed = best_mixed(rows, r_max)
+    parts = [f"λ={lam:g}: {at[lam]['final_val_ar_loss']:.4f}" for lam in (1.0, mixed, 0.0) if lam in at]
+    print(f"final validation AR loss at r={r_max:g}: " + ", ".join(parts))
+    for level in summary["optimal_lambda"]:
+        lo, hi = level["interval"]
+        print(f"GP optimal λ at r={level['repetitions']:g}: {level['mean']:.2f} (90% interval {lo:.2f}-{hi:.2f}); "
+              f"paper's rule 8 <= λ·r <= 32 gives λ in [{min(1, 8 / level['repetitions']):.2f}, "
+              f"{min(1, 32 / level['repetitions']):.2f}]")
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    def error(self, message):
+        sys.exit(f"sweep.py: error: {message}")
+
+
+def main(argv=None):
+    p = OneLineErrors(prog="sweep.py", description="Train and evaluate a (repetitions x λ) grid of dual models, "
+                      "or draw its figures. Extra --key=value arguments go to every train.py call.")
+    p.add_argument("config", nargs="?", help="train.py config of every cell, e.g. config/sweep_cpu.py")
+    p.add_argument("--figures", metavar="RESULTS_DIR", help="draw the figures and fit the GP from RESULTS_DIR")
+    p.add_argument("--repetitions", default="1,4,16,64,128", help="comma list of r (default 1,4,16,64,128)")
+    p.add_argument("--lams", default="0,0.25,0.5,0.75,1", help="comma list of λ (default 0,0.25,0.5,0.75,1)")
+    p.add_argument("--jobs", type=int, default=1, help="cells trained at the same time (default 1)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per cell (default: cores / jobs)")
+    p.add_argument("--stage", default="all", choices=["all", "train", "eval"], help="do only one stage")
+    p.add_argument("--runs_dir", help="checkpoints and logs (default runs/<config name>)")
+    p.add_argument("--results_dir", help="results.csv and curves.csv (default results/<config name>)")
+    p.add_argument("--eval_tasks", default="blimp", help="eval.py --tasks for every cell (default blimp)")
+    p.add_argument("--eval_modes", default="causal,pll", help="eval.py --modes (default causal,pll)")
+    p.add_argument("--pll_k", default="1", help="eval.py --pll_k (default 1)")
+    p.add_argument("--eval_limit", type=int, default=20, help="eval.py --limit: items per task, per BLiMP "
+                   "paradigm (default 20, i.e. 1,340 BLiMP pairs); 0 = all")
+    p.add_argument("--eval_data_dir", help="eval.py --data_dir (default: eval.py's default)")
+    args, rest = p.parse_known_args(argv)
+    bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
+    if bad:
+        p.error(f"unrecognised argument {bad[0]!r}; train.py overrides are written --key=value")
+    if args.figures:
+        return figures(Path(args.figures))
+    if not args.config:
+        p.error("give a config file (e.g. config/sweep_cpu.py) or --figures RESULTS_DIR")
+    if args.jobs < 1:
+        p.error(f"--jobs must be at least 1, got {args.jobs}")
+    return sweep(args, rest)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"sweep.py: error: {e}")
