@@ -1,0 +1,94 @@
+"""sweep.py on a 2x2 grid of 3-step runs: it trains, evaluates, resumes a half-done sweep, writes
+the CSVs and draws the figures."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+TINY_MODEL = ["--max_iters=3", "--eval_interval=1", "--eval_iters=1", "--batch_size=2", "--block_size=32",
+              "--n_layer=1", "--n_embd=32", "--n_head=2", "--intermediate_size=64", "--log_interval=1"]
+
+
+def run(args, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=env, **kw)
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def sweep_dirs(tmp_path_factory, tiny_dataset, shared_data):
+    root = tmp_path_factory.mktemp("sweep")
+    runs, results = root / "runs", root / "results"
+    common = ["sweep.py", "config/sweep_cpu.py", "--runs_dir", str(runs), "--results_dir", str(results),
+              "--eval_limit", "1", "--eval_data_dir", str(shared_data), f"--data_dir={tiny_dataset}", *TINY_MODEL]
+
+    # a half-done sweep: the r=1 column finished, and cell (4, 0) stopped after 2 of its 3 steps
+    first = run([*common, "--repetitions", "1", "--lams", "0,1"])
+    assert first.returncode == 0, first.stderr
+    half = runs / "r4_lam0"
+    stopped = run(["train.py", "config/sweep_cpu.py", "--lam=0.0", "--repetitions=4.0", f"--out_dir={half}",
+                   f"--data_dir={tiny_dataset}", *TINY_MODEL[1:], "--max_iters=2"])
+    assert stopped.returncode == 0, stopped.stderr
+    finished = {p: os.path.getmtime(p) for p in (runs / "r1_lam0" / "ckpt.pt", runs / "r1_lam1" / "eval.json")}
+
+    second = run([*common, "--repetitions", "1,4", "--lams", "0,1", "--jobs", "2"])
+    assert second.returncode == 0, second.stderr
+    return runs, results, finished, second.stdout
+
+
+def test_sweep_resumes_and_writes_one_row_per_cell(sweep_dirs):
+    runs, results, finished, stdout = sweep_dirs
+    # finished cells are neither retrained nor re-evaluated
+    assert all(os.path.getmtime(p) == t for p, t in finished.items())
+    assert "r1_lam0: already done" in stdout and "r1_lam1: already done" in stdout
+    # the half-trained cell continued from its checkpoint instead of starting over
+    log = (runs / "r4_lam0" / "train.log").read_text()
+    assert "resumed from" in log and "at step 2" in log
+    steps = [json.loads(line)["iter"] for line in (runs / "r4_lam0" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]
+
+    rows = read_rows(results / "results.csv")
+    assert [(float(r["repetitions"]), float(r["lambda"])) for r in rows] == [(1, 0), (1, 1), (4, 0), (4, 1)]
+    for row in rows:
+        assert float(row["tokens"]) == 3 * 4 * 2 * 32  # max_iters x G x batch x block: the same T everywhere
+        assert float(row["unique_tokens"]) == float(row["tokens"]) / float(row["repetitions"])
+        assert 0 <= float(row["blimp_causal"]) <= 100 and 0 <= float(row["blimp_pll"]) <= 100
+        assert float(row["min_val_ar_loss"]) <= float(row["final_val_ar_loss"])
+        assert row["train_commit"] and row["eval_commit"]
+    # λ = 0 never trains AR, λ = 1 never trains MD: their train losses are absent, not zero
+    by_lam = {float(r["lambda"]): r for r in rows if float(r["repetitions"]) == 4}
+    assert by_lam[0.0]["final_train_ar_loss"] == "" and by_lam[0.0]["final_train_md_loss"] != ""
+    assert by_lam[1.0]["final_train_md_loss"] == "" and by_lam[1.0]["final_train_ar_loss"] != ""
+    curves = read_rows(results / "curves.csv")
+    assert len(curves) == 4 * 4  # evaluations at steps 0..3 of each run
+
+
+def test_figures_from_the_csvs(sweep_dirs):
+    _, results, _, _ = sweep_dirs
+    out = run(["sweep.py", "--figures", str(results)])
+    assert out.returncode == 0, out.stderr
+    for name in ("fig1_loss_curves.png", "fig2_score_vs_lambda.png", "gp/gp_fit.png", "gp/fit.json"):
+        assert (results / name).stat().st_size > 0
+    assert "final validation AR loss at r=4" in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["config/sweep_cpu.py", "--lams", "0,1.5"], "outside [0, 1]"),
+    (["config/sweep_cpu.py", "--repetitions", "0.5"], "below 1"),
+    (["config/missing.py"], "does not exist"),
+    (["config/sweep_cpu.py", "stray"], "unrecognised argument"),
+    (["--figures", "/nonexistent/results"], "run the sweep first"),
+])
+def test_bad_input_is_one_line(args, message, tmp_path):
+    out = run(["sweep.py", *args, "--runs_dir", str(tmp_path)])
+    assert out.returncode != 0
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
