@@ -1,0 +1,369 @@
+"""
+Tests for gp_fit.py. References: scikit-learn's GaussianProcessRegressor (test-only) for the
+likelihood, its gradient, the optimiser and the posterior; finite differences for the gradient;
+brute-force loops for leave-one-out and for the optimal-λ distribution; a synthetic sweep with a
+known optimum; and the CLI run as a subprocess for its outputs and one-line errors.
+"""
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gp_fit import (ALPHA, BOUNDS, START, GPFit, analyse, cholesky_with_jitter, fit_gp, log_marginal_likelihood,
+                    optimal_lambda, r_squared, read_runs, synthetic_optimum, synthetic_runs)
+
+REPO = Path(__file__).resolve().parents[1]
+# The matrices here are tiny, so BLAS threads only add overhead; on a machine whose cores are busy,
+# idle OpenBLAS threads spinning make L-BFGS-B several times slower. One thread, here and in the CLI.
+ONE_THREAD = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:
+        threadpool_limits = None
+    with threadpool_limits(1, user_api="blas") if threadpool_limits else contextlib.nullcontext():
+        yield
+
+
+def sweep(n=30, noise=0.3, seed=1):
+    runs = synthetic_runs(n=n, noise=noise, seed=seed)
+    return np.column_stack([runs["repetitions"], runs["lambda"]]), runs["score"]
+
+
+def sklearn_gpr(theta, nu, optimizer=None):
+    """scikit-learn's GPR with our kernel at exp(theta), our bounds, normalize_y=True and its default
+    alpha=1e-10 (which gp_fit.ALPHA copies)."""
+    gp = pytest.importorskip("sklearn.gaussian_process")
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    b = np.exp(BOUNDS)
+    value = np.exp(theta)
+    kernel = (ConstantKernel(value[0], tuple(b[0])) * Matern(value[1:3], [tuple(b[1]), tuple(b[2])], nu=nu)
+              + WhiteKernel(value[3], tuple(b[3])))
+    return gp.GaussianProcessRegressor(kernel, normalize_y=True, optimizer=optimizer)
+
+
+# -----------------------------------------------------------------------------
+# the likelihood and the fit against scikit-learn
+
+
+@pytest.mark.parametrize("nu", [0.5, 1.5, 2.5])
+def test_lml_and_gradient_match_sklearn(nu):
+    X, y = sweep()
+    data = GPFit(X, y, START, nu)
+    rng = np.random.default_rng(0)
+    for theta in [START] + [rng.uniform(BOUNDS[:, 0], BOUNDS[:, 1] - 2) for _ in range(3)]:
+        reference = sklearn_gpr(theta, nu).fit(data.X, y)
+        assert reference.alpha == ALPHA  # the diagonal nugget both programs add
+        ref_lml, ref_grad = reference.log_marginal_likelihood(theta, eval_gradient=True)
+        lml, grad = log_marginal_likelihood(theta, data.X, data.y, nu, gradient=True)
+        assert lml == pytest.approx(ref_lml, rel=1e-8)
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-7, atol=1e-8 * np.abs(ref_grad).max())
+        assert GPFit(X, y, theta, nu).log_marginal_likelihood == pytest.approx(ref_lml, rel=1e-8)
+
+
+@pytest.mark.parametrize("nu", [0.5, 1.5, 2.5])
+def test_gradient_matches_finite_differences(nu):
+    X, y = sweep()
+    data = GPFit(X, y, START, nu)
+    theta = np.log([2.0, 0.7, 1.3, 0.05])
+    _, grad = log_marginal_likelihood(theta, data.X, data.y, nu, gradient=True)
+    h = 1e-6
+    numeric = [(log_marginal_likelihood(theta + h * e, data.X, data.y, nu)
+                - log_marginal_likelihood(theta - h * e, data.X, data.y, nu)) / (2 * h) for e in np.eye(4)]
+    np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
+
+
+def test_lml_is_minus_infinity_when_covariance_is_not_positive_definite():
+    X, y = sweep()
+    data = GPFit(X, y, START, 2.5)
+    lml, grad = log_marginal_likelihood(START, data.X, data.y, 2.5, alpha=-10.0, gradient=True)
+    assert lml == -np.inf and not grad.any()
+
+
+@pytest.mark.filterwarnings("ignore:The optimal value found")  # ν=0.5 puts the noise at its bound, on both sides
+@pytest.mark.parametrize("nu", [0.5, 1.5, 2.5])
+def test_optimised_lml_matches_sklearn_from_the_same_start(nu):
+    X, y = sweep(n=40)
+    fit = fit_gp(X, y, nu=nu, restarts=0)
+    reference = sklearn_gpr(START, nu, optimizer="fmin_l_bfgs_b").fit(fit.X, y)
+    assert fit.log_marginal_likelihood == pytest.approx(reference.log_marginal_likelihood_value_, rel=1e-4)
+    np.testing.assert_allclose(fit.theta, reference.kernel_.theta, atol=0.05)
+
+
+def test_restarts_never_do_worse_and_are_deterministic():
+    X, y = sweep()
+    single = fit_gp(X, y, restarts=0)
+    a, b = fit_gp(X, y, restarts=4, seed=3), fit_gp(X, y, restarts=4, seed=3)
+    assert a.log_marginal_likelihood >= single.log_marginal_likelihood - 1e-9
+    np.testing.assert_array_equal(a.theta, b.theta)
+
+
+def test_predictions_and_posterior_match_sklearn():
+    X, y = sweep()
+    fit = fit_gp(X, y, restarts=2)
+    reference = sklearn_gpr(fit.theta, 2.5).fit(fit.X, y)
+    rng = np.random.default_rng(1)
+    X_new = np.column_stack([2.0 ** rng.uniform(-1, 8, 25), rng.uniform(0, 1, 25)])
+    mean, std = fit.predict(X_new, return_std=True)
+    ref_mean, ref_std = reference.predict(fit.standardise(X_new), return_std=True)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-9)
+    np.testing.assert_allclose(std, ref_std, rtol=1e-7)
+    # the sampled function is noise-free: scikit-learn's covariance minus the white noise
+    f_mean, f_cov = fit.posterior(X_new)
+    _, ref_cov = reference.predict(fit.standardise(X_new), return_cov=True)
+    ref_cov -= fit.noise * fit.y_std**2 * np.eye(len(X_new))
+    np.testing.assert_allclose(fit.y_mean + fit.y_std * f_mean, ref_mean, rtol=1e-9)
+    np.testing.assert_allclose(fit.y_std**2 * f_cov, ref_cov, atol=1e-9 * np.abs(ref_cov).max())
+    # hyper-parameters by name: standardised as scikit-learn reports them, original units rescaled
+    assert list(fit.hyperparameters(standardised=True).values())[1:] == pytest.approx(np.exp(reference.kernel_.theta))
+    original = fit.hyperparameters()
+    assert original["length_scale_lambda"] == pytest.approx(np.exp(fit.theta[2]) * np.std(X[:, 1]))
+    assert original["noise_level"] == pytest.approx(np.exp(fit.theta[3]) * np.var(y))
+
+
+def test_r_squared_and_closed_form_leave_one_out():
+    sk_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=20), rng.normal(size=20)
+    assert r_squared(a, b) == pytest.approx(sk_metrics.r2_score(a, b))
+    X, y = sweep()
+    fit = fit_gp(X, y, restarts=1)
+    brute = []  # drop each run, condition on the others with the same hyper-parameters, predict it
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        K = fit.kernel(fit.X[keep], fit.X[keep]) + (fit.noise + fit.alpha) * np.eye(keep.sum())
+        k = fit.kernel(fit.X[i:i + 1], fit.X[keep])[0]
+        brute.append(fit.y_mean + fit.y_std * k @ np.linalg.solve(K, fit.y[keep]))
+    np.testing.assert_allclose(fit.loo_predictions(), brute, rtol=1e-8)
+
+
+def test_cholesky_with_jitter():
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(5, 5))
+    A = A @ A.T + np.eye(5)
+    L, jitter = cholesky_with_jitter(A)
+    assert jitter == 0.0
+    np.testing.assert_allclose(L @ L.T, A)
+    v = rng.normal(size=6)
+    singular = np.outer(v, v)  # rank one: needs jitter
+    L, jitter = cholesky_with_jitter(singular)
+    assert jitter > 0
+    np.testing.assert_allclose(L @ L.T, singular + jitter * np.eye(6), atol=1e-12)
+    with pytest.raises(ValueError, match="not positive definite"):
+        cholesky_with_jitter(-np.eye(3))
+
+
+def test_sample_posterior_has_the_posterior_mean_and_covariance():
+    X, y = sweep()
+    fit = fit_gp(X, y, restarts=1)
+    X_new = np.column_stack([np.full(5, 8.0), np.linspace(0, 1, 5)])
+    samples, jitter = fit.sample_posterior(X_new, 40000, np.random.default_rng(0))
+    mean, cov = fit.posterior(X_new)
+    mean, cov = fit.y_mean + fit.y_std * mean, fit.y_std**2 * cov
+    sd = np.sqrt(np.diag(cov))
+    assert jitter == 0.0
+    assert samples.shape == (40000, 5)
+    assert np.all(np.abs(samples.mean(0) - mean) < 5 * sd / np.sqrt(40000))
+    np.testing.assert_allclose(np.cov(samples.T), cov, atol=0.03 * sd.max() ** 2)
+
+
+# -----------------------------------------------------------------------------
+# the optimal λ
+
+
+def test_optimal_lambda_summaries_against_brute_force_sampling():
+    X, y = sweep(n=40)
+    fit = fit_gp(X, y, restarts=1)
+    grid = np.linspace(0, 1, 21)
+    levels = optimal_lambda(fit, [4, 16, 16, 2], grid=grid, samples=20000, seed=0)
+    assert [level["repetitions"] for level in levels] == [2, 4, 16]
+    for level in levels:
+        r, p = level["repetitions"], np.array(level["probability"])
+        # reference: numpy's multivariate_normal on the noise-free posterior, one argmax per sample
+        mean, cov = fit.posterior(np.column_stack([np.full_like(grid, r), grid]))
+        draws = np.random.default_rng(1).multivariate_normal(mean, cov, 20000)
+        reference = np.bincount(np.argmax(draws, axis=1), minlength=len(grid)) / len(draws)
+        assert 0.5 * np.abs(p - reference).sum() < 0.03
+        assert p.sum() == pytest.approx(1.0)
+        assert level["mean"] == pytest.approx(p @ grid)
+        cdf = np.cumsum(p)
+        assert level["interval"] == [grid[np.argmax(cdf >= 0.05 - 1e-12)], grid[np.argmax(cdf >= 0.95 - 1e-12)]]
+        assert level["argmax_of_mean"] == grid[np.argmax(mean)]
+    # rule of thumb λ·r in [8, 32]: empty at r=2 and 4, [0.5, 1] at r=16
+    assert levels[0]["rule_of_thumb"] == {"band": None, "probability": 0.0}
+    assert levels[2]["rule_of_thumb"]["band"] == [0.5, 1.0]
+    assert levels[2]["rule_of_thumb"]["probability"] == pytest.approx(np.array(levels[2]["probability"])[10:].sum())
+
+
+def test_lower_is_better_is_the_optimum_of_the_negated_score():
+    X, y = sweep()
+    fit, negated = fit_gp(X, y, restarts=1), fit_gp(X, -y, restarts=1)
+    np.testing.assert_allclose(negated.theta, fit.theta, atol=1e-4)  # the fit does not care about the sign
+    kwargs = dict(grid=np.linspace(0, 1, 21), samples=20000, seed=0)
+    a, b = optimal_lambda(fit, [2, 32], **kwargs), optimal_lambda(negated, [2, 32], lower_is_better=True, **kwargs)
+    for level, loss_level in zip(a, b):
+        assert 0.5 * np.abs(np.subtract(level["probability"], loss_level["probability"])).sum() < 0.02
+        assert loss_level["argmax_of_mean"] == level["argmax_of_mean"]
+    assert a[0]["argmax_of_mean"] != a[1]["argmax_of_mean"]  # so that a sign slip would show
+
+
+def test_synthetic_optimum_is_recovered_and_concentrates_as_noise_falls():
+    widths = []
+    for noise in (1.0, 0.3, 0.05):
+        X, y = sweep(n=80, noise=noise, seed=2)
+        levels = optimal_lambda(fit_gp(X, y, restarts=2), 2.0 ** np.arange(8), samples=3000, seed=0)
+        widths.append(np.mean([level["interval"][1] - level["interval"][0] for level in levels]))
+        if noise == 0.05:
+            for level in levels:
+                truth = synthetic_optimum(level["repetitions"])
+                assert level["mean"] == pytest.approx(truth, abs=0.03)
+                assert level["argmax_of_mean"] == pytest.approx(truth, abs=0.03)
+                assert level["interval"][0] - 0.02 <= truth <= level["interval"][1] + 0.02
+    assert widths[0] > widths[1] > widths[2]
+    assert widths[2] < 0.1
+
+
+# -----------------------------------------------------------------------------
+# reading runs, the analysis, the CLI
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def result_file(path, lam, r, **extra):
+    scores = {"causal": 20 + lam, "prefix": 21 + lam, "pll": 18 - lam, "mc": 17.0}
+    return write(path, json.dumps({"run": {"lam": lam, "repetitions": r, "seed": 0}, "average": scores,
+                                   "tasks": {"arc_easy": {}}, **extra}))
+
+
+def test_read_runs_concatenates_csv_and_result_files(tmp_path):
+    a = write(tmp_path / "a.csv", " repetitions , lambda,score,pll,overfit\n1,0.5,20.5,18,false\n4,0.25,19,17.5,YES\n")
+    b = write(tmp_path / "b.csv", "lambda,repetitions,score,pll\n1.0,32,15,10\n")
+    j = [result_file(tmp_path / "r1.json", 0.75, 8), result_file(tmp_path / "r2.json", 0.5, 2)]
+    runs = read_runs([a, b], j)
+    np.testing.assert_array_equal(runs["repetitions"], [1, 4, 32, 8, 2])
+    np.testing.assert_array_equal(runs["lambda"], [0.5, 0.25, 1.0, 0.75, 0.5])
+    np.testing.assert_array_equal(runs["score"], [20.5, 19, 15, 20.75, 20.5])  # csv: score, json: causal
+    np.testing.assert_array_equal(runs["overfit"], [False, True, False, False, False])
+    np.testing.assert_array_equal(read_runs([a, b], j, score="pll")["score"], [18, 17.5, 10, 17.25, 17.5])
+
+
+def test_reads_the_run_that_eval_py_records(tmp_path):
+    """The contract with eval.py: its result files hold {"run": eval.run_info(model), "average": {mode: score}}."""
+    import dataclasses
+    import eval as evaluation
+
+    @dataclasses.dataclass
+    class Config:
+        n_layer: int = 2
+
+    class Model:  # just what run_info reads from a checkpoint loaded by model.load_checkpoint
+        config = Config()
+        meta = {"config": {"lam": 0.25, "repetitions": 8.0, "out_dir": "out"}, "tokens_seen": 1000, "iter_num": 10}
+
+        def num_params(self, non_embedding=False):
+            return 100
+
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps({"run": evaluation.run_info(Model()), "average": {"causal": 31.5, "mc": 30.0}}))
+    runs = read_runs(results_paths=[str(path)])
+    assert (runs["repetitions"][0], runs["lambda"][0], runs["score"][0]) == (8.0, 0.25, 31.5)
+    assert read_runs(results_paths=str(path), score="mc")["score"][0] == 30.0  # one path, not its characters
+    Model.meta["config"]["repetitions"] = 0.0  # train.py's "all data": the number of passes is unknown
+    path.write_text(json.dumps({"run": evaluation.run_info(Model()), "average": {"causal": 31.5}}))
+    with pytest.raises(ValueError, match="repetitions=0"):
+        read_runs(results_paths=[str(path)])
+
+
+def test_analysis_is_deterministic_and_works_without_matplotlib(tmp_path, monkeypatch, capsys):
+    runs = synthetic_runs(n=30, seed=4)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    kwargs = dict(samples=500, restarts=2, at=[256])
+    first = analyse(runs, tmp_path / "a", seed=5, **kwargs)
+    assert "matplotlib is not installed" in capsys.readouterr().out
+    assert (tmp_path / "a" / "fit.json").exists() and not (tmp_path / "a" / "gp_fit.png").exists()
+    assert json.loads((tmp_path / "a" / "fit.json").read_text()) == first
+    assert analyse(runs, tmp_path / "b", seed=5, **kwargs) == first
+    assert analyse(runs, tmp_path / "c", seed=6, **kwargs)["optimal_lambda"] != first["optimal_lambda"]
+    assert [level["repetitions"] for level in first["optimal_lambda"]] == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert first["at_bound"] == []
+    noiseless = analyse(synthetic_runs(n=30, noise=0.0, seed=4), tmp_path / "d", samples=10, restarts=2)
+    assert "noise_level" in noiseless["at_bound"]  # a noise-free sweep pushes the noise to its lower bound
+
+
+def run_cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, str(REPO / "gp_fit.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, env=ONE_THREAD)
+
+
+def test_cli_writes_fit_json_and_figure(tmp_path):
+    pytest.importorskip("matplotlib")
+    runs = synthetic_runs(n=40, seed=0)
+    lines = ["repetitions,lambda,score,overfit"] + [f"{r},{lam},{s},{o}" for r, lam, s, o in zip(*runs.values())]
+    csv_path = write(tmp_path / "runs.csv", "\n".join(lines[:-2]) + "\n")
+    json_paths = [result_file(tmp_path / f"{i}.json", lam, r) for i, (r, lam) in enumerate([(64, 0.3), (128, 0.1)])]
+    out = run_cli(csv_path, "--results", *json_paths, "--score", "score", "--out_dir", tmp_path / "out",
+                  "--samples", 300, "--restarts", 1, "--at", 3)
+    assert out.returncode != 0 and "no average score 'score'" in out.stderr  # JSON files have no 'score' mode
+    out = run_cli(csv_path, "--out_dir", tmp_path / "out", "--samples", 300, "--restarts", 1, "--at", 3)
+    assert out.returncode == 0, out.stderr
+    fit = json.loads((tmp_path / "out" / "fit.json").read_text())
+    assert {"kernel", "log_marginal_likelihood", "r2", "r2_loo", "optimal_lambda"} <= set(fit)
+    assert set(fit["kernel"]) == {"nu", "constant_value", "length_scale_log2_repetitions", "length_scale_lambda",
+                                  "noise_level"}
+    assert fit["n_runs"] == 38 and fit["r2"] > 0.95 and fit["r2_loo"] > 0.9
+    assert [level["repetitions"] for level in fit["optimal_lambda"]] == [1, 2, 3, 4, 8, 16, 32, 64, 128]
+    for level in fit["optimal_lambda"]:
+        assert {"repetitions", "lambda_grid", "probability", "mean", "interval"} <= set(level)
+        assert len(level["lambda_grid"]) == len(level["probability"]) == 101
+    figure = tmp_path / "out" / "gp_fit.png"
+    assert figure.read_bytes()[:4] == b"\x89PNG" and figure.stat().st_size < 300_000
+
+
+BAD_CSV = {
+    "missing column": ("repetitions,lambda,loss\n1,0.5,3\n", "missing column(s) score"),
+    "NaN": ("repetitions,lambda,score\n1,0.5,nan\n", "every value must be a finite number"),
+    "non-numeric": ("repetitions,lambda,score\n1,half,3\n", "not a number"),
+    "bad overfit": ("repetitions,lambda,score,overfit\n1,0.5,3,maybe\n", "overfit is 'maybe'"),
+    "lambda range": ("repetitions,lambda,score\n1,0.5,3\n2,1.5,4\n4,0,5\n8,1,2\n", "λ must lie in [0, 1]"),
+    "repetitions": ("repetitions,lambda,score\n1,0.5,3\n0,1,4\n4,0,5\n8,1,2\n", "repetitions must be positive"),
+    "negative repetitions": ("repetitions,lambda,score\n1,0.5,3\n-2,1,4\n4,0,5\n8,1,2\n", "got -2 (run 2"),
+    "empty cell": ("repetitions,lambda,score\n1,0.5,3\n2,1\n4,0,5\n8,1,2\n", "score is None, not a number"),
+    "too few": ("repetitions,lambda,score\n1,0.5,3\n2,1,4\n4,0,5\n", "fewer than the 4 hyper-parameters"),
+    "single lambda": ("repetitions,lambda,score\n1,0.5,3\n2,0.5,4\n4,0.5,5\n8,0.5,2\n", "single λ value"),
+    "single repetitions": ("repetitions,lambda,score\n4,0.5,3\n4,1,4\n4,0,5\n4,0.2,2\n", "single repetitions value"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CSV) + ["missing file", "bad nu", "bad at", "bad flag", "bad json"])
+def test_bad_input_is_a_one_line_error(tmp_path, case):
+    good = "repetitions,lambda,score\n1,0.5,3\n2,1,4\n4,0,5\n8,0.25,2\n16,0.75,1\n"
+    args, expected = [write(tmp_path / "runs.csv", good)], None
+    if case in BAD_CSV:
+        text, expected = BAD_CSV[case]
+        args = [write(tmp_path / "runs.csv", text)]
+    elif case == "missing file":
+        args, expected = [tmp_path / "nope.csv"], "No such file"
+    elif case == "bad nu":
+        args, expected = args + ["--nu", "2"], "nu must be one of 0.5, 1.5, 2.5"
+    elif case == "bad flag":
+        args, expected = args + ["--samples", "many"], "argument --samples: invalid int value"
+    elif case == "bad at":
+        args, expected = args + ["--at", "0"], "repetition levels must be positive"
+    elif case == "bad json":
+        args, expected = ["--results", write(tmp_path / "r.json", '{"run": {"lam": 0.5}}')], 'no "run" with'
+    out = run_cli(*args, "--out_dir", tmp_path / "out", "--samples", 10, "--restarts", 0)
+    assert out.returncode != 0
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("gp_fit.py: error:"), out.stderr
+    assert "Traceback" not in out.stderr and expected in out.stderr
