@@ -321,11 +321,15 @@ class DualLM(nn.Module):
 
         With targets (B, T) and target_weights (B, T): returns (loss, z_loss) where
         loss = sum_i w_i * CE_i and z_loss = mean of logsumexp_i^2 over the positions with w_i != 0.
+        Without target_weights the loss is the mean over the targets >= 0 (negative ones are padding).
         The losses below choose the weights; positions with weight 0 cost no LM-head work (outside
         torch.compile, whose static shapes prefer computing every position)."""
         h = self.hidden_states(idx, mode, prefix_len, doc_ids, kv_cache)
         if targets is None:
             return self.lm_head(h)
+        if target_weights is None:
+            valid = (targets >= 0).float()
+            target_weights = valid / valid.sum().clamp(min=1)
         h, targets, w = h.flatten(0, 1), targets.flatten(), target_weights.flatten()
         if not torch.compiler.is_compiling():
             keep = w != 0
@@ -345,8 +349,7 @@ class DualLM(nn.Module):
 def ar_loss(model, x, y, doc_ids=None):
     """Mean next-token cross-entropy under the causal mask (paper Eq. 2). Targets < 0 are padding
     and are ignored."""
-    valid = (y >= 0).float()
-    return model(x, mode="causal", doc_ids=doc_ids, targets=y, target_weights=valid / valid.sum().clamp(min=1))
+    return model(x, mode="causal", doc_ids=doc_ids, targets=y)
 
 
 def sample_t(batch_size, generator=None, device="cpu", antithetic=True, eps=1e-3):

@@ -1,0 +1,499 @@
+"""
+Sample from a nanodual checkpoint, autoregressively or by masked diffusion.
+
+A dual model is both an autoregressive (AR) and a masked-diffusion (MD) language model (paper §3), so
+it can write text both ways:
+
+    python sample.py --ckpt out/ckpt.pt --mode ar --prompt "ROMEO:" --max_new_tokens 200
+    python sample.py --ckpt out/ckpt.pt --mode diffusion --prompt "ROMEO:" --max_new_tokens 200 --steps 50
+    python sample.py --ckpt out/ckpt.pt --mode diffusion --max_new_tokens 600 --block_size 128 --steps 32
+    python sample.py --ckpt out/ckpt.pt --mode diffusion --max_new_tokens 128 --sweep_steps 1,4,16,64,128
+
+Conventions shared by both modes:
+- Every sequence starts with <s>, as every training document does; the text printed or returned
+  excludes it. A prompt is encoded without <s> and placed right after it.
+- Special tokens (<s>, <pad>, <mask>, ...) are never sampled: their logits are set to -inf. A sample
+  is therefore always exactly max_new_tokens long and never starts a new document (<s> is the only
+  document boundary in the training data), which keeps AR and diffusion samples comparable.
+- MNTP: in every attention mode the model's output at position j-1 is its distribution for the
+  token at position j.
+- --seed seeds one torch.Generator that every random draw uses: the same seed, settings and
+  checkpoint give the same samples (on the same device).
+
+Autoregressive: the prompt is run once to fill a key/value cache (model.KVCache), then one token is
+decoded per step. --no_cache recomputes the whole sequence at every step instead (the reference the
+cache must match). --prefix_prompt lets the prompt attend to itself bidirectionally (prefix mode,
+paper §5.4): a prefill in mode "prefix", then causal decoding. Text longer than the model's
+block_size works as in nanoGPT, except that the window jumps by half a block instead of sliding by
+one token, so that the cache is refilled once per half block rather than at every step.
+
+Masked diffusion (MDLM, seeds/003): the canvas <s> + prompt + N <mask> is unmasked over --steps
+iterations with bidirectional attention; revealed tokens stay fixed. Two samplers:
+- ancestral: the MDLM reverse step from time t to s = t - 1/steps with the linear schedule (a token
+  is masked with probability t): every still-masked position is revealed with probability
+  (t-s)/t = 1/(steps remaining), and a revealed token is drawn from the model's prediction. MDLM
+  flips one coin per position; we reveal a uniformly random subset of the masked positions whose
+  size is the expected count, stochastically rounded. Each position keeps exactly the MDLM
+  probability, but the count has no binomial noise, so steps = N reveals exactly one token per
+  step: generation in a uniformly random order, which is what MDLM's sampler tends to as its step
+  count grows. The last step (s = 0) reveals everything. Steps that reveal nothing cost no model
+  call (MDLM's caching: the canvas, and so the prediction, did not change).
+- confidence: the token of every masked position is drawn, and the k positions whose drawn tokens
+  have the highest probability are kept; k follows an even schedule so N tokens take `steps` steps.
+Semi-autoregressive blocks (--block_size B, as in MDLM): B tokens at a time, each block by
+diffusion with --steps steps, earlier tokens fixed as context. When the context and the block no
+longer fit in the model's window, only the last (model block_size - B) tokens are kept as context
+(the window slides; the prompt and <s> fall out of view once the text is long enough).
+
+Generative perplexity (--score): each sample is scored by the same model in causal mode, the mean
+negative log-likelihood per generated token given <s> + prompt (nats; ppl = exp), and the unigram
+entropy of its generated tokens (nats; low values flag degenerate repetition). --sweep_steps prints
+the speed-quality curve of diffusion steps (tokens/s, gen NLL, entropy) with an AR row as reference.
+
+Contents, top to bottom: drawing tokens; AR generation; diffusion generation; scoring and the
+speed-quality curve; the command line.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import data
+from model import KVCache, load_checkpoint
+
+SAMPLERS = ("ancestral", "confidence")
+
+
+# -----------------------------------------------------------------------------
+# Drawing tokens from logits
+
+def check_sampling_args(temperature, top_k, top_p):
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} is negative; use 0 for greedy decoding or a positive value")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k={top_k} is negative; use 0 or None to turn it off, or a positive count")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p} is outside (0, 1]; use 1 to turn nucleus sampling off")
+
+
+def filter_logits(logits, top_k=None, top_p=1.0):
+    """Set to -inf every logit outside the top_k largest (top_k None or 0: off) and outside the
+    nucleus: the smallest set of most probable tokens whose probability reaches top_p (Holtzman et
+    al. 2020). The most probable token is always kept."""
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each token
+        drop_sorted = mass_before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, -math.inf)
+    return logits
+
+
+def draw(logits, temperature, top_k, top_p, generator, banned_ids):
+    """One token per row of logits (..., V). Returns (ids, probability of each id under the
+    distribution it was drawn from). temperature 0: the argmax, with its softmax probability."""
+    logits = logits.float().index_fill(-1, banned_ids, -math.inf)
+    if temperature == 0:
+        prob, ids = logits.softmax(dim=-1).max(dim=-1)
+        return ids, prob
+    probs = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
+    flat = probs.reshape(-1, probs.size(-1))
+    ids = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+    return ids, probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+def default_banned_ids(model, banned_ids=None):
+    """The ids generation must never produce, as a tensor on the model's device: those given, or the
+    model's own special tokens (<s>, <pad>, <mask>)."""
+    cfg = model.config
+    ids = banned_ids if banned_ids is not None else (cfg.bos_id, cfg.pad_id, cfg.mask_id)
+    return torch.tensor(sorted(set(ids)), dtype=torch.long, device=model.lm_head.weight.device)
+
+
+def start_of_document(model, prompt_ids, num_samples):
+    """(num_samples, 1 + len(prompt)) tensor of <s> + prompt, after checking that the prompt fits."""
+    cfg = model.config
+    prompt_ids = [int(i) for i in prompt_ids]
+    if 1 + len(prompt_ids) > cfg.block_size:
+        raise ValueError(f"the prompt is {len(prompt_ids)} tokens (+1 for <s>) but the model's block_size is "
+                         f"{cfg.block_size}; shorten the prompt")
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples} must be at least 1")
+    if any(not 0 <= i < cfg.vocab_size for i in prompt_ids):
+        raise ValueError(f"the prompt holds token ids outside the vocabulary [0, {cfg.vocab_size}); "
+                         f"encode it with the checkpoint's tokenizer")
+    start = torch.tensor([cfg.bos_id] + prompt_ids, dtype=torch.long, device=model.lm_head.weight.device)
+    return start.repeat(num_samples, 1)
+
+
+# -----------------------------------------------------------------------------
+# Autoregressive generation
+
+@torch.no_grad()
+def generate_ar(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, generator=None,
+                use_cache=True, prefix_prompt=False, num_samples=1, banned_ids=None):
+    """Left-to-right generation in causal mode. prompt_ids: token ids without <s>. Returns a
+    (num_samples, 1 + len(prompt_ids) + max_new_tokens) LongTensor: <s>, the prompt, the new tokens.
+
+    The model sees at most block_size tokens. Once the text outgrows that window, the window jumps
+    forward to the last block_size/2 tokens and the cache is refilled from them: each jump costs one
+    prefill of half a window, amortised over the next half window of one-token steps. Without the
+    cache the same windows are recomputed from scratch, so both paths see exactly the same context."""
+    check_sampling_args(temperature, top_k, top_p)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
+    seq = start_of_document(model, prompt_ids, num_samples)
+    P, window = seq.size(1), model.config.block_size
+    banned = default_banned_ids(model, banned_ids)
+    cache = None
+    if use_cache:
+        cache = KVCache(model.config, num_samples, min(window, P + max_new_tokens), seq.device,
+                        model.lm_head.weight.dtype)
+    start, refill = 0, True  # the model's window is seq[:, start:]; refill: the cache must be (re)filled
+    for _ in range(max_new_tokens):
+        if seq.size(1) - start > window:
+            start, refill = seq.size(1) - max(window // 2, 1), True
+        # prefix mode: the part of the prompt still in the window attends to itself bidirectionally
+        mode, prefix_len = ("prefix", max(P - start, 0)) if prefix_prompt else ("causal", None)
+        if cache is None:  # recompute the whole window: the slow reference
+            h = model.hidden_states(seq[:, start:], mode, prefix_len)
+        elif refill:  # prefill the whole window once, in its own attention mode
+            cache.length, refill = 0, False
+            h = model.hidden_states(seq[:, start:], mode, prefix_len, kv_cache=cache)
+        else:  # one new token that attends to everything cached
+            h = model.hidden_states(seq[:, -1:], "causal", kv_cache=cache)
+        token, _ = draw(model.lm_head(h[:, -1]), temperature, top_k, top_p, generator, banned)
+        seq = torch.cat([seq, token.unsqueeze(1)], dim=1)
+    return seq
+
+
+# -----------------------------------------------------------------------------
+# Masked-diffusion generation
+
+def predict(model, canvas, rows, positions):
+    """Logits for the tokens at (rows, positions) of the canvas under bidirectional attention.
+    MNTP: the token at position j is predicted by the output at position j-1."""
+    h = model.hidden_states(canvas, "bidirectional")
+    return model.lm_head(h[rows, positions - 1])
+
+
+def highest(score, count):
+    """Boolean mask of the count[r] highest-scoring entries of each row r; -inf entries never count."""
+    order = score.argsort(dim=1, descending=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(score.size(1), device=score.device).expand_as(order))
+    return (rank < count.unsqueeze(1)) & (score > -math.inf)
+
+
+def unmask_block(model, canvas, n, steps, sampler, temperature, top_k, top_p, generator, banned, on_step):
+    """Fill the last n positions of canvas (K, L), all <mask>, in `steps` iterations; returns the canvas."""
+    mask_id = model.config.mask_id
+    first = canvas.size(1) - n
+    for i in range(steps):
+        masked = canvas[:, first:] == mask_id  # (K, n)
+        remaining = steps - i
+        if sampler == "ancestral":
+            # from t = remaining/steps to s = t - 1/steps: reveal probability (t-s)/t = 1/remaining;
+            # count = n_masked/remaining, stochastically rounded, over a uniformly random subset
+            n_masked = masked.sum(dim=1)
+            whole, frac = n_masked // remaining, (n_masked % remaining).float() / remaining
+            u = torch.rand(n_masked.shape, generator=generator, device=canvas.device)
+            count = whole + (u < frac).long()
+            reveal = highest(torch.rand(masked.shape, generator=generator, device=canvas.device)
+                             .masked_fill(~masked, -math.inf), count)
+            if reveal.any():  # when nothing is revealed the canvas stays as it is: no model call
+                rows, cols = reveal.nonzero(as_tuple=True)
+                tokens, _ = draw(predict(model, canvas, rows, first + cols), temperature, top_k, top_p,
+                                 generator, banned)
+                canvas[rows, first + cols] = tokens
+        else:  # confidence: draw every masked token, keep the k most probable; sum of k over steps = n
+            k = n * (i + 1) // steps - n * i // steps
+            if k > 0:
+                rows, cols = masked.nonzero(as_tuple=True)
+                tokens, prob = draw(predict(model, canvas, rows, first + cols), temperature, top_k, top_p,
+                                    generator, banned)
+                score = torch.full(masked.shape, -math.inf, device=canvas.device)
+                score[rows, cols] = prob
+                proposal = canvas[:, first:].clone()
+                proposal[rows, cols] = tokens
+                keep = highest(score, torch.full((canvas.size(0),), k, device=canvas.device))
+                canvas[:, first:] = torch.where(keep, proposal, canvas[:, first:])
+        if on_step is not None:
+            on_step(canvas.clone())
+    return canvas
+
+
+@torch.no_grad()
+def generate_diffusion(model, prompt_ids, n_tokens, steps, sampler="ancestral", block_size=None, temperature=1.0,
+                       top_k=None, top_p=1.0, generator=None, num_samples=1, banned_ids=None, on_step=None):
+    """Masked-diffusion generation of n_tokens after <s> + prompt. block_size None: all n_tokens in
+    one canvas; else blocks of block_size tokens left to right, `steps` steps each. on_step(canvas),
+    if given, sees a copy of the model's window after every step. Returns a
+    (num_samples, 1 + len(prompt_ids) + n_tokens) LongTensor."""
+    check_sampling_args(temperature, top_k, top_p)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be at least 1")
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens={n_tokens} must be at least 1")
+    seq = start_of_document(model, prompt_ids, num_samples)
+    window = model.config.block_size
+    if block_size is None:
+        if seq.size(1) + n_tokens > window:
+            raise ValueError(f"<s> + prompt ({seq.size(1)} tokens) + {n_tokens} new tokens exceeds the model's "
+                             f"block_size {window}; generate in blocks with --block_size")
+        block_size = n_tokens
+    elif not 1 <= block_size < window:
+        raise ValueError(f"block_size={block_size} must be in [1, {window - 1}] (below the model's block_size "
+                         f"{window}, so that every block has context)")
+    banned = default_banned_ids(model, banned_ids)
+    mask = torch.full((num_samples, block_size), model.config.mask_id, dtype=torch.long, device=seq.device)
+    n_context = seq.size(1)
+    while seq.size(1) - n_context < n_tokens:
+        b = min(block_size, n_tokens - (seq.size(1) - n_context))
+        context = seq[:, -(window - b):]  # the window slides once context + block outgrow the model
+        canvas = unmask_block(model, torch.cat([context, mask[:, :b]], dim=1), b, steps, sampler, temperature,
+                              top_k, top_p, generator, banned, on_step)
+        seq = torch.cat([seq, canvas[:, -b:]], dim=1)
+    return seq
+
+
+# -----------------------------------------------------------------------------
+# Generative perplexity and the speed-quality curve
+
+def causal_nll(model, seq):
+    """Per-token NLL of a (L,) sequence in causal mode: entry i is -log p(seq[i+1] | seq[:i+1]).
+    Sequences longer than the model's window are scored in windows of block_size tokens that advance
+    by half a block; each window scores only tokens not scored before, so every token past the first
+    window sees at least half a block of context (strided perplexity)."""
+    L, W = seq.size(0), model.config.block_size
+    nll = torch.full((L - 1,), math.nan)
+    done, end = 0, min(L, W)  # entries [0, done) are filled; the current window is [end - W, end)
+    while done < L - 1:
+        start = max(0, end - W)
+        logits = model(seq[start:end].unsqueeze(0))[0, :-1].float()
+        window_nll = F.cross_entropy(logits, seq[start + 1:end], reduction="none")  # entry m: token start+1+m
+        nll[done:end - 1] = window_nll[done - start:].cpu()
+        done, end = end - 1, min(L, end + W // 2)
+    return nll
+
+
+def unigram_entropy(tokens):
+    """Entropy (nats) of the empirical token distribution of one sample."""
+    counts = torch.bincount(tokens).float()
+    p = counts[counts > 0] / tokens.numel()
+    return float(-(p * p.log()).sum())
+
+
+@torch.no_grad()
+def score_samples(model, sequences, n_context):
+    """Generative perplexity of each row of sequences (K, L): the mean causal NLL of the tokens after
+    the first n_context (<s> + prompt) and the unigram entropy of those tokens. Returns a list of
+    {"nll", "ppl", "entropy"} dicts."""
+    scores = []
+    for seq in sequences:
+        nll = float(causal_nll(model, seq)[n_context - 1:].mean())
+        scores.append({"nll": nll, "ppl": math.exp(nll), "entropy": unigram_entropy(seq[n_context:].cpu())})
+    return scores
+
+
+def timed(fn, device):
+    """(fn(), seconds), waiting for the GPU to finish when there is one."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - t0
+
+
+def speed_quality_curve(model, prompt_ids, n_tokens, steps_list, sampler="ancestral", block_size=None,
+                        temperature=1.0, top_k=None, top_p=1.0, num_samples=4, seed=1337, banned_ids=None,
+                        with_ar=True):
+    """One row per diffusion step count (plus, with_ar, an AR row with the cache as reference):
+    {"method", "steps", "tokens_per_s", "nll", "ppl", "entropy"}, averaged over num_samples samples,
+    each row drawn with a fresh generator seeded with `seed`."""
+    device = model.lm_head.weight.device
+    runs = [("ar", n_tokens)] if with_ar else []
+    runs += [("diffusion", s) for s in steps_list]
+    rows = []
+    for method, steps in runs:
+        generator = torch.Generator(device).manual_seed(seed)
+        if method == "ar":
+            run = lambda: generate_ar(model, prompt_ids, n_tokens, temperature, top_k, top_p, generator,
+                                      num_samples=num_samples, banned_ids=banned_ids)
+        else:
+            run = lambda: generate_diffusion(model, prompt_ids, n_tokens, steps, sampler, block_size, temperature,
+                                             top_k, top_p, generator, num_samples, banned_ids)
+        seqs, seconds = timed(run, device)
+        scores = score_samples(model, seqs, 1 + len(prompt_ids))
+        mean = {k: sum(s[k] for s in scores) / len(scores) for k in ("nll", "entropy")}
+        rows.append({"method": method, "steps": steps, "tokens_per_s": num_samples * n_tokens / seconds,
+                     "nll": mean["nll"], "ppl": math.exp(mean["nll"]), "entropy": mean["entropy"]})
+    return rows
+
+
+def format_curve(rows):
+    lines = [f"{'method':>9} {'steps':>6} {'tokens/s':>10} {'gen NLL':>8} {'gen PPL':>9} {'entropy':>8}"]
+    for r in rows:
+        lines.append(f"{r['method']:>9} {r['steps']:>6} {r['tokens_per_s']:>10.1f} {r['nll']:>8.3f} "
+                     f"{r['ppl']:>9.1f} {r['entropy']:>8.3f}")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+def special_ids(model, tok):
+    """The ids never sampled: every special token of the model and its tokenizer, and for tiktoken the
+    ids between our added specials and the vocabulary rounded up to a multiple of 64 (never trained on)."""
+    cfg = model.config
+    ids = set(tok.special_ids.values()) | {cfg.bos_id, cfg.pad_id, cfg.mask_id}
+    if tok.tiktoken is not None:
+        ids |= set(range(max(tok.special_ids.values()) + 1, cfg.vocab_size))
+    return ids
+
+
+def check_args(args):
+    """Fail fast, before the checkpoint is loaded, on options that cannot work."""
+    if args.mode not in ("ar", "diffusion"):
+        raise ValueError(f"unknown mode {args.mode!r}; use --mode ar or --mode diffusion")
+    check_sampling_args(args.temperature, args.top_k, args.top_p)
+    if args.steps < 1:
+        raise ValueError(f"--steps={args.steps} must be at least 1")
+    for name in ("max_new_tokens", "num_samples"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name}={getattr(args, name)} must be at least 1")
+    if args.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {args.sampler!r}; use one of {', '.join(SAMPLERS)}")
+    if args.prompt is not None and args.prompt_file is not None:
+        raise ValueError("give either --prompt or --prompt_file, not both")
+    ar_only = [f for f in ("no_cache", "prefix_prompt") if getattr(args, f)]
+    diffusion_only = [f for f in ("block_size", "sweep_steps") if getattr(args, f) is not None]
+    if args.mode == "ar" and diffusion_only:
+        raise ValueError(f"--{diffusion_only[0]} applies to --mode diffusion only")
+    if args.mode == "diffusion" and ar_only:
+        raise ValueError(f"--{ar_only[0]} applies to --mode ar only")
+
+
+def parse_steps_list(text):
+    try:
+        steps = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--sweep_steps={text!r} is not a comma-separated list of integers, e.g. 1,4,16") from None
+    if any(s < 1 for s in steps):
+        raise ValueError(f"--sweep_steps={text!r} holds a step count below 1")
+    return steps
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Generate text from a nanodual checkpoint, autoregressively "
+                                                 "or by masked diffusion.")
+    parser.error = lambda message: sys.exit(f"sample.py: error: {message}")  # one line, like every other error
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
+    parser.add_argument("--mode", default="ar", help="ar (left to right) or diffusion (iterative unmasking)")
+    parser.add_argument("--prompt", help="text that every sample continues (default: none, just <s>)")
+    parser.add_argument("--prompt_file", help="read the prompt from this UTF-8 file")
+    parser.add_argument("--max_new_tokens", type=int, default=256)
+    parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no_cache", action="store_true", help="ar: recompute the sequence at every step")
+    parser.add_argument("--prefix_prompt", action="store_true", help="ar: the prompt attends bidirectionally")
+    parser.add_argument("--steps", type=int, default=64, help="diffusion: unmasking steps per block")
+    parser.add_argument("--sampler", default="ancestral", help="diffusion: ancestral or confidence")
+    parser.add_argument("--block_size", type=int, help="diffusion: generate blocks of this many tokens")
+    parser.add_argument("--score", action="store_true", help="report generative NLL and unigram entropy")
+    parser.add_argument("--sweep_steps", help="diffusion: print the speed-quality curve for these step "
+                                              "counts, e.g. 1,4,16,64")
+    parser.add_argument("--out", help="write one JSON line per sample (per curve row with --sweep_steps)")
+    args = parser.parse_args(argv)
+    check_args(args)
+    steps_list = parse_steps_list(args.sweep_steps) if args.sweep_steps else None
+    prompt = args.prompt or ""
+    if args.prompt_file is not None:
+        if not os.path.isfile(args.prompt_file):
+            raise FileNotFoundError(f"prompt file {args.prompt_file} does not exist")
+        with open(args.prompt_file, encoding="utf-8") as f:
+            prompt = f.read()
+
+    device = torch.device(args.device)
+    model = load_checkpoint(args.ckpt, device)
+    if "tokenizer" not in model.meta:
+        raise ValueError(f"checkpoint {args.ckpt} holds no tokenizer spec; pass a checkpoint written by train.py")
+    tok = data.Tokenizer.from_spec(model.meta["tokenizer"])
+    prompt_ids = tok.encode(prompt)
+    banned = special_ids(model, tok)
+    top_k = args.top_k or None
+
+    if steps_list is not None:
+        rows = speed_quality_curve(model, prompt_ids, args.max_new_tokens, steps_list, args.sampler,
+                                   args.block_size, args.temperature, top_k, args.top_p, args.num_samples,
+                                   args.seed, banned)
+        print(format_curve(rows))
+        if args.out:
+            with open(args.out, "w") as f:
+                for row in rows:
+                    f.write(json.dumps(row) + "\n")
+        return
+
+    generator = torch.Generator(device).manual_seed(args.seed)
+    if args.mode == "ar":
+        settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": top_k,
+                    "top_p": args.top_p, "use_cache": not args.no_cache, "prefix_prompt": args.prefix_prompt}
+        run = lambda: generate_ar(model, prompt_ids, args.max_new_tokens, args.temperature, top_k, args.top_p,
+                                  generator, not args.no_cache, args.prefix_prompt, args.num_samples, banned)
+    else:
+        settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": top_k,
+                    "top_p": args.top_p, "sampler": args.sampler, "steps": args.steps,
+                    "block_size": args.block_size}
+        run = lambda: generate_diffusion(model, prompt_ids, args.max_new_tokens, args.steps, args.sampler,
+                                         args.block_size, args.temperature, top_k, args.top_p, generator,
+                                         args.num_samples, banned)
+    seqs, seconds = timed(run, device)
+    n_context = 1 + len(prompt_ids)
+    scores = score_samples(model, seqs, n_context) if args.score else [{}] * len(seqs)
+    new_tokens = seqs[:, n_context:].tolist()
+    print(f"{len(seqs)} sample(s) x {args.max_new_tokens} tokens in {seconds:.2f}s "
+          f"({len(seqs) * args.max_new_tokens / seconds:.1f} tokens/s)", file=sys.stderr)
+    out = open(args.out, "w") if args.out else None
+    for i, (ids, score) in enumerate(zip(new_tokens, scores)):
+        text = tok.decode(ids)
+        if out:
+            record = {"sample": i, "prompt": prompt, "text": text, "prompt_ids": prompt_ids, "ids": ids,
+                      "mode": args.mode, "settings": settings, "seed": args.seed, "ckpt": args.ckpt, **score}
+            out.write(json.dumps(record) + "\n")
+        else:
+            print(prompt + text)
+            if score:
+                print(f"[gen NLL {score['nll']:.3f} nats/token (ppl {score['ppl']:.1f}), "
+                      f"unigram entropy {score['entropy']:.3f} nats]")
+            print("---------------")
+    if out:
+        out.close()
+        print(f"wrote {len(new_tokens)} sample(s) to {args.out}")
+    if args.score:
+        mean_nll = sum(s["nll"] for s in scores) / len(scores)
+        mean_entropy = sum(s["entropy"] for s in scores) / len(scores)
+        print(f"mean gen NLL {mean_nll:.3f} nats/token (ppl {math.exp(mean_nll):.1f}), "
+              f"mean unigram entropy {mean_entropy:.3f} nats")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"sample.py: error: {e}")

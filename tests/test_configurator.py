@@ -1,0 +1,88 @@
+"""configurator.py: config files, include(), --key=value parsing and the one-line errors."""
+import pytest
+
+from configurator import configure, settings
+
+
+def namespace():
+    import math  # modules and functions in the namespace are not settings
+    return {"lam": 0.5, "max_iters": 100, "device": "auto", "compile": None, "resume": False,
+            "out_dir": "out", "math": math, "_private": 1}
+
+
+def test_settings_are_the_plain_values():
+    assert settings(namespace()) == {"lam", "max_iters", "device", "compile", "resume", "out_dir"}
+
+
+def test_overrides_are_parsed_as_literals_and_bare_words_are_strings():
+    ns = namespace()
+    changed = configure(ns, ["--lam=0.25", "--max_iters=7", "--device=cuda:1", "--resume=True", "--compile=False",
+                             "--out_dir='my out'"])
+    assert (ns["lam"], ns["max_iters"], ns["device"], ns["resume"], ns["compile"], ns["out_dir"]) == \
+           (0.25, 7, "cuda:1", True, False, "my out")
+    assert changed == ["lam", "max_iters", "device", "resume", "compile", "out_dir"]
+
+
+def test_int_is_accepted_for_a_float_and_becomes_one():
+    ns = namespace()
+    configure(ns, ["--lam=1"])
+    assert ns["lam"] == 1.0 and type(ns["lam"]) is float
+
+
+def test_literal_eval_never_runs_code(tmp_path):
+    ns = namespace()
+    marker = tmp_path / "ran"
+    configure(ns, [f"--out_dir=__import__('pathlib').Path('{marker}').touch()"])
+    assert not marker.exists() and ns["out_dir"].startswith("__import__")  # kept as a plain string
+
+
+def test_config_file_and_include_and_later_overrides_win(tmp_path):
+    (tmp_path / "recipe.py").write_text("max_iters = 500\nlam = 0.75\n")
+    (tmp_path / "run.py").write_text('include("recipe.py")\nimport os\nlam = 0.25\n')
+    ns = namespace()
+    configure(ns, [str(tmp_path / "run.py"), "--max_iters=9"])
+    assert ns["max_iters"] == 9 and ns["lam"] == 0.25
+    assert "include" not in ns  # the helper does not leak into the settings
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max_iter=5"], "unknown config key 'max_iter'; did you mean 'max_iters'?"),
+    (["--lam=high"], "config key 'lam' expects float (default 0.5), got str 'high'"),
+    (["--max_iters=1.5"], "config key 'max_iters' expects int"),
+    (["--lam"], "override '--lam' has no value; write --lam=VALUE"),
+    (["config/nowhere.py"], "config file config/nowhere.py does not exist"),
+])
+def test_bad_overrides_name_the_problem(argv, message):
+    with pytest.raises(ValueError) as e:
+        configure(namespace(), argv)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_config_file_with_an_unknown_key_fails(tmp_path):
+    path = tmp_path / "typo.py"
+    path.write_text("learning_rat = 0.1\n")
+    with pytest.raises(ValueError, match="unknown config key 'learning_rat'"):
+        configure(namespace(), [str(path)])
+
+
+def test_config_file_with_a_wrongly_typed_value_fails(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text("max_iters = '100'\n")
+    with pytest.raises(ValueError, match="'max_iters' expects int"):
+        configure(namespace(), [str(path)])
+
+
+def test_missing_include_fails(tmp_path):
+    path = tmp_path / "run.py"
+    path.write_text('include("absent.py")\n')
+    with pytest.raises(ValueError, match="absent.py does not exist"):
+        configure(namespace(), [str(path)])
+
+
+def test_every_shipped_config_applies_to_train_py():
+    import glob
+    import train
+    from conftest import REPO
+    for path in sorted(glob.glob(str(REPO / "config" / "*.py"))):
+        ns = {k: getattr(train, k) for k in dir(train)}
+        configure(ns, [path])  # raises on unknown keys or wrong types

@@ -1,0 +1,358 @@
+"""Tests for sample.py on the random-weight tiny checkpoint (2 layers, width 64, block 256), CPU only.
+
+Every sampler is checked against something independent: the model called directly in the mode the
+sampler claims to use (greedy references), hand-computed distributions (top-k / top-p), and the
+MDLM reveal probability (t-s)/t (a counting test)."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import model as M
+import sample as S
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = [40, 41, 97, 130, 7, 256, 300, 18, 77, 5, 460, 64]  # ordinary (non-special) token ids
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A tiny model gains nothing from threads, and on CPU cores shared with other jobs extra threads
+    mostly wait for each other (10x slower here); restored afterwards for the other test files."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_checkpoint):
+    return M.load_checkpoint(str(tiny_checkpoint))
+
+
+def banned(m):
+    return [m.config.bos_id, m.config.pad_id, m.config.mask_id]
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def masks(canvas, m):
+    return (canvas == m.config.mask_id).sum(dim=1)
+
+
+# -----------------------------------------------------------------------------
+# Drawing tokens
+
+def test_top_k_top_p_against_hand_computed_sets():
+    probs = torch.tensor([[0.15, 0.5, 0.05, 0.3]])  # ranked: 1 (0.5), 3 (0.3), 0 (0.15), 2 (0.05)
+    logits = probs.log()
+    kept = lambda **kw: set(torch.isfinite(S.filter_logits(logits, **kw))[0].nonzero().flatten().tolist())
+    assert kept(top_k=2) == {1, 3}
+    assert kept(top_p=0.4) == {1}           # 0.5 alone reaches 0.4
+    assert kept(top_p=0.7) == {1, 3}        # 0.5 < 0.7 <= 0.8
+    assert kept(top_p=0.83) == {1, 3, 0}    # 0.8 < 0.83 <= 0.95
+    assert kept(top_p=1.0) == {0, 1, 2, 3}
+    # top-k first, then the nucleus of the renormalised rest: 0.5/0.95 + 0.3/0.95 = 0.842 >= 0.83
+    assert kept(top_k=3, top_p=0.83) == {1, 3}
+    # kept logits are unchanged (filtering only removes)
+    out = S.filter_logits(logits, top_p=0.7)
+    assert torch.equal(out[0, [1, 3]], logits[0, [1, 3]])
+
+
+def test_draw_follows_the_filtered_distribution_and_never_draws_banned_ids():
+    probs = torch.tensor([0.4, 0.25, 0.2, 0.1, 0.05])
+    logits = probs.log().repeat(20000, 1)
+    logits[:, 0] = 10.0  # id 0 would dominate, but it is banned
+    ids, p = S.draw(logits, 1.0, None, 0.7, gen(0), torch.tensor([0]))
+    # without id 0: [0.25, 0.2, 0.1, 0.05] / 0.6 -> nucleus 0.7 keeps ids 1, 2 (0.417 + 0.333 = 0.75)
+    expected = torch.tensor([0.0, 0.25, 0.2, 0.0, 0.0]) / 0.45
+    freq = torch.bincount(ids, minlength=5).float() / len(ids)
+    assert torch.all((freq - expected).abs() <= 4 * (expected * (1 - expected) / len(ids)).sqrt() + 1e-9)
+    torch.testing.assert_close(p, expected[ids])
+    greedy, p = S.draw(logits[:1], 0.0, None, 1.0, None, torch.tensor([0]))
+    assert greedy.item() == 1 and abs(p.item() - 0.25 / 0.6) < 1e-5
+
+
+# -----------------------------------------------------------------------------
+# Autoregressive generation
+
+def greedy_reference(m, prompt, n, mode):
+    """Slow, obviously correct: rerun the whole window every step and take the argmax. The window is
+    the last block_size tokens until the text outgrows it, then jumps to the last block_size/2
+    tokens (sample.generate_ar's documented rule); in prefix mode the part of <s> + prompt still
+    inside the window is the prefix."""
+    W, P = m.config.block_size, 1 + len(prompt)
+    seq, start = [m.config.bos_id] + prompt, 0
+    with torch.no_grad():
+        for _ in range(n):
+            if len(seq) - start > W:
+                start = len(seq) - W // 2
+            prefix_len = max(P - start, 0) if mode == "prefix" else None
+            logits = m(torch.tensor([seq[start:]]), mode=mode, prefix_len=prefix_len)[0, -1]
+            logits[banned(m)] = -math.inf
+            seq.append(int(logits.argmax()))
+    return torch.tensor(seq)
+
+
+def test_ar_greedy_cache_equals_no_cache_and_reference(tiny):
+    n = 60
+    cached = S.generate_ar(tiny, PROMPT, n, temperature=0, num_samples=2)
+    uncached = S.generate_ar(tiny, PROMPT, n, temperature=0, use_cache=False, num_samples=2)
+    assert cached.shape == (2, 1 + len(PROMPT) + n)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached[0], greedy_reference(tiny, PROMPT, n, "causal"))
+    assert cached[0, 0] == tiny.config.bos_id and cached[:, 1:1 + len(PROMPT)].tolist() == [PROMPT] * 2
+
+
+def test_ar_prefix_prompt_cache_equals_prefix_mode_reference(tiny):
+    n = 40
+    reference = greedy_reference(tiny, PROMPT, n, "prefix")
+    cached = S.generate_ar(tiny, PROMPT, n, temperature=0, prefix_prompt=True)
+    uncached = S.generate_ar(tiny, PROMPT, n, temperature=0, prefix_prompt=True, use_cache=False)
+    assert torch.equal(cached[0], reference) and torch.equal(uncached[0], reference)
+    # the check has teeth: prefix mode changes the greedy continuation of this prompt
+    assert not torch.equal(reference, greedy_reference(tiny, PROMPT, n, "causal"))
+
+
+@pytest.mark.parametrize("mode", ["causal", "prefix"])
+def test_ar_beyond_the_window_cache_equals_no_cache_and_reference(tiny, mode):
+    # a 205-token start and 200 new tokens in a 256-token window: the window jumps twice (at 257 and
+    # 386 tokens), the first time with 76 prompt tokens still inside it
+    prompt, n = PROMPT * 17, 200
+    prefix = mode == "prefix"
+    cached = S.generate_ar(tiny, prompt, n, temperature=0, prefix_prompt=prefix)
+    uncached = S.generate_ar(tiny, prompt, n, temperature=0, prefix_prompt=prefix, use_cache=False)
+    assert cached.shape == (1, 1 + len(prompt) + n)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached[0], greedy_reference(tiny, prompt, n, mode))
+
+
+def test_ar_prompt_longer_than_the_window_is_an_error(tiny):
+    with pytest.raises(ValueError, match="shorten the prompt"):
+        S.generate_ar(tiny, [9] * 256, 1)
+
+
+# -----------------------------------------------------------------------------
+# Diffusion generation
+
+@pytest.mark.parametrize("sampler, block_size", [("ancestral", None), ("confidence", None),
+                                                 ("ancestral", 16), ("confidence", 16)])
+def test_diffusion_fills_every_mask_and_keeps_the_prompt(tiny, sampler, block_size):
+    n, P = 40, 1 + len(PROMPT)
+    history = []
+    out = S.generate_diffusion(tiny, PROMPT, n, steps=5, sampler=sampler, block_size=block_size,
+                               generator=gen(0), num_samples=3, on_step=history.append)
+    assert out.shape == (3, P + n)
+    assert out[:, 0].eq(tiny.config.bos_id).all() and out[:, 1:P].tolist() == [PROMPT] * 3
+    new = out[:, P:]
+    assert not torch.isin(new, torch.tensor(banned(tiny))).any()  # no <mask> survives, no special is drawn
+    if block_size is None:  # one canvas: check every intermediate step too
+        for before, after in zip(history, history[1:]):
+            assert torch.equal(after[:, :P], out[:, :P])  # the prompt is never touched
+            revealed = before != tiny.config.mask_id
+            assert torch.equal(after[revealed], before[revealed])  # revealed tokens stay fixed
+            assert masks(after, tiny).sum() < masks(before, tiny).sum()  # every step reveals something
+
+
+@pytest.mark.parametrize("mode", ["ar", "ancestral", "confidence"])
+def test_same_seed_same_samples(tiny, mode):
+    def run(seed):
+        torch.manual_seed(seed + 100)  # the global RNG must play no part: only the generator counts
+        if mode == "ar":
+            return S.generate_ar(tiny, PROMPT, 30, top_k=50, top_p=0.9, generator=gen(seed), num_samples=2)
+        return S.generate_diffusion(tiny, PROMPT, 30, steps=6, sampler=mode, generator=gen(seed), num_samples=2)
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+
+
+def mntp_greedy(m, canvas, positions):
+    """Reference greedy tokens for `positions`: bidirectional attention, read at position j-1."""
+    with torch.no_grad():
+        logits = m(canvas.unsqueeze(0), mode="bidirectional")[0, positions - 1]
+    logits[:, banned(m)] = -math.inf
+    return logits.argmax(dim=-1), logits.softmax(dim=-1).max(dim=-1).values
+
+
+def test_ancestral_greedy_one_step_per_token_reveals_one_token_per_step(tiny):
+    n = 12
+    histories = []
+    for global_seed in range(2):
+        torch.manual_seed(global_seed)  # only the generator may matter
+        history = []
+        out = S.generate_diffusion(tiny, PROMPT, n, steps=n, sampler="ancestral", temperature=0,
+                                   generator=gen(3), on_step=history.append)
+        histories.append(history)
+    assert all(torch.equal(a, b) for a, b in zip(*histories))  # deterministic
+    history = histories[0]
+    assert len(history) == n
+    before = torch.cat([out[0, :1 + len(PROMPT)], torch.full((n,), tiny.config.mask_id)])
+    for step, canvas in enumerate(history):
+        changed = (canvas[0] != before).nonzero().flatten()
+        assert len(changed) == 1 and masks(canvas, tiny).item() == n - 1 - step
+        j = changed.item()
+        token, _ = mntp_greedy(tiny, before, changed)
+        assert canvas[0, j] == token.item()  # the argmax of the prediction made at position j-1
+        before = canvas[0]
+    assert torch.equal(history[-1][0], out[0])
+
+
+def test_ancestral_reveals_each_masked_position_with_probability_one_over_steps_left(tiny):
+    # MDLM: from t = 1 to s = 1 - 1/4 each masked token is revealed with probability (t-s)/t = 1/4;
+    # then from t = 3/4 to s = 1/2 with probability 1/3, etc., and the last step reveals the rest
+    n, steps, K = 10, 4, 400
+    history = []
+    S.generate_diffusion(tiny, [], n, steps=steps, sampler="ancestral", generator=gen(0), num_samples=K,
+                         on_step=history.append)
+    masked_before = torch.full((K,), n)
+    for i, canvas in enumerate(history):
+        left = masks(canvas, tiny)
+        revealed, expected = masked_before - left, masked_before.float() / (steps - i)
+        assert ((revealed == expected.floor()) | (revealed == expected.ceil())).all()  # no binomial noise
+        masked_before = left
+    assert masked_before.eq(0).all()
+    first = (history[0][:, 1:] != tiny.config.mask_id).float()  # per position, revealed at step 1?
+    assert abs(first.mean().item() - 0.25) < 0.01  # the exact mean of floor/ceil rounding of 2.5
+    assert (first.mean(dim=0) - 0.25).abs().max() < 4 * math.sqrt(0.25 * 0.75 / K)  # uniform over positions
+
+
+def test_confidence_reveals_the_most_probable_positions_on_an_even_schedule(tiny):
+    n, steps = 10, 4
+    history = []
+    out = S.generate_diffusion(tiny, PROMPT, n, steps=steps, sampler="confidence", temperature=0,
+                               on_step=history.append)
+    counts = [n - masks(history[0], tiny).item()]
+    counts += [(masks(a, tiny) - masks(b, tiny)).item() for a, b in zip(history, history[1:])]
+    assert counts == [2, 3, 2, 3]  # floor(10 (i+1)/4) - floor(10 i/4)
+    start = torch.cat([out[0, :1 + len(PROMPT)], torch.full((n,), tiny.config.mask_id)])
+    positions = torch.arange(1 + len(PROMPT), len(start))
+    tokens, confidence = mntp_greedy(tiny, start, positions)
+    top2 = positions[confidence.topk(2).indices]
+    revealed = (history[0][0] != start).nonzero().flatten()
+    assert sorted(revealed.tolist()) == sorted(top2.tolist())
+    assert torch.equal(history[0][0, top2], tokens[top2 - positions[0]])
+
+
+def test_block_generation_goes_beyond_one_window(tiny):
+    n, b, window = 600, 64, tiny.config.block_size
+    history = []
+    out = S.generate_diffusion(tiny, PROMPT, n, steps=2, block_size=b, generator=gen(0), on_step=history.append)
+    P = 1 + len(PROMPT)
+    assert out.shape == (1, P + n) and masks(out, tiny).item() == 0
+    assert out[0, 1:P].tolist() == PROMPT
+    finished = history[1::2]  # the canvas after each block's last step
+    assert len(finished) == math.ceil(n / b)
+    for k, canvas in enumerate(finished):
+        end = P + min((k + 1) * b, n)
+        assert canvas.size(1) == min(end, window)
+        assert torch.equal(canvas[0], out[0, max(0, end - window):end])  # the last window tokens as context
+
+
+# -----------------------------------------------------------------------------
+# Scoring
+
+def test_score_samples_against_direct_computation(tiny):
+    torch.manual_seed(0)
+    seqs = torch.randint(5, tiny.config.vocab_size, (2, 50))
+    with torch.no_grad():
+        logits = tiny(seqs, mode="causal")
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), seqs[:, 1:], reduction="none")
+    scores = S.score_samples(tiny, seqs, 13)
+    for row, score in enumerate(scores):
+        assert abs(score["nll"] - nll[row, 12:].mean().item()) < 1e-5
+        assert abs(score["ppl"] - math.exp(score["nll"])) < 1e-6 * score["ppl"]
+        counts = torch.bincount(seqs[row, 13:]).float()
+        p = counts[counts > 0] / counts.sum()
+        assert abs(score["entropy"] - float(-(p * p.log()).sum())) < 1e-5
+    assert abs(S.unigram_entropy(torch.tensor([5, 5, 6, 6])) - math.log(2)) < 1e-6
+    assert S.unigram_entropy(torch.tensor([7, 7, 7])) == 0
+
+
+def test_causal_nll_slides_over_sequences_longer_than_the_window(tiny):
+    # reference, token by token: token i is scored by the first window that holds it, where windows
+    # end at W, W + W/2, W + 2 W/2, ... (capped at the sequence end) and span W tokens
+    W, L = tiny.config.block_size, 600
+    seq = torch.randint(5, tiny.config.vocab_size, (L,), generator=gen(1))
+    nll = S.causal_nll(tiny, seq)
+    assert nll.shape == (L - 1,)
+    window_logits = {}
+    reference = []
+    for i in range(1, L):
+        end = W
+        while end <= i:
+            end += W // 2
+        end = min(end, L)
+        start = max(0, end - W)
+        if (start, end) not in window_logits:
+            with torch.no_grad():
+                window_logits[start, end] = tiny(seq[None, start:end])[0]
+        reference.append(torch.nn.functional.cross_entropy(window_logits[start, end][i - 1 - start], seq[i]))
+        assert i - start >= min(i, W // 2)  # every token past the first window has half a window of context
+    assert sorted(window_logits) == [(0, 256), (128, 384), (256, 512), (344, 600)]
+    torch.testing.assert_close(nll, torch.stack(reference))
+
+
+def test_speed_quality_curve_rows(tiny):
+    rows = S.speed_quality_curve(tiny, PROMPT, 8, [1, 8], num_samples=2)
+    assert [(r["method"], r["steps"]) for r in rows] == [("ar", 8), ("diffusion", 1), ("diffusion", 8)]
+    assert all(r["tokens_per_s"] > 0 and math.isfinite(r["nll"]) and r["entropy"] > 0 for r in rows)
+    assert "gen NLL" in S.format_curve(rows)
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(REPO / "sample.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_cli_writes_json_lines_with_scores(tiny_checkpoint, tmp_path):
+    import data
+    tok = data.Tokenizer.from_spec(M.read_checkpoint(str(tiny_checkpoint))["tokenizer"])
+    out = tmp_path / "samples.jsonl"
+    r = run_cli("--ckpt", tiny_checkpoint, "--mode", "diffusion", "--prompt", "ROMEO:", "--max_new_tokens", 20,
+                "--num_samples", 2, "--steps", 4, "--sampler", "confidence", "--block_size", 8, "--score",
+                "--seed", 7, "--out", out)
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2
+    for rec in records:
+        assert rec["prompt"] == "ROMEO:" and rec["prompt_ids"] == tok.encode("ROMEO:")
+        assert len(rec["ids"]) == 20 and rec["text"] == tok.decode(rec["ids"])
+        assert rec["mode"] == "diffusion" and rec["seed"] == 7 and rec["settings"]["steps"] == 4
+        assert math.isfinite(rec["nll"]) and rec["entropy"] > 0
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("ROMEO:", encoding="utf-8")
+    r = run_cli("--ckpt", tiny_checkpoint, "--mode", "ar", "--prompt_file", prompt_file, "--max_new_tokens", 10,
+                "--temperature", 0, "--prefix_prompt", "--score")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ROMEO:") and "mean gen NLL" in r.stdout
+
+
+def test_cli_sweep_prints_the_curve(tiny_checkpoint):
+    r = run_cli("--ckpt", tiny_checkpoint, "--mode", "diffusion", "--max_new_tokens", 8, "--num_samples", 2,
+                "--sweep_steps", "1,4")
+    assert r.returncode == 0, r.stderr
+    assert "gen NLL" in r.stdout and len(r.stdout.strip().splitlines()) == 4  # header, ar, 2 step counts
+
+
+@pytest.mark.parametrize("case", ["missing_ckpt", "corrupt_ckpt", "long_prompt", "steps_0", "unknown_mode",
+                                  "top_p_0", "top_p_above_1"])
+def test_cli_bad_input_is_one_line(tiny_checkpoint, tmp_path, case):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    ckpt = {"missing_ckpt": tmp_path / "nope.pt", "corrupt_ckpt": corrupt}.get(case, tiny_checkpoint)
+    extra = {"long_prompt": ["--prompt", "O Romeo, Romeo, wherefore art thou Romeo? " * 60],
+             "steps_0": ["--mode", "diffusion", "--steps", 0], "unknown_mode": ["--mode", "beam"],
+             "top_p_0": ["--top_p", 0], "top_p_above_1": ["--top_p", 1.5]}.get(case, [])
+    r = run_cli("--ckpt", ckpt, "--max_new_tokens", 4, *extra)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sample.py: error:") and "Traceback" not in r.stderr, r.stderr
