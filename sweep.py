@@ -93,9 +93,9 @@ def run_cell(cell_dir, config, r, lam, args, train_overrides, threads):
                f"--out_dir={cell_dir}", *train_overrides]
         if (cell_dir / "ckpt.pt").exists():
             cmd.append("--resume=True")
-        t0 = time.time()
+        t0, commit = time.time(), git_commit()  # the code as the subprocess loads it
         run_logged(cmd, cell_dir / "train.log", threads)
-        record.update(train_done=True, train_commit=git_commit(),
+        record.update(train_done=True, train_commit=commit,
                       train_seconds=round(record.get("train_seconds", 0) + time.time() - t0, 1))
         record_path.write_text(json.dumps(record, indent=1))
         done.append("trained")
@@ -106,10 +106,10 @@ def run_cell(cell_dir, config, r, lam, args, train_overrides, threads):
             cmd += ["--limit", str(args.eval_limit)]
         if args.eval_data_dir:
             cmd += ["--data_dir", args.eval_data_dir]
-        t0 = time.time()
+        t0, commit = time.time(), git_commit()
         run_logged(cmd, cell_dir / "eval.log", threads)
         os.replace(cell_dir / "eval.json.tmp", cell_dir / "eval.json")  # eval.json exists only when complete
-        record.update(eval_commit=git_commit(), eval_seconds=round(time.time() - t0, 1))
+        record.update(eval_commit=commit, eval_seconds=round(time.time() - t0, 1))
         record_path.write_text(json.dumps(record, indent=1))
         done.append("evaluated")
     return done
