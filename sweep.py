@@ -312,29 +312,54 @@ def figures(results_dir, nu=2.5, samples=10000, seed=0):
     fig.savefig(results_dir / "fig2_score_vs_lambda.png", dpi=120)
     plt.close(fig)
 
-    # Figure 3 (paper Figure 4): the Gaussian process over (r, λ) of the final validation AR loss
-    runs = gp_fit.read_runs(csv_paths=[results_dir / "results.csv"], score="final_val_ar_loss")
-    try:
-        summary = gp_fit.analyse(runs, results_dir / "gp", nu=nu, samples=samples, seed=seed, lower_is_better=True)
-    except ValueError as e:  # too small a grid for a GP (a test sweep): the other figures still stand
-        print(f"sweep.py: no GP fit: {e}")
-        summary = {"optimal_lambda": []}
-    print(f"figures in {results_dir}: fig1_loss_curves.png, fig2_score_vs_lambda.png, gp/")
-    print_headline(rows, summary, r_max)
-    return summary
+    # Figure 3 (paper Figure 4): the Gaussian process over (r, λ), for the validation AR loss (gp/)
+    # and for BLiMP (gp_blimp/, closer to the paper's downstream score but noisy at this scale)
+    fits = {}
+    for column, lower_is_better, folder in (("final_val_ar_loss", True, "gp"), ("blimp_best", False, "gp_blimp")):
+        runs = gp_fit.read_runs(csv_paths=[results_dir / "results.csv"], score=column)
+        try:
+            fits[column] = gp_fit.analyse(runs, results_dir / folder, nu=nu, samples=samples, seed=seed,
+                                          lower_is_better=lower_is_better)
+        except ValueError as e:  # too small a grid for a GP (a test sweep): the other figures still stand
+            print(f"sweep.py: no GP fit of {column}: {e}")
+    text = headline(rows, fits, r_max)
+    (results_dir / "summary.md").write_text("\n".join(summary_table(rows) + [""] + text) + "\n")
+    print("\n".join(text))
+    print(f"figures in {results_dir}: fig1_loss_curves.png, fig2_score_vs_lambda.png, gp/gp_fit.png; "
+          f"table in summary.md")
+    return fits
 
 
-def print_headline(rows, summary, r_max):
+def headline(rows, fits, r_max):
+    """The numbers worth quoting, as lines of text."""
     at = {row["lambda"]: row for row in rows if row["repetitions"] == r_max}
     mixed = best_mixed(rows, r_max)
     parts = [f"λ={lam:g}: {at[lam]['final_val_ar_loss']:.4f}" for lam in (1.0, mixed, 0.0) if lam in at]
-    print(f"final validation AR loss at r={r_max:g}: " + ", ".join(parts))
-    for level in summary["optimal_lambda"]:
-        lo, hi = level["interval"]
-        band = level.get("rule_of_thumb", {}).get("band")
-        rule = f"λ in [{band[0]:.2f}, {band[1]:.2f}]" if band else "no λ <= 1 (λ·r < 8 even at λ = 1)"
-        print(f"GP optimal λ at r={level['repetitions']:g}: {level['mean']:.2f} (90% interval {lo:.2f}-{hi:.2f}); "
-              f"the paper's rule 8 <= λ·r <= 32 gives {rule}")
+    lines = [f"final validation AR loss at r={r_max:g}: " + ", ".join(parts)]
+    for column, fit in fits.items():
+        for level in fit["optimal_lambda"]:
+            lo, hi = level["interval"]
+            band = level["rule_of_thumb"]["band"]
+            rule = f"λ in [{band[0]:.2f}, {band[1]:.2f}]" if band else "no λ <= 1 (λ·r < 8 even at λ = 1)"
+            lines.append(f"GP ({column}) optimal λ at r={level['repetitions']:g}: {level['mean']:.2f} (90% "
+                         f"interval {lo:.2f}-{hi:.2f}); the paper's rule 8 <= λ·r <= 32 gives {rule}")
+    return lines
+
+
+def summary_table(rows):
+    """results.csv as a markdown table, for the README."""
+    def num(v, fmt):
+        return "" if v is None else format(v, fmt)
+    lines = ["| r | λ | unique tokens | final val AR | min val AR | final val MD | min val MD | BLiMP causal | "
+             "BLiMP PLL | overfit |", "|" + " --- |" * 10]
+    for row in sorted(rows, key=lambda row: (row["repetitions"], row["lambda"])):
+        flags = [name for name in ("ar", "md") if row[f"overfit_{name}"]]
+        lines.append(f"| {row['repetitions']:g} | {row['lambda']:g} | {num(row['unique_tokens'], ',.0f')} | "
+                     f"{num(row['final_val_ar_loss'], '.3f')} | {num(row['min_val_ar_loss'], '.3f')} | "
+                     f"{num(row['final_val_md_loss'], '.3f')} | {num(row['min_val_md_loss'], '.3f')} | "
+                     f"{num(row['blimp_causal'], '.1f')} | {num(row['blimp_pll'], '.1f')} | "
+                     f"{', '.join(flags) or '-'} |")
+    return lines
 
 
 class OneLineErrors(argparse.ArgumentParser):
