@@ -1,0 +1,1005 @@
+"""
+Zero-shot evaluation of a nanodual checkpoint: nine multiple-choice tasks, each scored in four ways
+(paper §4). Every convention here is fixed by EVAL_SPEC.md, cited below as "spec §n".
+
+    python eval.py --ckpt out/ckpt.pt --tasks all --modes causal,prefix,pll,mc --out results.json
+
+A task item is a context, a list of continuations and the index of the gold one. A *mode* turns a
+(context, continuation) pair into an estimate of log p(continuation | context), the task's
+*normalisation* turns that into a score, and the prediction is the argmax. The modes differ only in
+what the model sees and which hidden states are read; under MNTP the hidden state at position i
+always predicts token i+1 (paper §3):
+
+    causal  causal attention over <s> + context + continuation: the exact AR log-likelihood (Eq. 2)
+    prefix  as causal, but <s> + context attend to each other bidirectionally (paper §5.4)
+    pll     one bidirectional pass per continuation token, with k <mask>s over the target and the
+            k-1 tokens after it (semi-autoregressive pseudo-log-likelihood, App. E/H); k = 1 and 6,
+            and each task reports the better of the two
+    mc      Monte-Carlo estimate of the masked-diffusion ELBO of the continuation (App. D, Eq. 4):
+            N mask ratios t_j = j/N, each masking a seeded random subset of the continuation
+
+The file reads top to bottom: the tasks (readers for the release files), tokenisation, the batched
+scorer shared by all modes, the four modes, task scores, evaluate(), the command line.
+"""
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from progress import Progress
+
+# where task files are looked for when --data_dir is not given (README: "Evaluation data")
+DEFAULT_DATA_DIR = os.environ.get("NANODUAL_EVAL_DATA", "eval_data")
+
+# name: (normalisation, random baseline r in %), spec §2.1 and paper App. C. r = 100/choices.
+TASKS = {
+    "arc_easy": ("per_char", 25.0),
+    "arc_challenge": ("pmi", 25.0),
+    "blimp": ("none", 50.0),
+    "csqa": ("pmi", 20.0),
+    "hellaswag": ("per_char", 25.0),
+    "mmlu": ("per_char", 25.0),
+    "obqa": ("pmi", 25.0),
+    "piqa": ("per_char", 50.0),
+    "siqa": ("per_char", 100.0 / 3),
+}
+MODES = ("causal", "prefix", "pll", "mc")
+UNCONDITIONAL_CONTEXT = "Answer:"  # the PMI reference context of OLMES (spec §3)
+OLMES_SUBSAMPLED = ("arc_easy", "hellaswag", "piqa", "siqa")  # spec §1.7
+
+
+# -----------------------------------------------------------------------------
+# Tasks. Each reader turns one task's release files into Items; the prompts are the OLMES cloze
+# templates of spec §2.1, and every continuation carries its leading space (spec §1.2).
+
+@dataclass
+class Item:
+    id: str                 # stable across runs: names the item in --dump and seeds its MC masks
+    context: str            # "" for BLiMP, whose sentences are scored whole (spec §2.3)
+    continuations: list     # the strings scored, " " + choice for every OLMES task
+    gold: int
+    subtask: str = ""       # BLiMP paradigm or MMLU subject: both tasks are macro-averaged
+
+
+# Files looked for under data_dir, first existing wins: the official release names first, then
+# the variants documented in shared/data/README.md (README section "Evaluation data").
+TASK_FILES = {
+    "arc_easy": ["arc/ARC-Easy-Test.jsonl", "arc/arc_easy_test.jsonl"],
+    "arc_challenge": ["arc/ARC-Challenge-Test.jsonl", "arc/arc_challenge_test.jsonl"],
+    "blimp": ["blimp"],
+    "csqa": ["csqa/dev_rand_split.jsonl"],
+    "hellaswag": ["hellaswag/hellaswag_val.jsonl", "hellaswag/hellaswag_val_full.txt"],
+    "mmlu": ["mmlu/test"],
+    "obqa": ["obqa/test.jsonl", "obqa/test.tsv"],
+    "piqa": ["piqa/valid.jsonl"],
+    "siqa": ["siqa/dev.jsonl"],
+}
+
+
+def malformed(where, what):
+    return ValueError(f"{where}: {what}; fix the file or download it again (README: Evaluation data)")
+
+
+def read_lines(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            # split on newlines only: str.splitlines() would also cut at U+2028, \x0c, ... which JSON
+            # strings may hold raw, and the reported line numbers would drift
+            lines = f.read().split("\n")
+        return lines[:-1] if lines[-1] == "" else lines
+    except UnicodeDecodeError as e:
+        raise malformed(path, f"not UTF-8 text ({e.reason})") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {path} ({e.strerror}); check the file's permissions") from None
+
+
+def jsonl_records(path):
+    """(where, record) for each non-blank line; `where` is "path:line" for error messages."""
+    records = []
+    for n, line in enumerate(read_lines(path), 1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise malformed(f"{path}:{n}", f"not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise malformed(f"{path}:{n}", "not a JSON object")
+            records.append((f"{path}:{n}", record))
+    return records
+
+
+def get(record, *keys, where, kind=str):
+    """record[k0][k1]... with a one-line error naming the file and line when it is missing."""
+    value = record
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            raise malformed(where, f"missing field {'.'.join(keys)!r}")
+        value = value[key]
+    if not isinstance(value, kind):
+        raise malformed(where, f"field {'.'.join(keys)!r} has the wrong type ({type(value).__name__}: {value!r})")
+    return value
+
+
+def qa_item(where, record, item_id):
+    """ARC, CommonsenseQA and OpenBookQA share the AI2 layout {question: {stem, choices: [{text,
+    label}]}, answerKey}. Gold is the key's position among the labels, which also covers ARC's digit
+    labels "1".."5" (spec §2.2; same result as OLMES's digit -> letter map)."""
+    stem = get(record, "question", "stem", where=where)
+    choices = get(record, "question", "choices", where=where, kind=list)
+    labels = [get(c, "label", where=where) for c in choices]
+    texts = [get(c, "text", where=where) for c in choices]
+    key = get(record, "answerKey", where=where).strip()
+    if key not in labels:
+        raise malformed(where, f"answerKey {key!r} is not one of the choice labels {labels}")
+    return Item(str(record.get("id", item_id)), f"Question: {stem}\nAnswer:", [" " + t for t in texts],
+                labels.index(key))
+
+
+def read_qa(path):
+    records = jsonl_records(path)
+    if records and "query" in records[0][1]:  # the MosaicML variant of ARC (shared/data/README.md)
+        items = []
+        for n, (where, record) in enumerate(records):
+            query, choices = get(record, "query", where=where), get(record, "choices", where=where, kind=list)
+            gold = get(record, "gold", where=where, kind=int)
+            if not query.startswith("Question: ") or not 0 <= gold < len(choices):
+                raise malformed(where, "expected a 'Question: ...' query and 0 <= gold < number of choices")
+            items.append(Item(f"{os.path.basename(path)}:{n}", query + "\nAnswer:", [" " + c for c in choices], gold))
+        return items
+    return [qa_item(where, record, where) for where, record in records]
+
+
+def read_obqa_tsv(path):
+    """The release's Data/Main/test.tsv: ID, Question Stem, Choices "(A) .. (B) ..", ..., Answer Key."""
+    lines = read_lines(path)
+    header = lines[0].split("\t") if lines else []
+    need = ("ID", "Question Stem", "Choices", "Answer Key")
+    if any(name not in header for name in need):
+        raise malformed(f"{path}:1", f"expected the header columns {need}")
+    items = []
+    for n, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        cols = dict(zip(header, line.split("\t")))
+        choices = re.findall(r"\(([A-Z])\) (.*?)(?= \([A-Z]\) |$)", cols.get("Choices", ""))
+        if len(cols) != len(header) or not choices:
+            raise malformed(f"{path}:{n}", f"expected {len(header)} tab-separated columns with '(A) ...' choices")
+        record = {"id": cols["ID"], "answerKey": cols["Answer Key"], "question": {
+            "stem": cols["Question Stem"], "choices": [{"label": lab, "text": t} for lab, t in choices]}}
+        items.append(qa_item(f"{path}:{n}", record, cols["ID"]))
+    return items
+
+
+def hellaswag_preprocess(text):
+    """OLMES's HellaSwag clean-up (spec §2.2): WikiHow [title]/[step] markers out, double spaces in."""
+    text = text.strip()
+    text = re.sub(r"\.? \[title\]", ". ", text)
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def hellaswag_item(where, record, item_id):
+    ctx = get(record, "ctx_a", where=where) + " " + get(record, "ctx_b", where=where).capitalize()
+    query = hellaswag_preprocess(get(record, "activity_label", where=where) + ": " + ctx)
+    endings = get(record, "endings", where=where, kind=list)
+    label = str(get(record, "label", where=where, kind=(int, str)))  # int in the release, str on HF
+    if not label.isdigit() or int(label) >= len(endings):
+        raise malformed(where, f"label {label!r} is not an index into the {len(endings)} endings")
+    return Item(str(record.get("ind", item_id)), query, [" " + hellaswag_preprocess(e) for e in endings], int(label))
+
+
+def read_hellaswag(path):
+    if path.endswith(".jsonl"):
+        return [hellaswag_item(where, record, where) for where, record in jsonl_records(path)]
+    # the 6-line text variant (shared/data/README.md): "label: ctx", gold, 4 endings. Its fields are
+    # already preprocessed and ctx_b lost its capitalisation, which cannot be restored.
+    lines = read_lines(path)
+    if len(lines) % 6:
+        raise malformed(f"{path}:{len(lines) - len(lines) % 6 + 1}", "the last item has fewer than 6 lines")
+    items = []
+    for start in range(0, len(lines), 6):
+        context, label, *endings = lines[start:start + 6]
+        if label.strip() not in ("0", "1", "2", "3"):
+            raise malformed(f"{path}:{start + 2}", f"label {label!r} should be 0..3")
+        items.append(Item(str(start // 6), hellaswag_preprocess(context),
+                          [" " + hellaswag_preprocess(e) for e in endings], int(label)))
+    return items
+
+
+def mmlu_item(subject, question, choices, gold, item_id, description=True):
+    """OLMES v0.1 prepends the subject line even at 0 shots; spec §2.2 keeps it by default."""
+    prompt = f"Question: {question.strip()}\nAnswer:"
+    if description:
+        prompt = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n" + prompt
+    return Item(item_id, prompt, [" " + c for c in choices], gold, subtask=subject)
+
+
+def read_mmlu(folder, description=True):
+    """data/test/<subject>_test.csv: no header; question, A, B, C, D, answer letter. Every field is read
+    as a string, so choices like "0,1" survive (spec §2.2)."""
+    paths = sorted(glob.glob(os.path.join(folder, "*_test.csv")))
+    if not paths:
+        raise FileNotFoundError(f"no *_test.csv files in {folder}")
+    items = []
+    for path in paths:
+        subject = os.path.basename(path)[: -len("_test.csv")]
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                reader = csv.reader(f)
+                for row in reader:
+                    where = f"{path}:{reader.line_num}"
+                    if len(row) != 6 or row[5].strip() not in ("A", "B", "C", "D"):
+                        raise malformed(where, "expected 6 columns: question, A, B, C, D, answer letter A-D")
+                    items.append(mmlu_item(subject, row[0], row[1:5], "ABCD".index(row[5].strip()),
+                                           f"{subject}/{reader.line_num}", description))
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise malformed(path, f"not a readable CSV ({e})") from None
+    return items
+
+
+def read_labels(path, valid, n_items):
+    """The .lst label files of PIQA and SIQA: one label per line, aligned with the jsonl."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing (the labels that go with {path.replace('-labels.lst', '.jsonl')}); "
+                                f"download the task again (README: Evaluation data)")
+    labels = [line.strip() for line in read_lines(path) if line.strip()]
+    for n, label in enumerate(labels, 1):
+        if label not in valid:
+            raise malformed(f"{path}:{n}", f"label {label!r} should be one of {valid}")
+    if len(labels) != n_items:
+        raise malformed(path, f"{len(labels)} labels for {n_items} items")
+    return labels
+
+
+def piqa_item(where, record, label, item_id):
+    goal = get(record, "goal", where=where)
+    sols = [get(record, "sol1", where=where), get(record, "sol2", where=where)]
+    return Item(item_id, f"Goal: {goal}\nAnswer:", [" " + s for s in sols], int(label))
+
+
+def siqa_item(where, record, label, item_id):
+    context, question = get(record, "context", where=where), get(record, "question", where=where)
+    answers = [get(record, key, where=where) for key in ("answerA", "answerB", "answerC")]
+    return Item(item_id, f"Question: {context} {question}\nAnswer:", [" " + a for a in answers], int(label) - 1)
+
+
+def read_with_labels(path, make_item, valid):
+    records = jsonl_records(path)
+    labels = read_labels(path[: -len(".jsonl")] + "-labels.lst", valid, len(records))
+    return [make_item(where, record, label, str(n)) for n, ((where, record), label) in enumerate(zip(records, labels))]
+
+
+def blimp_item(where, record):
+    uid = get(record, "UID", where=where)
+    return Item(f"{uid}/{record.get('pairID', where)}", "",
+                [get(record, "sentence_good", where=where), get(record, "sentence_bad", where=where)], 0, subtask=uid)
+
+
+def read_blimp(folder):
+    paths = sorted(glob.glob(os.path.join(folder, "*.jsonl")))
+    if not paths:
+        raise FileNotFoundError(f"no <paradigm>.jsonl files in {folder}")
+    return [blimp_item(where, record) for path in paths for where, record in jsonl_records(path)]
+
+
+def read_task_file(name, path, mmlu_description=True):
+    if name == "blimp":
+        return read_blimp(path)
+    if name == "mmlu":
+        return read_mmlu(path, mmlu_description)
+    if name == "hellaswag":
+        return read_hellaswag(path)
+    if name == "piqa":
+        return read_with_labels(path, piqa_item, ("0", "1"))
+    if name == "siqa":
+        return read_with_labels(path, siqa_item, ("1", "2", "3"))
+    if name == "obqa" and path.endswith(".tsv"):
+        return read_obqa_tsv(path)
+    return read_qa(path)  # arc_easy, arc_challenge, csqa, obqa
+
+
+def find_task_file(name, data_dir):
+    """The first existing candidate path, or FileNotFoundError naming every path looked for."""
+    candidates = [os.path.join(data_dir, c) for c in TASK_FILES[name]]
+    for path in candidates:
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(" or ".join(candidates))
+
+
+def select_items(name, items, limit=None, olmes_subsample=False):
+    """OLMES's 1000-item subsample (off by default, spec §1.7), then the first `limit` items, per
+    sub-task for BLiMP and MMLU so that their macro-average keeps every paradigm/subject."""
+    if olmes_subsample and name in OLMES_SUBSAMPLED and len(items) > 1000:
+        items = random.Random(1234).sample(items, 1000)
+    if limit is None:
+        return items
+    kept, taken = [], {}
+    for it in items:
+        if taken.get(it.subtask, 0) < limit:
+            kept.append(it)
+            taken[it.subtask] = taken.get(it.subtask, 0) + 1
+    return kept
+
+
+def load_task(name, data_dir=DEFAULT_DATA_DIR, limit=None, olmes_subsample=False, mmlu_description=True, path=None):
+    """Items of one task from its release files under data_dir (or from `path`). FileNotFoundError
+    (message: the paths looked for) when the task is absent; ValueError for a malformed file."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+    path = path or find_task_file(name, data_dir)
+    items = read_task_file(name, path, mmlu_description)
+    return select_items(name, items, limit, olmes_subsample)
+
+
+# The Hugging Face route (optional): the same tasks from the hub, converted to the record layouts
+# of the release files so that the same item builders apply.
+HF_DATASETS = {  # name: (dataset, config, split)
+    "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "test"),
+    "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "test"),
+    "blimp": ("nyu-mll/blimp", None, "train"),  # one config per paradigm
+    "csqa": ("tau/commonsense_qa", None, "validation"),
+    "hellaswag": ("Rowan/hellaswag", None, "validation"),
+    "mmlu": ("cais/mmlu", "all", "test"),
+    "obqa": ("allenai/openbookqa", "main", "test"),
+    "piqa": ("ybisk/piqa", None, "validation"),
+    "siqa": ("allenai/social_i_qa", None, "validation"),
+}
+
+
+def hf_items(name, rows, mmlu_description=True):
+    """Items from Hugging Face rows (dicts) of task `name`."""
+    items = []
+    for n, row in enumerate(rows):
+        where = f"{HF_DATASETS[name][0]} row {n}"
+        if name in ("arc_easy", "arc_challenge", "csqa", "obqa"):
+            stem = row["question_stem"] if name == "obqa" else row["question"]
+            choices = [{"text": t, "label": lab} for t, lab in zip(row["choices"]["text"], row["choices"]["label"])]
+            record = {"id": row["id"], "question": {"stem": stem, "choices": choices}, "answerKey": row["answerKey"]}
+            items.append(qa_item(where, record, str(n)))
+        elif name == "hellaswag":
+            items.append(hellaswag_item(where, row, str(n)))
+        elif name == "mmlu":
+            items.append(mmlu_item(row["subject"], row["question"], row["choices"], int(row["answer"]),
+                                   f"{row['subject']}/{n}", mmlu_description))
+        elif name == "piqa":
+            items.append(piqa_item(where, row, row["label"], str(n)))
+        elif name == "siqa":
+            items.append(siqa_item(where, row, row["label"], str(n)))
+        else:
+            items.append(blimp_item(where, row))
+    return items
+
+
+def load_task_hf(name, limit=None, olmes_subsample=False, mmlu_description=True):
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError("--source hf needs the datasets package (pip install datasets); "
+                         "or use the release files with --data_dir") from None
+    path, config, split = HF_DATASETS[name]
+    try:
+        configs = datasets.get_dataset_config_names(path) if name == "blimp" else [config]
+        rows = [row for c in configs for row in datasets.load_dataset(path, c, split=split)]
+    except Exception as e:  # offline, renamed dataset, script-based loader refused, ...
+        raise ValueError(f"could not load {path} from the Hugging Face hub ({type(e).__name__}); "
+                         f"use the release files with --data_dir instead") from None
+    return select_items(name, hf_items(name, rows, mmlu_description), limit, olmes_subsample)
+
+
+# -----------------------------------------------------------------------------
+# Tokenisation (spec §1.3-1.4): [<s>] + enc(context + continuation), encoded jointly as a training
+# document would be; the continuation is never encoded on its own.
+
+def common_prefix_len(a, b):
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def encode_pairs(tokenizer, pairs, bos_id):
+    """[(context, continuation)] -> (token arrays, start P of each continuation, prefix-property flags).
+
+    P = 1 + len(enc(context)) when enc(context + continuation) starts with enc(context) (the prefix
+    property, spec §1.4). Where it fails, a token straddles the boundary; P is then put at the first
+    token that differs, so every token holding a continuation character is scored (the straddling
+    one included) and none is lost, and the flag lets the caller count it."""
+    contexts = tokenizer.encode_batch([c for c, _ in pairs])
+    wholes = tokenizer.encode_batch([c + x for c, x in pairs])
+    ids, starts, prefix_ok = [], [], []
+    for (context, continuation), ctx, whole in zip(pairs, contexts, wholes):
+        n = common_prefix_len(ctx, whole)
+        if n == len(whole):
+            raise ValueError(f"continuation {continuation!r} after {context[-40:]!r} has no tokens of its own; "
+                             f"continuations must be non-empty")
+        ids.append(np.array([bos_id] + whole, dtype=np.int64))
+        starts.append(1 + n)
+        prefix_ok.append(n == len(ctx))
+    return ids, starts, prefix_ok
+
+
+def fit_to_block(ids, start, max_len):
+    """Cut the context from the left, keeping <s> (spec §1.5). Only if the continuation alone does not
+    fit is its end cut as well. Returns (ids, start, truncated)."""
+    if len(ids) <= max_len:
+        return ids, start, False
+    drop = min(len(ids) - max_len, start - 1)
+    ids = np.concatenate([ids[:1], ids[1 + drop:]])[:max_len]
+    return ids, start - drop, True
+
+
+# -----------------------------------------------------------------------------
+# The batched scorer. Every mode reduces to rows: an input sequence, some positions that are
+# <mask>, and some positions p whose hidden state is read to score the clean token at p+1 (MNTP).
+# Rows are built for a chunk of sequences at a time (numpy), sorted by length, cut into batches,
+# run through the trunk once, and only the read positions go through the LM head.
+
+@dataclass
+class Rows:
+    seq: np.ndarray         # (R,) which sequence of the chunk a row comes from
+    length: np.ndarray      # (R,) input length of the row
+    masked: np.ndarray      # (R, T) True where the input is <mask>
+    read: np.ndarray        # (R, T) True where the hidden state is read (scores token p+1)
+
+
+@dataclass
+class Scorer:
+    """How rows are run: attention, batching, autocast. `attention` is "causal", "prefix" (<s> +
+    context bidirectional) or "bidirectional"."""
+    model: torch.nn.Module
+    attention: str
+    batch_size: int = 64         # rows per forward pass at most
+    batch_tokens: int = None     # padded tokens per forward pass at most; None: by device, below
+    autocast: bool = False       # bf16 autocast (CUDA)
+
+    @torch.inference_mode()
+    def run(self, table, starts, rows, on_rows_done=None):
+        """Sum of log p(clean token p+1) over each row's read positions. `table` holds the chunk's
+        clean sequences, padded, at least one column wider than the longest row."""
+        model, cfg = self.model, self.model.config
+        device = next(model.parameters()).device
+        # a CPU runs a small model fastest on batches that stay in its caches (2048 tokens: ~1.4x faster
+        # than 16384 for the tiny test model); a GPU wants large batches
+        batch_tokens = self.batch_tokens or (16384 if device.type == "cuda" else 2048)
+        sums = np.zeros(len(rows.seq))
+        order = np.argsort(-rows.length, kind="stable")  # longest first: an out-of-memory shows at once
+        first = 0
+        while first < len(order):
+            T = int(rows.length[order[first]])
+            count = max(1, min(self.batch_size, batch_tokens // T, len(order) - first))
+            batch = order[first:first + count]
+            first += count
+            seq = torch.from_numpy(rows.seq[batch]).to(device)
+            clean = table[seq, :T + 1]
+            pos = torch.arange(T, device=device)
+            valid = pos < torch.from_numpy(rows.length[batch]).to(device)[:, None]
+            masked = torch.from_numpy(rows.masked[batch, :T]).to(device)
+            x = torch.where(masked, cfg.mask_id, clean[:, :T])
+            x = torch.where(valid, x, cfg.pad_id)
+            prefix_len = doc_ids = None
+            if self.attention == "prefix":
+                prefix_len = starts[seq]
+            elif self.attention == "bidirectional" and not bool(valid.all()):
+                doc_ids = (~valid).int()  # pads form their own document: no real token attends to them
+            mode = "causal" if self.attention == "causal" else self.attention
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                h = model.hidden_states(x, mode=mode, prefix_len=prefix_len, doc_ids=doc_ids)
+            row, p = torch.from_numpy(rows.read[batch, :T]).to(device).nonzero(as_tuple=True)
+            logp = self.target_logprobs(h[row, p], clean[row, p + 1])
+            sums[batch] += torch.zeros(count, dtype=torch.float64, device=device).index_add_(0, row, logp).cpu().numpy()
+            if on_rows_done is not None:
+                on_rows_done(batch)
+        return sums
+
+    def target_logprobs(self, h, targets):
+        """log softmax(lm_head(h))[target] in fp32 (spec §4.1), a slice of positions at a time so that
+        the (positions, vocab) logits stay small."""
+        out = []
+        step = max(1, 2 ** 25 // self.model.config.vocab_size)
+        with torch.autocast(h.device.type, enabled=False):
+            for i in range(0, len(h), step):
+                logits = self.model.lm_head(h[i:i + step].float())
+                picked = logits.gather(1, targets[i:i + step, None])[:, 0]
+                out.append((picked - torch.logsumexp(logits, dim=-1)).double())
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=h.device)
+
+
+def positions(n_rows, width):
+    return np.broadcast_to(np.arange(width), (n_rows, width))
+
+
+def causal_rows(lengths, starts):
+    """One row per sequence: input s_0..s_{L-2}, read P-1..L-2 (spec §4.2; prefix mode §4.3 too)."""
+    L, P = np.asarray(lengths), np.asarray(starts)
+    pos = positions(len(L), int(L.max()) - 1)
+    read = (pos >= P[:, None] - 1) & (pos <= L[:, None] - 2)
+    return Rows(np.arange(len(L)), L - 1, np.zeros_like(read), read)
+
+
+def pll_rows(lengths, starts, k, right_context="visible", tail="append"):
+    """One row per continuation position j (spec §4.4): <mask> over j..j+k-1, read z_{j-1}.
+
+    right_context "visible": the tokens after the masks stay in the input (BERTS §2.2), "dropped":
+    the row ends after the masks. tail "append": near the end extra <mask>s keep the count at k,
+    "truncate": only positions inside the sequence are masked."""
+    L, P = np.asarray(lengths), np.asarray(starts)
+    seq = np.repeat(np.arange(len(L)), L - P)
+    j = np.concatenate([np.arange(p, n) for p, n in zip(P, L)])
+    end = j + k if tail == "append" else np.minimum(j + k, L[seq])  # one past the last mask
+    length = np.maximum(L[seq], end) if right_context == "visible" else end
+    pos = positions(len(seq), int(length.max()))
+    masked = (pos >= j[:, None]) & (pos < end[:, None])
+    return Rows(seq, length, masked, pos == j[:, None] - 1)
+
+
+def mc_mask_patterns(seed, n_cont, n_samples):
+    """(n_samples, n_cont) masks for the MC estimator (spec §4.5): sample j (t_j = j/N) masks exactly
+    n_j = ceil(j * n_cont / N) continuation tokens, a uniformly random subset from a generator seeded
+    by `seed`. Row j depends only on (seed, j), so estimates are reproducible bit for bit."""
+    counts = -(-np.arange(1, n_samples + 1) * n_cont // n_samples)  # integer ceil
+    noise = np.random.default_rng(seed).random((n_samples, n_cont))
+    ranks = noise.argsort(axis=1).argsort(axis=1)
+    return ranks < counts[:, None], counts
+
+
+def mc_rows(lengths, starts, patterns):
+    """One row per distinct mask pattern of each sequence (identical samples share one pass)."""
+    L, P = np.asarray(lengths), np.asarray(starts)
+    seq = np.repeat(np.arange(len(L)), [len(u) for u in patterns])
+    masked = np.zeros((len(seq), int(L.max())), dtype=bool)
+    r = 0
+    for i, unique in enumerate(patterns):
+        masked[r:r + len(unique), P[i]:L[i]] = unique
+        r += len(unique)
+    read = np.zeros_like(masked)
+    read[:, :-1] = masked[:, 1:]  # the masked token at i is read at z_{i-1} (MNTP)
+    return Rows(seq, L[seq], masked, read)
+
+
+# -----------------------------------------------------------------------------
+# The four modes: log-likelihood estimates for a list of sequences (ids, start)
+
+def max_length(mode, block_size, k=1, right_context="visible", tail="append"):
+    """Longest sequence a mode can score in one row of block_size tokens."""
+    if mode in ("causal", "prefix"):
+        return block_size + 1  # the last token is a target, never an input
+    if mode == "pll" and tail == "append":
+        return block_size - k + 1  # a row may carry up to k-1 masks past the end
+    return block_size
+
+
+def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="append", n_samples=128,
+                     seeds=None, batch_size=64, batch_tokens=None, autocast=False, on_seq_done=None,
+                     chunk_cells=1 << 23):
+    """Log-likelihood estimate of each sequence's continuation in `mode`.
+
+    seqs: [(ids, start)], ids = [<s>] + context + continuation tokens, continuation from `start`.
+    Returns (ll, stderr, truncated) arrays; stderr is the MC standard error (zeros for the exact
+    modes). Sequences too long for the model are cut by fit_to_block and flagged in `truncated`.
+    Work goes chunk by chunk (at most `chunk_cells` row x position cells) so memory stays bounded."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
+    limit = max_length(mode, model.config.block_size, k, right_context, tail)
+    fitted = [fit_to_block(ids, start, limit) for ids, start in seqs]
+    n = len(fitted)
+    ll, stderr = np.zeros(n), np.zeros(n)
+    truncated = np.array([t for _, _, t in fitted], dtype=bool)
+    attention = {"causal": "causal", "prefix": "prefix"}.get(mode, "bidirectional")
+    scorer = Scorer(model, attention, batch_size, batch_tokens, autocast)
+    device = next(model.parameters()).device
+    lengths = np.array([len(ids) for ids, _, _ in fitted])
+    rows_per_seq = {"pll": lengths - np.array([s for _, s, _ in fitted]), "mc": np.full(n, n_samples)}.get(mode, np.ones(n))
+    order = np.argsort(-lengths, kind="stable")
+    first = 0
+    while first < n:
+        width = int(lengths[order[first]]) + k + 1
+        last, cells = first, 0
+        while last < n and (last == first or cells + rows_per_seq[order[last]] * width <= chunk_cells):
+            cells += rows_per_seq[order[last]] * width
+            last += 1
+        chunk = order[first:last]
+        first = last
+        L = lengths[chunk]
+        P = np.array([fitted[i][1] for i in chunk])
+        table = np.full((len(chunk), width), model.config.pad_id, dtype=np.int64)
+        for r, i in enumerate(chunk):
+            table[r, :lengths[i]] = fitted[i][0]
+        if mode in ("causal", "prefix"):
+            rows = causal_rows(L, P)
+        elif mode == "pll":
+            rows = pll_rows(L, P, k, right_context, tail)
+        else:
+            patterns, inverses, counts = [], [], []
+            for i, p, n_tok in zip(chunk, P, L):
+                pattern, count = mc_mask_patterns(seeds[i], int(n_tok - p), n_samples)
+                unique, inverse = np.unique(pattern, axis=0, return_inverse=True)
+                patterns.append(unique)
+                inverses.append(inverse.reshape(-1))
+                counts.append(count)
+            rows = mc_rows(L, P, patterns)
+        remaining = np.bincount(rows.seq, minlength=len(chunk))
+
+        def rows_done(batch):
+            before = remaining.copy()
+            np.subtract.at(remaining, rows.seq[batch], 1)
+            if on_seq_done is not None:
+                on_seq_done(chunk[(before > 0) & (remaining == 0)])
+
+        sums = scorer.run(torch.from_numpy(table).to(device), torch.from_numpy(P).to(device), rows, rows_done)
+        per_row_start = np.concatenate([[0], np.cumsum(np.bincount(rows.seq, minlength=len(chunk)))])
+        for r, i in enumerate(chunk):
+            row_sums = sums[per_row_start[r]:per_row_start[r + 1]]
+            if mode != "mc":
+                ll[i] = row_sums.sum()
+            else:
+                # sample j's estimate: (L_c / n_j) * sum of log p over its masked tokens (spec §4.5)
+                n_cont = L[r] - P[r]
+                values = n_cont / counts[r] * row_sums[inverses[r]]
+                ll[i] = values.mean()
+                stderr[i] = values.std(ddof=1) / math.sqrt(n_samples)
+    return ll, stderr, truncated
+
+
+# -----------------------------------------------------------------------------
+# Task scores (spec §3, §1.6)
+
+def n_chars(continuation, count_space=True):
+    """Characters the per-char normalisation divides by: code points of " " + choice, the leading space
+    counted as OLMES does (spec §3); count_space=False drops it (LMH acc_norm)."""
+    return len(continuation) if count_space or not continuation.startswith(" ") else len(continuation) - 1
+
+
+def choice_score(normalisation, ll, ll_uncond=None, chars=None):
+    if normalisation == "per_char":
+        return ll / chars
+    if normalisation == "pmi":
+        return ll - ll_uncond  # log P(c|x) - log P(c|"Answer:"): a ratio of probabilities (spec §3)
+    return ll
+
+
+def normalized_score(accuracy, baseline):
+    """Paper §4: random baseline -> 0, perfect -> 100."""
+    return 100.0 * (accuracy - baseline) / (100.0 - baseline)
+
+
+def task_accuracy(items, correct):
+    """Accuracy in %, macro-averaged over sub-tasks where the task has them (BLiMP, MMLU)."""
+    by_subtask = {}
+    for item, ok in zip(items, correct):
+        by_subtask.setdefault(item.subtask, []).append(ok)
+    subtasks = {name: 100.0 * float(np.mean(oks)) for name, oks in by_subtask.items()}
+    return float(np.mean(list(subtasks.values()))), (subtasks if len(subtasks) > 1 or "" not in subtasks else None)
+
+
+# -----------------------------------------------------------------------------
+# evaluate(): tasks x modes -> results
+
+@dataclass
+class Settings:
+    """Every option of an evaluation; `settings` in the results JSON."""
+    limit: int = None                # first N items per task (per sub-task for BLiMP and MMLU)
+    batch_size: int = 64
+    batch_tokens: int = None         # None: 2048 on CPU, 16384 on CUDA
+    pll_k: tuple = (1, 6)
+    pll_right_context: str = "visible"
+    pll_tail: str = "append"
+    mc_samples: int = 128
+    seed: int = 0
+    per_char_space: bool = True
+    mmlu_description: bool = True
+    olmes_subsample: bool = False
+    source: str = "files"            # "files" (release files under data_dir) or "hf"
+    task_files: dict = field(default_factory=dict)  # task -> file overriding the data_dir lookup
+
+    def __post_init__(self):
+        self.pll_k = tuple(self.pll_k)
+        checks = [
+            (self.limit is None or (isinstance(self.limit, int) and self.limit >= 1), "limit must be a positive integer"),
+            (self.batch_size >= 1 and (self.batch_tokens or 1) >= 1, "batch_size and batch_tokens must be >= 1"),
+            (len(self.pll_k) > 0 and all(isinstance(k, int) and k >= 1 for k in self.pll_k),
+             f"pll_k={list(self.pll_k)}: every k counts masks and must be an integer >= 1"),
+            (self.pll_right_context in ("visible", "dropped"), "pll_right_context must be 'visible' or 'dropped'"),
+            (self.pll_tail in ("append", "truncate"), "pll_tail must be 'append' or 'truncate'"),
+            (self.mc_samples >= 2, "mc_samples must be >= 2 (a standard error needs two samples)"),
+            (self.source in ("files", "hf"), "source must be 'files' or 'hf'"),
+            (set(self.task_files) <= set(TASKS), f"task_files names unknown tasks; valid tasks: {', '.join(TASKS)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def parse_names(value, valid, what):
+    names = list(valid) if value == "all" else [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
+    unknown = [v for v in names if v not in valid]
+    if unknown or not names:
+        raise ValueError(f"unknown {what} {', '.join(map(repr, unknown)) or '(none given)'}; "
+                         f"valid {what}s: {', '.join(valid)}{' or all' if what == 'task' else ''}")
+    return names
+
+
+def build_requests(tokenizer, task, items, seed, bos_id):
+    """Every sequence a task scores: one per (item, choice), then for PMI tasks one per distinct
+    continuation after "Answer:", shared by all items (the unconditional-score cache, spec §5)."""
+    pairs = [(it.context, c) for it in items for c in it.continuations]
+    keys = [f"{seed}|{task}|{it.id}|{ci}" for it in items for ci in range(len(it.continuations))]
+    owner = [i for i, it in enumerate(items) for _ in it.continuations]
+    uncond = {}
+    if TASKS[task][0] == "pmi":
+        uncond = {c: len(pairs) + n for n, c in enumerate(dict.fromkeys(c for _, c in pairs))}
+        pairs += [(UNCONDITIONAL_CONTEXT, c) for c in uncond]
+        keys += [f"{seed}|{task}|uncond|{c}" for c in uncond]
+        owner += [-1] * len(uncond)
+    ids, starts, prefix_ok = encode_pairs(tokenizer, pairs, bos_id)
+    seeds = [zlib.crc32(key.encode("utf-8")) for key in keys]
+    return dict(seqs=list(zip(ids, starts)), seeds=seeds, owner=np.array(owner), uncond=uncond,
+                prefix_mismatches=int(len(prefix_ok) - sum(prefix_ok)))
+
+
+def score_task(task, items, req, mode_name, ll, stderr, truncated, settings, dump, k=None):
+    """Accuracy etc. of one task under one log-likelihood estimate; writes the --dump lines."""
+    normalisation, baseline = TASKS[task]
+    correct, seq = [], 0
+    for it in items:
+        scores = []
+        for ci, cont in enumerate(it.continuations):
+            u = req["uncond"].get(cont) if normalisation == "pmi" else None
+            chars = n_chars(cont, settings.per_char_space)
+            scores.append(choice_score(normalisation, ll[seq], None if u is None else ll[u], chars))
+            if dump is not None:
+                ids, start = req["seqs"][seq]
+                line = {"task": task, "mode": mode_name, "k": k, "item": it.id, "subtask": it.subtask or None,
+                        "choice": ci, "gold": it.gold, "context": it.context, "continuation": cont,
+                        "n_tokens": int(len(ids) - start), "n_chars": chars, "ll": float(ll[seq]),
+                        "ll_uncond": None if u is None else float(ll[u]), "normalizer": normalisation,
+                        "score": float(scores[-1]), "truncated": bool(truncated[seq])}
+                if mode_name == "mc":
+                    line.update(seed=req["seeds"][seq], samples=settings.mc_samples, stderr=float(stderr[seq]))
+                dump.write(json.dumps(line) + "\n")
+            seq += 1
+        correct.append(int(np.argmax(scores)) == it.gold)  # first maximum wins (spec §1.1)
+    accuracy, subtasks = task_accuracy(items, correct)
+    out = {"accuracy": accuracy, "normalized": normalized_score(accuracy, baseline)}
+    if subtasks:
+        out["subtasks"] = subtasks
+    return out
+
+
+def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_DATA_DIR, dump=None,
+             checkpoint=None, progress=True, autocast=None, **options):
+    """Evaluate `model` on `tasks` ("all", names, or {name: [Item]}) in `modes`; returns the results
+    dict that eval.py writes (README: "Results JSON"). `options` are the fields of Settings; `dump`
+    a path for the per-(item, choice) JSONL audit lines; autocast defaults to bf16 on CUDA."""
+    settings = Settings(**options)
+    modes = parse_names(modes, MODES, "mode")
+    given = tasks if isinstance(tasks, dict) else {name: None for name in parse_names(tasks, TASKS, "task")}
+    parse_names(list(given), TASKS, "task")
+    device = next(model.parameters()).device
+    autocast = device.type == "cuda" if autocast is None else autocast
+    cfg = model.config
+    if (tokenizer.bos_id, tokenizer.mask_id, tokenizer.pad_id) != (cfg.bos_id, cfg.mask_id, cfg.pad_id):
+        raise ValueError("the tokenizer's <s>/<mask>/<pad> ids differ from the model's; use the checkpoint's own tokenizer")
+    results = {"checkpoint": checkpoint, "run": run_info(model),
+               "settings": {"tasks": list(given), "modes": modes, "data_dir": data_dir, "device": str(device),
+                            "autocast_bf16": autocast, **asdict(settings)},
+               "tasks": {}, "average": {}, "skipped": {}}
+    dump_file = open(dump, "w", encoding="utf-8") if dump else None
+    try:
+        # read every task first, so a malformed file fails before any model time is spent
+        loaded = {}
+        for name, items in given.items():
+            if items is None:
+                try:
+                    if settings.source == "hf":
+                        items = load_task_hf(name, settings.limit, settings.olmes_subsample, settings.mmlu_description)
+                    else:
+                        items = load_task(name, data_dir, settings.limit, settings.olmes_subsample,
+                                          settings.mmlu_description, settings.task_files.get(name))
+                except FileNotFoundError as e:
+                    results["skipped"][name] = str(e)
+                    print(f"eval.py: skipping {name}: not found ({e})", flush=True)
+                    continue
+            loaded[name] = items
+        for name, items in loaded.items():
+            results["tasks"][name] = evaluate_task(model, tokenizer, name, items, modes, settings, autocast,
+                                                   dump_file, progress)
+    finally:
+        if dump_file:
+            dump_file.close()
+    for mode in modes:
+        scores = [r[mode]["normalized"] for r in results["tasks"].values()]
+        if scores:
+            results["average"][mode] = float(np.mean(scores))
+    return results
+
+
+def evaluate_task(model, tokenizer, task, items, modes, settings, autocast, dump, progress):
+    req = build_requests(tokenizer, task, items, settings.seed, model.config.bos_id)
+    if req["prefix_mismatches"]:
+        print(f"eval.py: {task}: {req['prefix_mismatches']} of {len(req['seqs'])} sequences break the "
+              f"tokenisation prefix property; their boundary token is scored as continuation", flush=True)
+    out = {}
+    for mode in modes:
+        variants = [(k, f"{task} {mode} k={k}") for k in settings.pll_k] if mode == "pll" else [(1, f"{task} {mode}")]
+        per_k = {}
+        for k, desc in variants:
+            bar = Progress(len(items), desc=desc, unit="items") if progress else None
+            item_left = np.bincount(req["owner"][req["owner"] >= 0], minlength=len(items))
+
+            def seq_done(seqs):
+                owners = req["owner"][seqs]
+                owners = owners[owners >= 0]
+                np.subtract.at(item_left, owners, 1)
+                if bar is not None:
+                    bar.update(int(np.sum(item_left[np.unique(owners)] == 0)))
+
+            start = time.time()
+            ll, stderr, truncated = sequence_logliks(
+                model, req["seqs"], mode, k=k, right_context=settings.pll_right_context, tail=settings.pll_tail,
+                n_samples=settings.mc_samples, seeds=req["seeds"], batch_size=settings.batch_size,
+                batch_tokens=settings.batch_tokens, autocast=autocast, on_seq_done=seq_done)
+            if bar is not None:
+                bar.close()
+            per_k[k] = score_task(task, items, req, mode, ll, stderr, truncated, settings, dump,
+                                  k if mode == "pll" else None)
+            per_k[k]["seconds"] = time.time() - start
+        best = max(per_k, key=lambda k: per_k[k]["normalized"])  # per-task max over k (spec §4.4)
+        entry = {"accuracy": per_k[best]["accuracy"], "normalized": per_k[best]["normalized"],
+                 "random_baseline": TASKS[task][1], "n_items": len(items),
+                 "prefix_mismatches": req["prefix_mismatches"], "truncated": int(truncated.sum()),
+                 "seconds": sum(r["seconds"] for r in per_k.values())}
+        if "subtasks" in per_k[best]:
+            entry["subtasks"] = per_k[best]["subtasks"]
+        if mode == "pll":
+            entry["best_k"] = best
+            entry["k"] = {str(k): {"accuracy": r["accuracy"], "normalized": r["normalized"]} for k, r in per_k.items()}
+        if mode == "mc":
+            entry["stderr"] = {"samples": settings.mc_samples, "mean": float(stderr.mean()),
+                               "median": float(np.median(stderr)), "max": float(stderr.max())}
+        out[mode] = entry
+    return out
+
+
+def run_info(model):
+    """What gp_fit.py and the sweep need to place this checkpoint: lambda, repetitions, tokens seen."""
+    meta = getattr(model, "meta", None) or {}
+    config = meta.get("config") or {}
+    info = {"lam": config.get("lam"), "repetitions": config.get("repetitions"),
+            "tokens_seen": meta.get("tokens_seen"), "iter_num": meta.get("iter_num"),
+            "n_params": model.num_params(), "n_params_non_embedding": model.num_params(non_embedding=True),
+            "model_config": asdict(model.config)}
+    info["config"] = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool, type(None)))}
+    return info
+
+
+# -----------------------------------------------------------------------------
+# Command line
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line like every other error, instead of usage + message
+        raise ValueError(message)
+
+
+def positive_int(text):
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def k_list(text):
+    try:
+        ks = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every k counts masks and must be >= 1")
+    return tuple(dict.fromkeys(ks))
+
+
+def task_file(text):
+    name, sep, path = text.partition("=")
+    if not sep or name not in TASKS:
+        raise argparse.ArgumentTypeError(f"{text!r} should be TASK=PATH with TASK one of {', '.join(TASKS)}")
+    return name, path
+
+
+def on_off(text):
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"{text!r} should be on or off")
+    return text == "on"
+
+
+def parse_args(argv):
+    p = ArgumentParser(prog="eval.py", description="Zero-shot evaluation of a nanodual checkpoint "
+                                                   "(nine tasks, four scoring modes; see EVAL_SPEC.md).")
+    p.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
+    p.add_argument("--tasks", default="all", help=f"'all' or a comma list of: {', '.join(TASKS)}")
+    p.add_argument("--modes", default="causal", help=f"comma list of: {', '.join(MODES)}")
+    p.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
+                   help="folder with the task files (default: $NANODUAL_EVAL_DATA or ./eval_data)")
+    p.add_argument("--task_file", type=task_file, action="append", default=[], metavar="TASK=PATH",
+                   help="read TASK from PATH instead of looking in --data_dir (repeatable)")
+    p.add_argument("--source", default="files", choices=["files", "hf"],
+                   help="'hf': load the tasks from the Hugging Face hub (needs the datasets package)")
+    p.add_argument("--limit", type=positive_int, help="first N items per task (per sub-task for BLiMP/MMLU)")
+    p.add_argument("--batch_size", type=positive_int, default=64, help="rows per forward pass at most")
+    p.add_argument("--batch_tokens", type=positive_int,
+                   help="padded tokens per forward pass at most (default: 2048 on CPU, 16384 on CUDA)")
+    p.add_argument("--pll_k", type=k_list, default=(1, 6), help="mask counts for pll, e.g. 1,6")
+    p.add_argument("--pll_right_context", default="visible", choices=["visible", "dropped"])
+    p.add_argument("--pll_tail", default="append", choices=["append", "truncate"])
+    p.add_argument("--mc_samples", type=positive_int, default=128, help="N, the number of mask ratios t_j = j/N")
+    p.add_argument("--seed", type=int, default=0, help="seeds the MC mask subsets")
+    p.add_argument("--per_char_space", type=on_off, default=True, metavar="on|off",
+                   help="count the continuation's leading space in per-char normalisation (OLMES: on)")
+    p.add_argument("--mmlu_description", type=on_off, default=True, metavar="on|off",
+                   help="prepend MMLU's subject line at 0 shots (OLMES v0.1: on)")
+    p.add_argument("--olmes_subsample", action="store_true",
+                   help="OLMES's Random(1234) 1000-item subsample of ARC-E, HellaSwag, PIQA, SIQA")
+    p.add_argument("--out", help="write the results JSON here")
+    p.add_argument("--dump", help="write one JSON line per (item, choice, mode) here")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                   help="compute dtype on CUDA (bf16 autocast); CPU always runs float32")
+    return p.parse_args(argv)
+
+
+def format_table(results):
+    modes = results["settings"]["modes"]
+    lines = [f"{'task':<14}" + "".join(f"{m + ' acc (norm)':>22}" for m in modes)]
+    for task, per_mode in results["tasks"].items():
+        lines.append(f"{task:<14}" + "".join(f"{per_mode[m]['accuracy']:>13.1f} ({per_mode[m]['normalized']:5.1f})"
+                                             for m in modes))
+    lines.append(f"{'average':<14}" + "".join(f"{'':>13} ({results['average'].get(m, float('nan')):5.1f})" for m in modes))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    tasks = parse_names(args.tasks, TASKS, "task")
+    modes = parse_names(args.modes, MODES, "mode")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+    import data  # the tokenizer lives with the dataset code
+    from model import load_checkpoint
+    model = load_checkpoint(args.ckpt, device=args.device)
+    if "tokenizer" not in model.meta:
+        raise ValueError(f"checkpoint {args.ckpt} has no tokenizer spec; pass a checkpoint written by train.py")
+    tokenizer = data.Tokenizer.from_spec(model.meta["tokenizer"])
+    results = evaluate(model, tokenizer, tasks, modes, data_dir=args.data_dir, dump=args.dump,
+                       checkpoint=os.path.abspath(args.ckpt),
+                       autocast=args.device.startswith("cuda") and args.dtype == "bfloat16",
+                       limit=args.limit, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
+                       pll_k=args.pll_k, pll_right_context=args.pll_right_context, pll_tail=args.pll_tail,
+                       mc_samples=args.mc_samples, seed=args.seed, per_char_space=args.per_char_space,
+                       mmlu_description=args.mmlu_description, olmes_subsample=args.olmes_subsample,
+                       source=args.source, task_files=dict(args.task_file))
+    if not results["tasks"]:
+        raise FileNotFoundError(f"none of the tasks were found under {args.data_dir} (looked for "
+                                f"{'; '.join(results['skipped'].values())}); see README: Evaluation data")
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+    print(format_table(results))
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"eval.py: error: {e}")
