@@ -112,6 +112,9 @@ def run_cell(cell_dir, config, r, lam, args, train_overrides, threads):
         record.update(eval_commit=commit, eval_seconds=round(time.time() - t0, 1))
         record_path.write_text(json.dumps(record, indent=1))
         done.append("evaluated")
+    if not done:
+        done.append("already done" if record.get("train_done") and (cell_dir / "eval.json").exists()
+                    else "not trained yet")
     return done
 
 
@@ -219,7 +222,7 @@ def sweep(args, train_overrides):
             r, lam = futures[future]
             try:
                 done = future.result()
-                print(f"{cell_name(r, lam)}: {' and '.join(done) if done else 'already done'}", flush=True)
+                print(f"{cell_name(r, lam)}: {' and '.join(done)}", flush=True)
             except RuntimeError as e:
                 failures.append(str(e))
                 print(f"FAILED {e}", flush=True)

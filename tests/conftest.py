@@ -52,3 +52,14 @@ def tiny_checkpoint(tmp_path_factory, tiny_dataset):
         "config": {"lam": 0.5, "repetitions": 1.0, "data_dir": str(tiny_dataset)},
         "iter_num": 0, "tokens_seen": 0})
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on CPU cores shared with other jobs extra threads
+    mostly wait for each other (10x slower here); restored afterwards for the other test files."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

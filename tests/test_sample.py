@@ -20,14 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROMPT = [40, 41, 97, 130, 7, 256, 300, 18, 77, 5, 460, 64]  # ordinary (non-special) token ids
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A tiny model gains nothing from threads, and on CPU cores shared with other jobs extra threads
-    mostly wait for each other (10x slower here); restored afterwards for the other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models run on one thread
 
 
 @pytest.fixture(scope="module")
