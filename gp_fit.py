@@ -26,6 +26,12 @@ import math
 import os
 import sys
 
+if __name__ == "__main__":
+    # These matrices are tiny (n runs x n runs): BLAS threads gain nothing, and on busy cores idle
+    # OpenBLAS threads spinning make the fit 2-3x slower. Must precede numpy's import; an explicit
+    # setting wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import numpy as np
 from scipy.linalg import LinAlgError, cho_solve, cholesky, lapack, solve_triangular
 from scipy.optimize import minimize
@@ -321,29 +327,32 @@ def read_csv(path, score):
     """Rows (repetitions, λ, score, overfit) of one CSV table with a header line."""
     rows = []
     with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets often start with a BOM
-        reader = csv.DictReader(f)
-        header = [name.strip() for name in reader.fieldnames or []]
-        reader.fieldnames = header
-        missing = [name for name in ("repetitions", "lambda", score) if name not in header]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(header) or 'none'}); "
-                             "the table needs repetitions, lambda and a score column (pick it with --score)")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            rows.append((parse_number(row["repetitions"], "repetitions", where),
-                         parse_number(row["lambda"], "lambda", where),
-                         parse_number(row[score], score, where),
-                         parse_flag(row.get("overfit"), where)))
+        try:
+            reader = csv.DictReader(f)
+            header = [name.strip() for name in reader.fieldnames or []]
+            reader.fieldnames = header
+            missing = [name for name in ("repetitions", "lambda", score) if name not in header]
+            if missing:
+                raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(header) or 'none'}); "
+                                 "the table needs repetitions, lambda and a score column (pick it with --score)")
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                rows.append((parse_number(row["repetitions"], "repetitions", where),
+                             parse_number(row["lambda"], "lambda", where),
+                             parse_number(row[score], score, where),
+                             parse_flag(row.get("overfit"), where)))
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not UTF-8 text; give a CSV table") from None
     return rows
 
 
 def read_result(path, score):
     """One run from an eval.py result file: {"run": {"lam", "repetitions", ...}, "average": {mode: score}},
     "run" being eval.run_info of the checkpoint, i.e. λ and repetitions as train.py's config had them."""
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         try:
             result = json.load(f)
-        except ValueError as e:
+        except ValueError as e:  # UnicodeDecodeError included
             raise ValueError(f"{path}: not valid JSON ({e})") from None
     run, average = (result.get("run"), result.get("average")) if isinstance(result, dict) else (None, None)
     if not isinstance(run, dict) or run.get("lam") is None or run.get("repetitions") is None:
@@ -474,6 +483,7 @@ def plot_figure(fit, runs, levels, path, lower_is_better=False):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib import patheffects
     except ImportError:
         print(f"matplotlib is not installed: no figure (fit.json is written); pip install matplotlib for {path}")
         return
@@ -483,17 +493,21 @@ def plot_figure(fit, runs, levels, path, lower_is_better=False):
     xx, ll = np.meshgrid(x, lam)
     mean = fit.predict(np.column_stack([2.0 ** xx.ravel(), ll.ravel()])).reshape(xx.shape)
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
-    fig.subplots_adjust(left=0.1, right=0.86, top=0.95, bottom=0.08, hspace=0.15)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 8), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    fig.subplots_adjust(left=0.1, right=0.86, top=0.89, bottom=0.07, hspace=0.15)
     image = top.pcolormesh(x, lam, mean, cmap="viridis", shading="auto")
-    fig.colorbar(image, cax=top.inset_axes([1.02, 0, 0.03, 1]), label="posterior mean score")
+    fig.colorbar(image, cax=top.inset_axes([1.02, 0, 0.03, 1]),
+                 label=f"posterior mean score ({'lower' if lower_is_better else 'higher'} is better)")
     best_of = np.argmin if lower_is_better else np.argmax
-    top.plot(x, lam[best_of(mean, axis=0)], color="black", lw=1.5, label="best λ of the mean")
+    outline = [patheffects.withStroke(linewidth=3, foreground="white")]  # visible on dark and light cells
+    top.plot(x, lam[best_of(mean, axis=0)], color="black", lw=1.5, path_effects=outline, label="best λ of the mean")
     overfit = np.asarray(runs["overfit"], dtype=bool)
     run_x = np.log2(runs["repetitions"])
-    top.scatter(run_x[~overfit], runs["lambda"][~overfit], s=22, c="white", edgecolors="black", label="run")
+    # clip_on=False: runs at λ = 0 and λ = 1 sit on the frame and would otherwise be cut in half
+    top.scatter(run_x[~overfit], runs["lambda"][~overfit], s=22, c="white", edgecolors="black", label="run",
+                clip_on=False, zorder=3)
     top.scatter(run_x[overfit], runs["lambda"][overfit], s=40, c="red", marker="X", edgecolors="black",
-                label="overfitted run")
+                label="overfitted run", clip_on=False, zorder=3)
     band = [np.minimum(product / 2.0**x, 1.0) for product in RULE_OF_THUMB]  # the rule of thumb: 8 <= λ·r <= 32
     bottom.fill_between(x, *band, color="0.88", lw=0)
     for ax, color in ((top, "white"), (bottom, "gray")):
@@ -501,8 +515,10 @@ def plot_figure(fit, runs, levels, path, lower_is_better=False):
             ax.plot(x, curve, style, color=color, lw=1.5, label=f"λ·r = {product:g}")
         ax.set_ylim(0, 1)
         ax.set_ylabel("λ (share of autoregressive training)")
-    top.legend(loc="lower left", fontsize=8, facecolor="0.35", labelcolor="white", framealpha=0.9)
-    top.set_title("Gaussian-process interpolation of the score")
+    # the legend above the map, not on it, where it would hide runs; dark, for the white curves
+    top.legend(loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=3, fontsize=8, facecolor="0.35",
+               labelcolor="white", framealpha=1)
+    fig.suptitle("Gaussian-process interpolation of the score", y=0.985)
 
     for xr, level in zip(log_r, levels):  # one violin per level: P(λ is optimal), scaled to its own peak
         p = np.asarray(level["probability"])

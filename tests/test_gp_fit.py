@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gp_fit import (ALPHA, BOUNDS, START, GPFit, analyse, cholesky_with_jitter, fit_gp, log_marginal_likelihood,
-                    optimal_lambda, r_squared, read_runs, synthetic_optimum, synthetic_runs)
+import gp_fit
+from gp_fit import (ALPHA, BOUNDS, START, GPFit, analyse, cholesky_with_jitter, features, fit_gp,
+                    log_marginal_likelihood, optimal_lambda, r_squared, read_runs, synthetic_optimum, synthetic_runs)
 
 REPO = Path(__file__).resolve().parents[1]
 # The matrices here are tiny, so BLAS threads only add overhead; on a machine whose cores are busy,
@@ -128,6 +129,29 @@ def test_predictions_and_posterior_match_sklearn():
     original = fit.hyperparameters()
     assert original["length_scale_lambda"] == pytest.approx(np.exp(fit.theta[2]) * np.std(X[:, 1]))
     assert original["noise_level"] == pytest.approx(np.exp(fit.theta[3]) * np.var(y))
+
+
+def test_kernel_in_original_units_reproduces_the_fit_on_raw_inputs():
+    """fit.json's kernel claims to be in original units: scikit-learn with exactly those values on
+    the raw inputs (log2 r, λ) and centred raw scores must predict what the standardised fit does."""
+    gp = pytest.importorskip("sklearn.gaussian_process")
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+    X, y = sweep()
+    fit = fit_gp(X, y, restarts=1)
+    k = fit.hyperparameters()
+    kernel = (ConstantKernel(k["constant_value"], "fixed")
+              * Matern([k["length_scale_log2_repetitions"], k["length_scale_lambda"]], "fixed", nu=k["nu"])
+              + WhiteKernel(k["noise_level"], "fixed"))
+    # the nugget is added in normalised units, so in score units it is alpha * std(y)^2
+    raw = gp.GaussianProcessRegressor(kernel, alpha=ALPHA * np.var(y), optimizer=None).fit(features(X), y - y.mean())
+    X_new = np.column_stack([2.0 ** np.linspace(-1, 8, 15), np.linspace(0, 1, 15)])
+    mean, std = fit.predict(X_new, return_std=True)
+    ref_mean, ref_std = raw.predict(features(X_new), return_std=True)
+    np.testing.assert_allclose(mean, y.mean() + ref_mean, rtol=1e-8)
+    np.testing.assert_allclose(std, ref_std, rtol=1e-6)
+    # the reported LML is that of the normalised scores: the raw one differs by the Jacobian n log std(y)
+    assert raw.log_marginal_likelihood_value_ == pytest.approx(
+        fit.log_marginal_likelihood - len(y) * np.log(np.std(y)), rel=1e-8)
 
 
 def test_r_squared_and_closed_form_leave_one_out():
@@ -259,31 +283,36 @@ def test_read_runs_concatenates_csv_and_result_files(tmp_path):
     np.testing.assert_array_equal(read_runs([a, b], j, score="pll")["score"], [18, 17.5, 10, 17.25, 17.5])
 
 
-def test_reads_the_run_that_eval_py_records(tmp_path):
-    """The contract with eval.py: its result files hold {"run": eval.run_info(model), "average": {mode: score}}."""
-    import dataclasses
+def test_reads_the_result_file_eval_py_writes(tmp_path, tiny_checkpoint, shared_data, one_thread):
+    """The contract with eval.py, on its real output: a train.py-style checkpoint (run config lam=0.5,
+    repetitions=1) evaluated on two CommonsenseQA items, written as eval.py --out writes it."""
+    import data
     import eval as evaluation
+    from model import load_checkpoint
 
-    @dataclasses.dataclass
-    class Config:
-        n_layer: int = 2
-
-    class Model:  # just what run_info reads from a checkpoint loaded by model.load_checkpoint
-        config = Config()
-        meta = {"config": {"lam": 0.25, "repetitions": 8.0, "out_dir": "out"}, "tokens_seen": 1000, "iter_num": 10}
-
-        def num_params(self, non_embedding=False):
-            return 100
-
+    model = load_checkpoint(str(tiny_checkpoint))
+    tokenizer = data.Tokenizer.from_spec(model.meta["tokenizer"])
+    results = evaluation.evaluate(model, tokenizer, ["csqa"], ["causal", "prefix"], data_dir=str(shared_data),
+                                  limit=2, progress=False)
     path = tmp_path / "eval.json"
-    path.write_text(json.dumps({"run": evaluation.run_info(Model()), "average": {"causal": 31.5, "mc": 30.0}}))
+    path.write_text(json.dumps(results, indent=2))
     runs = read_runs(results_paths=[str(path)])
-    assert (runs["repetitions"][0], runs["lambda"][0], runs["score"][0]) == (8.0, 0.25, 31.5)
-    assert read_runs(results_paths=str(path), score="mc")["score"][0] == 30.0  # one path, not its characters
-    Model.meta["config"]["repetitions"] = 0.0  # train.py's "all data": the number of passes is unknown
-    path.write_text(json.dumps({"run": evaluation.run_info(Model()), "average": {"causal": 31.5}}))
+    assert (runs["repetitions"][0], runs["lambda"][0]) == (1.0, 0.5)
+    assert runs["score"][0] == results["average"]["causal"]
+    assert read_runs(results_paths=str(path), score="prefix")["score"][0] == results["average"]["prefix"]  # one path
+    model.meta["config"]["repetitions"] = 0.0  # train.py's "all data": the number of passes is unknown
+    path.write_text(json.dumps({**results, "run": evaluation.run_info(model)}))
     with pytest.raises(ValueError, match="repetitions=0"):
         read_runs(results_paths=[str(path)])
+
+
+def test_jitter_is_reported(tmp_path, monkeypatch, capsys):
+    """Jitter is never needed on these data; pretend it was, and it must reach the output and fit.json."""
+    real = gp_fit.cholesky_with_jitter
+    monkeypatch.setattr(gp_fit, "cholesky_with_jitter", lambda A: (real(A)[0], 1e-9))
+    result = analyse(synthetic_runs(n=20, seed=1), tmp_path, samples=50, restarts=0)
+    assert "needed jitter 1e-09" in capsys.readouterr().out
+    assert result["jitter"] == 1e-9 and all(level["jitter"] == 1e-9 for level in result["optimal_lambda"])
 
 
 def test_analysis_is_deterministic_and_works_without_matplotlib(tmp_path, monkeypatch, capsys):
@@ -329,6 +358,10 @@ def test_cli_writes_fit_json_and_figure(tmp_path):
         assert len(level["lambda_grid"]) == len(level["probability"]) == 101
     figure = tmp_path / "out" / "gp_fit.png"
     assert figure.read_bytes()[:4] == b"\x89PNG" and figure.stat().st_size < 300_000
+    # the same seed, the same output, bit for bit
+    again = run_cli(csv_path, "--out_dir", tmp_path / "again", "--samples", 300, "--restarts", 1, "--at", 3)
+    assert again.stdout.replace("again", "out") == out.stdout
+    assert (tmp_path / "again" / "fit.json").read_bytes() == (tmp_path / "out" / "fit.json").read_bytes()
 
 
 BAD_CSV = {
