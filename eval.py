@@ -253,10 +253,12 @@ def read_labels(path, valid, n_items):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} is missing (the labels that go with {path.replace('-labels.lst', '.jsonl')}); "
                                 f"download the task again (README: Evaluation data)")
-    labels = [line.strip() for line in read_lines(path) if line.strip()]
-    for n, label in enumerate(labels, 1):
-        if label not in valid:
-            raise malformed(f"{path}:{n}", f"label {label!r} should be one of {valid}")
+    labels = []
+    for n, line in enumerate(read_lines(path), 1):
+        if line.strip():  # blank lines are skipped, as in the jsonl, without shifting the line numbers
+            if line.strip() not in valid:
+                raise malformed(f"{path}:{n}", f"label {line.strip()!r} should be one of {valid}")
+            labels.append(line.strip())
     if len(labels) != n_items:
         raise malformed(path, f"{len(labels)} labels for {n_items} items")
     return labels
@@ -340,6 +342,8 @@ def load_task(name, data_dir=DEFAULT_DATA_DIR, limit=None, olmes_subsample=False
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
     path = path or find_task_file(name, data_dir)
     items = read_task_file(name, path, mmlu_description)
+    if not items:  # else every score would be the mean of nothing
+        raise malformed(path, "holds no items")
     return select_items(name, items, limit, olmes_subsample)
 
 
@@ -495,9 +499,9 @@ class Scorer:
                 prefix_len = starts[seq]
             elif self.attention == "bidirectional" and not bool(valid.all()):
                 doc_ids = (~valid).int()  # pads form their own document: no real token attends to them
-            mode = "causal" if self.attention == "causal" else self.attention
+            # (on CUDA the model gives eager callers like this one dense SDPA masks, not shape-compiled flex)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                h = model.hidden_states(x, mode=mode, prefix_len=prefix_len, doc_ids=doc_ids)
+                h = model.hidden_states(x, mode=self.attention, prefix_len=prefix_len, doc_ids=doc_ids)
             row, p = torch.from_numpy(rows.read[batch, :T]).to(device).nonzero(as_tuple=True)
             logp = self.target_logprobs(h[row, p], clean[row, p + 1])
             sums[batch] += torch.zeros(count, dtype=torch.float64, device=device).index_add_(0, row, logp).cpu().numpy()
@@ -546,14 +550,20 @@ def pll_rows(lengths, starts, k, right_context="visible", tail="append"):
     return Rows(seq, length, masked, pos == j[:, None] - 1)
 
 
-def mc_mask_patterns(seed, n_cont, n_samples):
-    """(n_samples, n_cont) masks for the MC estimator (spec §4.5): sample j (t_j = j/N) masks exactly
-    n_j = ceil(j * n_cont / N) continuation tokens, a uniformly random subset from a generator seeded
-    by `seed`. Row j depends only on (seed, j), so estimates are reproducible bit for bit."""
-    counts = -(-np.arange(1, n_samples + 1) * n_cont // n_samples)  # integer ceil
+def mc_mask_patterns(seed, n_cont, n_samples, masking="count"):
+    """(n_samples, n_cont) masks for the MC estimator (spec §4.5) and the weight of each sample.
+
+    Sample j has t_j = j/N. masking "count" (default): mask exactly n_j = ceil(t_j * n_cont) tokens, a
+    uniformly random subset, weight n_cont / n_j (the realised fraction, as DUAL's training weights).
+    "bernoulli" (MDLM): mask each token with probability t_j, weight 1 / t_j. The generator is seeded
+    by `seed`, so estimates are reproducible bit for bit."""
     noise = np.random.default_rng(seed).random((n_samples, n_cont))
+    t = np.arange(1, n_samples + 1) / n_samples
+    if masking == "bernoulli":
+        return noise < t[:, None], 1.0 / t
+    counts = -(-np.arange(1, n_samples + 1) * n_cont // n_samples)  # integer ceil
     ranks = noise.argsort(axis=1).argsort(axis=1)
-    return ranks < counts[:, None], counts
+    return ranks < counts[:, None], n_cont / counts
 
 
 def mc_rows(lengths, starts, patterns):
@@ -583,14 +593,16 @@ def max_length(mode, block_size, k=1, right_context="visible", tail="append"):
 
 
 def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="append", n_samples=128,
-                     seeds=None, batch_size=64, batch_tokens=None, autocast=False, on_seq_done=None,
-                     chunk_cells=1 << 23):
+                     mc_masking="count", seeds=None, batch_size=64, batch_tokens=None, autocast=False,
+                     on_progress=None, chunk_cells=1 << 23):
     """Log-likelihood estimate of each sequence's continuation in `mode`.
 
     seqs: [(ids, start)], ids = [<s>] + context + continuation tokens, continuation from `start`.
     Returns (ll, stderr, truncated) arrays; stderr is the MC standard error (zeros for the exact
     modes). Sequences too long for the model are cut by fit_to_block and flagged in `truncated`.
-    Work goes chunk by chunk (at most `chunk_cells` row x position cells) so memory stays bounded."""
+    Work goes chunk by chunk (at most `chunk_cells` row x position cells) so memory stays bounded.
+    on_progress(fraction) is called after every forward pass with the share of the work done (row
+    tokens, estimated up front), so that a progress bar's rate and ETA hold from the first batch."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     limit = max_length(mode, model.config.block_size, k, right_context, tail)
@@ -602,7 +614,13 @@ def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="a
     scorer = Scorer(model, attention, batch_size, batch_tokens, autocast)
     device = next(model.parameters()).device
     lengths = np.array([len(ids) for ids, _, _ in fitted])
-    rows_per_seq = {"pll": lengths - np.array([s for _, s, _ in fitted]), "mc": np.full(n, n_samples)}.get(mode, np.ones(n))
+    cont_lengths = lengths - np.array([s for _, s, _ in fitted])
+    # rows per sequence; MC shares one pass between identical mask patterns, of which a continuation
+    # of n tokens has at most 2^n - 1
+    rows_per_seq = {"pll": cont_lengths,
+                    "mc": np.minimum(n_samples, 2.0 ** np.minimum(cont_lengths, 60) - 1)}.get(mode, np.ones(n))
+    work = rows_per_seq * lengths  # row tokens per sequence, the progress estimate
+    work_total, work_before = max(float(work.sum()), 1.0), 0.0
     order = np.argsort(-lengths, kind="stable")
     first = 0
     while first < n:
@@ -623,32 +641,32 @@ def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="a
         elif mode == "pll":
             rows = pll_rows(L, P, k, right_context, tail)
         else:
-            patterns, inverses, counts = [], [], []
+            patterns, inverses, weights = [], [], []
             for i, p, n_tok in zip(chunk, P, L):
-                pattern, count = mc_mask_patterns(seeds[i], int(n_tok - p), n_samples)
+                pattern, weight = mc_mask_patterns(seeds[i], int(n_tok - p), n_samples, mc_masking)
                 unique, inverse = np.unique(pattern, axis=0, return_inverse=True)
                 patterns.append(unique)
                 inverses.append(inverse.reshape(-1))
-                counts.append(count)
+                weights.append(weight)
             rows = mc_rows(L, P, patterns)
-        remaining = np.bincount(rows.seq, minlength=len(chunk))
+        chunk_work, chunk_rows, rows_done_work = float(work[chunk].sum()), float(rows.length.sum()), 0.0
 
         def rows_done(batch):
-            before = remaining.copy()
-            np.subtract.at(remaining, rows.seq[batch], 1)
-            if on_seq_done is not None:
-                on_seq_done(chunk[(before > 0) & (remaining == 0)])
+            nonlocal rows_done_work
+            rows_done_work += float(rows.length[batch].sum())
+            if on_progress is not None:
+                on_progress(min(1.0, (work_before + chunk_work * rows_done_work / chunk_rows) / work_total))
 
         sums = scorer.run(torch.from_numpy(table).to(device), torch.from_numpy(P).to(device), rows, rows_done)
+        work_before += chunk_work
         per_row_start = np.concatenate([[0], np.cumsum(np.bincount(rows.seq, minlength=len(chunk)))])
         for r, i in enumerate(chunk):
             row_sums = sums[per_row_start[r]:per_row_start[r + 1]]
             if mode != "mc":
                 ll[i] = row_sums.sum()
             else:
-                # sample j's estimate: (L_c / n_j) * sum of log p over its masked tokens (spec §4.5)
-                n_cont = L[r] - P[r]
-                values = n_cont / counts[r] * row_sums[inverses[r]]
+                # sample j's estimate: its weight (L_c / n_j) times the sum of log p over its masked tokens (spec §4.5)
+                values = weights[r] * row_sums[inverses[r]]
                 ll[i] = values.mean()
                 stderr[i] = values.std(ddof=1) / math.sqrt(n_samples)
     return ll, stderr, truncated
@@ -698,6 +716,8 @@ class Settings:
     pll_right_context: str = "visible"
     pll_tail: str = "append"
     mc_samples: int = 128
+    mc_masking: str = "count"        # or "bernoulli" (spec §8)
+    random_baseline: str = "task"    # r = 100/choices of the task, or "items": mean of 100/choices per item
     seed: int = 0
     per_char_space: bool = True
     mmlu_description: bool = True
@@ -715,6 +735,8 @@ class Settings:
             (self.pll_right_context in ("visible", "dropped"), "pll_right_context must be 'visible' or 'dropped'"),
             (self.pll_tail in ("append", "truncate"), "pll_tail must be 'append' or 'truncate'"),
             (self.mc_samples >= 2, "mc_samples must be >= 2 (a standard error needs two samples)"),
+            (self.mc_masking in ("count", "bernoulli"), "mc_masking must be 'count' or 'bernoulli'"),
+            (self.random_baseline in ("task", "items"), "random_baseline must be 'task' or 'items'"),
             (self.source in ("files", "hf"), "source must be 'files' or 'hf'"),
             (set(self.task_files) <= set(TASKS), f"task_files names unknown tasks; valid tasks: {', '.join(TASKS)}"),
         ]
@@ -737,22 +759,22 @@ def build_requests(tokenizer, task, items, seed, bos_id):
     continuation after "Answer:", shared by all items (the unconditional-score cache, spec §5)."""
     pairs = [(it.context, c) for it in items for c in it.continuations]
     keys = [f"{seed}|{task}|{it.id}|{ci}" for it in items for ci in range(len(it.continuations))]
-    owner = [i for i, it in enumerate(items) for _ in it.continuations]
     uncond = {}
     if TASKS[task][0] == "pmi":
         uncond = {c: len(pairs) + n for n, c in enumerate(dict.fromkeys(c for _, c in pairs))}
         pairs += [(UNCONDITIONAL_CONTEXT, c) for c in uncond]
         keys += [f"{seed}|{task}|uncond|{c}" for c in uncond]
-        owner += [-1] * len(uncond)
     ids, starts, prefix_ok = encode_pairs(tokenizer, pairs, bos_id)
     seeds = [zlib.crc32(key.encode("utf-8")) for key in keys]
-    return dict(seqs=list(zip(ids, starts)), seeds=seeds, owner=np.array(owner), uncond=uncond,
+    return dict(seqs=list(zip(ids, starts)), seeds=seeds, uncond=uncond,
                 prefix_mismatches=int(len(prefix_ok) - sum(prefix_ok)))
 
 
 def score_task(task, items, req, mode_name, ll, stderr, truncated, settings, dump, k=None):
     """Accuracy etc. of one task under one log-likelihood estimate; writes the --dump lines."""
     normalisation, baseline = TASKS[task]
+    if settings.random_baseline == "items":  # spec §8: differs from 100/k only where items have other counts (ARC)
+        baseline = float(np.mean([100.0 / len(it.continuations) for it in items]))
     correct, seq = [], 0
     for it in items:
         scores = []
@@ -768,12 +790,13 @@ def score_task(task, items, req, mode_name, ll, stderr, truncated, settings, dum
                         "ll_uncond": None if u is None else float(ll[u]), "normalizer": normalisation,
                         "score": float(scores[-1]), "truncated": bool(truncated[seq])}
                 if mode_name == "mc":
-                    line.update(seed=req["seeds"][seq], samples=settings.mc_samples, stderr=float(stderr[seq]))
+                    line.update(seed=req["seeds"][seq], samples=settings.mc_samples, masking=settings.mc_masking,
+                                stderr=float(stderr[seq]))
                 dump.write(json.dumps(line) + "\n")
             seq += 1
         correct.append(int(np.argmax(scores)) == it.gold)  # first maximum wins (spec §1.1)
     accuracy, subtasks = task_accuracy(items, correct)
-    out = {"accuracy": accuracy, "normalized": normalized_score(accuracy, baseline)}
+    out = {"accuracy": accuracy, "normalized": normalized_score(accuracy, baseline), "random_baseline": baseline}
     if subtasks:
         out["subtasks"] = subtasks
     return out
@@ -813,6 +836,8 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
                     results["skipped"][name] = str(e)
                     print(f"eval.py: skipping {name}: not found ({e})", flush=True)
                     continue
+            if not items:
+                raise ValueError(f"task {name} has no items to evaluate")
             loaded[name] = items
         for name, items in loaded.items():
             results["tasks"][name] = evaluate_task(model, tokenizer, name, items, modes, settings, autocast,
@@ -838,20 +863,17 @@ def evaluate_task(model, tokenizer, task, items, modes, settings, autocast, dump
         per_k = {}
         for k, desc in variants:
             bar = Progress(len(items), desc=desc, unit="items") if progress else None
-            item_left = np.bincount(req["owner"][req["owner"] >= 0], minlength=len(items))
 
-            def seq_done(seqs):
-                owners = req["owner"][seqs]
-                owners = owners[owners >= 0]
-                np.subtract.at(item_left, owners, 1)
+            def advance(fraction):  # items' worth of the work done, so items/s and ETA hold throughout
                 if bar is not None:
-                    bar.update(int(np.sum(item_left[np.unique(owners)] == 0)))
+                    bar.update(int(fraction * len(items)) - bar.count)
 
             start = time.time()
             ll, stderr, truncated = sequence_logliks(
                 model, req["seqs"], mode, k=k, right_context=settings.pll_right_context, tail=settings.pll_tail,
-                n_samples=settings.mc_samples, seeds=req["seeds"], batch_size=settings.batch_size,
-                batch_tokens=settings.batch_tokens, autocast=autocast, on_seq_done=seq_done)
+                n_samples=settings.mc_samples, mc_masking=settings.mc_masking, seeds=req["seeds"],
+                batch_size=settings.batch_size, batch_tokens=settings.batch_tokens, autocast=autocast,
+                on_progress=advance)
             if bar is not None:
                 bar.close()
             per_k[k] = score_task(task, items, req, mode, ll, stderr, truncated, settings, dump,
@@ -859,7 +881,7 @@ def evaluate_task(model, tokenizer, task, items, modes, settings, autocast, dump
             per_k[k]["seconds"] = time.time() - start
         best = max(per_k, key=lambda k: per_k[k]["normalized"])  # per-task max over k (spec §4.4)
         entry = {"accuracy": per_k[best]["accuracy"], "normalized": per_k[best]["normalized"],
-                 "random_baseline": TASKS[task][1], "n_items": len(items),
+                 "random_baseline": per_k[best]["random_baseline"], "n_items": len(items),
                  "prefix_mismatches": req["prefix_mismatches"], "truncated": int(truncated.sum()),
                  "seconds": sum(r["seconds"] for r in per_k.values())}
         if "subtasks" in per_k[best]:
@@ -943,7 +965,12 @@ def parse_args(argv):
     p.add_argument("--pll_right_context", default="visible", choices=["visible", "dropped"])
     p.add_argument("--pll_tail", default="append", choices=["append", "truncate"])
     p.add_argument("--mc_samples", type=positive_int, default=128, help="N, the number of mask ratios t_j = j/N")
+    p.add_argument("--mc_masking", default="count", choices=["count", "bernoulli"],
+                   help="count: mask exactly ceil(t_j*n) tokens, weight n/count; "
+                        "bernoulli: each token with probability t_j, weight 1/t_j")
     p.add_argument("--seed", type=int, default=0, help="seeds the MC mask subsets")
+    p.add_argument("--random_baseline", default="task", choices=["task", "items"],
+                   help="r of the normalised score: 100/choices of the task, or the mean of 100/choices over the items")
     p.add_argument("--per_char_space", type=on_off, default=True, metavar="on|off",
                    help="count the continuation's leading space in per-char normalisation (OLMES: on)")
     p.add_argument("--mmlu_description", type=on_off, default=True, metavar="on|off",
@@ -974,6 +1001,10 @@ def main(argv=None):
     modes = parse_names(args.modes, MODES, "mode")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+    for flag, path in (("--out", args.out), ("--dump", args.dump)):  # fail now, not after the evaluation
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+            raise ValueError(f"{flag} {path}: the folder {folder} does not exist or is not writable; create it first")
     import data  # the tokenizer lives with the dataset code
     from model import load_checkpoint
     model = load_checkpoint(args.ckpt, device=args.device)
@@ -985,15 +1016,18 @@ def main(argv=None):
                        autocast=args.device.startswith("cuda") and args.dtype == "bfloat16",
                        limit=args.limit, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
                        pll_k=args.pll_k, pll_right_context=args.pll_right_context, pll_tail=args.pll_tail,
-                       mc_samples=args.mc_samples, seed=args.seed, per_char_space=args.per_char_space,
+                       mc_samples=args.mc_samples, mc_masking=args.mc_masking, random_baseline=args.random_baseline,
+                       seed=args.seed, per_char_space=args.per_char_space,
                        mmlu_description=args.mmlu_description, olmes_subsample=args.olmes_subsample,
                        source=args.source, task_files=dict(args.task_file))
     if not results["tasks"]:
         raise FileNotFoundError(f"none of the tasks were found under {args.data_dir} (looked for "
                                 f"{'; '.join(results['skipped'].values())}); see README: Evaluation data")
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
+    if args.out:  # atomically: a results file that exists is complete
+        tmp = f"{args.out}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
+        os.replace(tmp, args.out)
     print(format_table(results))
     return results
 
@@ -1001,5 +1035,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: files that cannot be read or written
         sys.exit(f"eval.py: error: {e}")

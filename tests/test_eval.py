@@ -86,20 +86,23 @@ def ref_pll(model, ids, P, k, right_context="visible", tail="append"):
     return total
 
 
-def ref_mc(model, ids, P, n_samples, seed):
+def ref_mc(model, ids, P, n_samples, seed, masking="count"):
     """Spec §4.5 written out: sample j has t_j = j/N and masks n_j = ceil(t_j * L_c) continuation
     tokens (the subset drawn by eval's seeded generator, checked on its own below); each masked token
-    i is scored at output i-1 of one bidirectional pass; weight L_c / n_j; mean and standard error."""
+    i is scored at output i-1 of one bidirectional pass; weight L_c / n_j (Bernoulli masking: 1/t_j);
+    mean and standard error."""
     n_cont = len(ids) - P
-    patterns, _ = ev.mc_mask_patterns(seed, n_cont, n_samples)
+    patterns, _ = ev.mc_mask_patterns(seed, n_cont, n_samples, masking)
     values = []
     for j in range(1, n_samples + 1):
         subset = [P + i for i in np.flatnonzero(patterns[j - 1])]
-        assert len(subset) == math.ceil(j / n_samples * n_cont)
+        if masking == "count":
+            assert len(subset) == math.ceil(j / n_samples * n_cont)
         x = [model.config.mask_id if p in subset else t for p, t in enumerate(ids)]
         logits = model(torch.tensor([x]), mode="bidirectional")[0]
         logprobs = torch.log_softmax(logits.double(), dim=-1)
-        values.append(n_cont / len(subset) * sum(logprobs[i - 1, ids[i]].item() for i in subset))
+        weight = n_cont / len(subset) if masking == "count" else n_samples / j
+        values.append(weight * sum(logprobs[i - 1, ids[i]].item() for i in subset))
     return np.mean(values), np.std(values, ddof=1) / math.sqrt(n_samples)
 
 
@@ -178,6 +181,20 @@ def test_pll_variants_equal_loop(tiny, tok, right_context, tail):
     assert ll == pytest.approx(expected, rel=1e-5, abs=1e-3)
 
 
+def test_progress_reports_the_share_of_work_done(tiny, tok):
+    """on_progress gets a rising fraction after every pass, across chunks, ending at 1, so that the
+    items/s and ETA of the progress line hold from the first batch (not only once whole items end)."""
+    pairs = [("Question: Where is money kept?\nAnswer:", " in a bank vault"), ("Goal: dry a cup\nAnswer:", " wipe it"),
+             ("", "The cat sat on the mat.")]
+    seqs = [(np.array(ids), P) for ids, P in (joint_ids(tok, c, x) for c, x in pairs)]
+    for mode in ("causal", "pll", "mc"):
+        seen = []
+        ev.sequence_logliks(tiny, seqs, mode, k=2, n_samples=4, seeds=[1, 2, 3], batch_size=2, chunk_cells=64,
+                            on_progress=seen.append)
+        assert len(seen) >= 2 and 0 < seen[0] < 1, mode
+        assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0), mode
+
+
 def one_token_continuations(tok, context):
     words = [" the", " and", " to", " of", " a", " I", " he", " in", " my", " is"]
     return [w for w in words if len(tok.encode(context + w)) == len(tok.encode(context)) + 1][:4]
@@ -196,18 +213,23 @@ def test_mc_equals_one_masked_pass_for_one_token_continuations(tiny, tok):
         assert np.all(stderr[:-1] == 0) and stderr[-1] > 0
 
 
-def test_mc_equals_loop_over_samples(tiny, tok):
+@pytest.mark.parametrize("masking", ["count", "bernoulli"])
+def test_mc_equals_loop_over_samples(tiny, tok, masking):
     seqs = [joint_ids(tok, "Goal: dry a cup\nAnswer:", " wipe it with a towel"), joint_ids(tok, "", "The cat sat.")]
-    ll, stderr, _ = ev.sequence_logliks(tiny, [(np.array(i), P) for i, P in seqs], "mc", n_samples=5, seeds=[11, 12])
+    ll, stderr, _ = ev.sequence_logliks(tiny, [(np.array(i), P) for i, P in seqs], "mc", n_samples=5, seeds=[11, 12],
+                                        mc_masking=masking)
     for (ids, P), seed, got, got_se in zip(seqs, (11, 12), ll, stderr):
-        mean, se = ref_mc(tiny, ids, P, 5, seed)
+        mean, se = ref_mc(tiny, ids, P, 5, seed, masking)
         assert got == pytest.approx(mean, rel=1e-5, abs=1e-3) and got_se == pytest.approx(se, rel=1e-4, abs=1e-4)
 
 
 def test_mc_mask_patterns_counts_and_seeding():
-    patterns, counts = ev.mc_mask_patterns(seed=3, n_cont=4, n_samples=8)
-    assert counts.tolist() == [1, 1, 2, 2, 3, 3, 4, 4]  # ceil(j/8 * 4): uniform over 1..4 when 4 divides 8
-    assert patterns.sum(axis=1).tolist() == counts.tolist()
+    patterns, weights = ev.mc_mask_patterns(seed=3, n_cont=4, n_samples=8)
+    counts = [1, 1, 2, 2, 3, 3, 4, 4]  # ceil(j/8 * 4): uniform over 1..4 when 4 divides 8
+    assert patterns.sum(axis=1).tolist() == counts and weights.tolist() == [4 / c for c in counts]
+    bernoulli, weights = ev.mc_mask_patterns(seed=3, n_cont=1000, n_samples=4, masking="bernoulli")
+    assert weights.tolist() == [4, 2, 4 / 3, 1] and bernoulli[-1].all()  # t_j = j/4
+    assert np.abs(bernoulli.mean(axis=1) - [0.25, 0.5, 0.75, 1]).max() < 0.05
     assert np.array_equal(patterns, ev.mc_mask_patterns(3, 4, 8)[0])
     draws = {ev.mc_mask_patterns(seed, 6, 6)[0][0].tobytes() for seed in range(40)}  # t = 1/6: one mask of six
     assert len(draws) == 6
@@ -260,6 +282,8 @@ def test_arc(shared_data):
         {"label": str(n), "text": t} for n, t in enumerate(["rock", "water", "air", "ice"], 1)]}}
     assert ev.qa_item("x:1", record, "1").gold == 2
     easy = ev.load_task("arc_easy", str(shared_data))
+    raw_easy = raw_jsonl(shared_data / "arc" / "ARC-Easy-Test.jsonl")
+    assert [it.context for it in easy] == [f"Question: {r['question']['stem']}\nAnswer:" for r in raw_easy]
     mosaic = ev.load_task("arc_easy", str(shared_data), path=str(shared_data / "arc" / "arc_easy_test.jsonl"))
     assert [(i.context, i.continuations, i.gold) for i in easy] == [(i.context, i.continuations, i.gold) for i in mosaic]
     assert collections.Counter(it.gold for it in easy) == {0: 565, 1: 592, 2: 634, 3: 585}
@@ -325,6 +349,8 @@ def test_hellaswag_preprocessing_vectors_and_labels(shared_data):
     jsonl = ev.load_task("hellaswag", str(shared_data))
     text = ev.load_task("hellaswag", str(shared_data), path=str(shared_data / "hellaswag" / "hellaswag_val_full.txt"))
     assert len(jsonl) == len(text) == 10042
+    assert jsonl[0].context == "Roof shingle removal: A man is sitting on a roof. He"  # ctx_b "he" capitalised
+    assert jsonl[0].continuations[3] == " starts pulling up roofing on a roof." and jsonl[0].gold == 3
     assert collections.Counter(it.gold for it in text) == {0: 2515, 1: 2485, 2: 2584, 3: 2458}
     assert [it.gold for it in jsonl] == [it.gold for it in text]
     assert [it.continuations for it in jsonl] == [it.continuations for it in text]
@@ -395,6 +421,17 @@ def test_macro_average_and_first_maximum():
     assert ev.choice_score("pmi", -5.0, -7.0) == 2.0 and ev.choice_score("per_char", -6.0, chars=3) == -2.0
 
 
+def test_random_baseline_per_item(tiny, tok, shared_data):
+    """Spec §8's alternative r for ARC: the mean of 100/choices over the items (here 3 and 5 choices)."""
+    items = ev.load_task("arc_challenge", str(shared_data))
+    items = [next(it for it in items if len(it.continuations) == n) for n in (3, 5)]
+    for how, r in (("task", 25.0), ("items", (100 / 3 + 100 / 5) / 2)):
+        entry = ev.evaluate(tiny, tok, {"arc_challenge": items}, ("causal",), progress=False,
+                            random_baseline=how)["tasks"]["arc_challenge"]["causal"]
+        assert entry["random_baseline"] == pytest.approx(r)
+        assert entry["normalized"] == pytest.approx(100 * (entry["accuracy"] - r) / (100 - r))
+
+
 def test_missing_task_is_skipped_with_the_path(tiny, tok, shared_data, tmp_path):
     (tmp_path / "csqa").mkdir()
     lines = (shared_data / "csqa" / "dev_rand_split.jsonl").read_text(encoding="utf-8").splitlines()[:2]
@@ -411,9 +448,12 @@ def test_malformed_files_name_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"x_test.csv:2: expected 6 columns"):
         ev.read_mmlu(str(tmp_path))
     (tmp_path / "valid.jsonl").write_text('{"goal": "g", "sol1": "a", "sol2": "b"}\n' * 2, encoding="utf-8")
-    (tmp_path / "valid-labels.lst").write_text("0\n2\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"valid-labels.lst:2: label '2'"):
+    (tmp_path / "valid-labels.lst").write_text("0\n\n2\n", encoding="utf-8")  # a blank line does not shift the count
+    with pytest.raises(ValueError, match=r"valid-labels.lst:3: label '2'"):
         ev.load_task("piqa", path=str(tmp_path / "valid.jsonl"))
+    (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"empty.jsonl: holds no items"):
+        ev.load_task("csqa", path=str(tmp_path / "empty.jsonl"))
 
 
 # -----------------------------------------------------------------------------
@@ -443,6 +483,7 @@ def test_cli(tiny_checkpoint, shared_data, tmp_path):
         "'0' is not a positive integer": ok + ["--limit", "0"],
         "'1.5' is not a positive integer": ok + ["--limit", "1.5"],
         "must be >= 1": ok + ["--modes", "pll", "--pll_k", "1,0"],
+        "does not exist or is not writable": ok + ["--out", tmp_path / "no_such_folder" / "results.json"],
     }
     out = tmp_path / "results.json"
     good = start_cli(*ok, "--limit", "2", "--out", out)
@@ -452,6 +493,11 @@ def test_cli(tiny_checkpoint, shared_data, tmp_path):
     results = json.loads(out.read_text())
     assert results["run"]["lam"] == 0.5 and results["run"]["repetitions"] == 1.0
     assert results["tasks"]["csqa"]["prefix"]["n_items"] == 2 and "csqa" in stdout
+    assert "csqa prefix: 2/2 items (" in stderr and "items/s" in stderr  # the progress line
+    import gp_fit  # the file is what gp_fit.py --results reads
+    runs = gp_fit.read_runs(results_paths=[str(out)])
+    assert (runs["lambda"][0], runs["repetitions"][0]) == (0.5, 1.0)
+    assert runs["score"][0] == results["average"]["causal"]
     for expected, proc in running.items():
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode != 0, expected
