@@ -19,6 +19,7 @@ training losses (ar_loss, md_loss); checkpoint loading; export to the Hugging Fa
 import argparse
 import json
 import math
+import numbers
 import os
 import sys
 from dataclasses import asdict, dataclass, fields
@@ -57,16 +58,23 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModelConfig.{name}={value!r} must be a positive integer")
+        for name in ("rope_theta", "norm_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or not value > 0:
+                raise ValueError(f"ModelConfig.{name}={value!r} must be a positive number")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"ModelConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                              f"pick n_embd as a multiple of n_head")
         if (self.n_embd // self.n_head) % 2 != 0:
-            raise ValueError(f"ModelConfig: head dim n_embd/n_head={self.n_embd // self.n_head} is odd; "
-                             f"rotary embeddings need an even head dim")
+            raise ValueError(f"ModelConfig: head dim n_embd/n_head={self.n_embd}/{self.n_head}="
+                             f"{self.n_embd // self.n_head} is odd; rotary embeddings need an even head dim")
         for name in ("bos_id", "pad_id", "mask_id"):
             value = getattr(self, name)
             if not 0 <= value < self.vocab_size:
-                raise ValueError(f"ModelConfig.{name}={value} is outside the vocabulary [0, {self.vocab_size})")
+                raise ValueError(f"ModelConfig.{name}={value!r} is outside the vocabulary [0, {self.vocab_size})")
+        if len({self.bos_id, self.pad_id, self.mask_id}) != 3:
+            raise ValueError(f"ModelConfig.bos_id={self.bos_id}, pad_id={self.pad_id}, mask_id={self.mask_id} "
+                             f"must be three different tokens; take them from the tokenizer (data.py)")
 
     @classmethod
     def from_dict(cls, d):
@@ -116,10 +124,11 @@ _compiled_flex = None
 
 
 def flex(q, k, v, block_mask):
-    # flex attention only becomes a fused kernel under torch.compile: compile it once, lazily, on
-    # CUDA. Elsewhere (tests on CPU) the eager version computes the same function, slowly.
+    # flex attention only becomes a fused kernel under torch.compile. Inside a compiled model dynamo
+    # fuses it by itself; called eagerly on CUDA it is compiled on its own, once, lazily. On CPU (tests)
+    # the eager version computes the same function, slowly.
     global _compiled_flex
-    if not q.is_cuda:
+    if torch.compiler.is_compiling() or not q.is_cuda:
         return flex_attention(q, k, v, block_mask=block_mask)
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
@@ -240,8 +249,9 @@ class DualLM(nn.Module):
         cos, sin = rope_cache(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        # "auto": SDPA fast paths where no mask tensor is needed, flex attention on CUDA for
-        # document/prefix masks, dense boolean masks otherwise. Tests force "dense" or "flex".
+        # "auto": SDPA fast paths where no mask tensor is needed; for document/prefix masks flex
+        # attention inside a compiled model on CUDA, SDPA with a dense boolean mask otherwise (CPU,
+        # eager CUDA). Tests force "dense" or "flex".
         self.attn_impl = "auto"
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
@@ -284,13 +294,33 @@ class DualLM(nn.Module):
                 return ("full", None)
             q = torch.arange(T, device=device).view(T, 1) + cached
             return ("dense", q >= torch.arange(cached + T, device=device).view(1, -1))
-        if isinstance(prefix_len, int):
-            prefix_len = torch.full((B,), prefix_len, device=device, dtype=torch.long)
+        if prefix_len is not None:
+            if mode != "prefix":
+                raise ValueError(f"prefix_len is only used by mode='prefix', not mode={mode!r}; "
+                                 f"pass mode='prefix' or drop prefix_len")
+            prefix_len = torch.as_tensor(prefix_len, device=device)
+            if prefix_len.ndim == 0:
+                prefix_len = prefix_len.expand(B)
+            if prefix_len.shape != (B,) or prefix_len.is_floating_point():
+                raise ValueError(f"prefix_len must be an int or {B} ints (one per row), got "
+                                 f"{prefix_len.dtype} of shape {tuple(prefix_len.shape)}")
+            if not torch.compiler.is_compiling() and int(prefix_len.min()) < 0:
+                raise ValueError(f"prefix_len={int(prefix_len.min())} is negative; use 0 <= prefix_len <= {T}")
+        if doc_ids is not None and doc_ids.shape != (B, T):
+            raise ValueError(f"doc_ids has shape {tuple(doc_ids.shape)} but the tokens have shape {(B, T)}; "
+                             f"give one document id per token")
         rule = mask_rule(mode, prefix_len, doc_ids)  # validates mode / prefix_len
         impl = self.attn_impl
+        if impl not in ("auto", "dense", "flex"):
+            raise ValueError(f"attn_impl={impl!r} is not one of 'auto', 'dense', 'flex'")
         if impl == "auto" and doc_ids is None and mode != "prefix":
             return ("causal" if mode == "causal" else "full", None)
-        if impl == "flex" or (impl == "auto" and device.type == "cuda" and flex_attention is not None):
+        # flex attention's kernel is compiled for one shape. Inside a compiled model (train.py: fixed
+        # shapes) that is what we want; eager callers (eval.py, sample.py) change the batch shape all the
+        # time and would recompile for each, so they get SDPA with a dense mask, which needs no compiling.
+        use_flex = impl == "flex" or (impl == "auto" and device.type == "cuda" and flex_attention is not None
+                                      and torch.compiler.is_compiling())
+        if use_flex:
             return ("flex", create_block_mask(rule, B, None, T, T, device=device))
         return ("dense", dense_mask(rule, B, T, device))
 
@@ -300,7 +330,8 @@ class DualLM(nn.Module):
         B, T = idx.shape
         cached = kv_cache.length if kv_cache is not None else 0
         if cached + T > self.config.block_size:
-            raise ValueError(f"sequence length {cached + T} exceeds block_size={self.config.block_size}")
+            raise ValueError(f"sequence length {cached + T} exceeds block_size={self.config.block_size}; "
+                             f"feed at most block_size tokens (crop or slide a window)")
         if not torch.compiler.is_compiling():  # a data-dependent check: keep it out of compiled graphs
             lo, hi = int(idx.min()), int(idx.max())
             if lo < 0 or hi >= self.config.vocab_size:
@@ -327,6 +358,11 @@ class DualLM(nn.Module):
         h = self.hidden_states(idx, mode, prefix_len, doc_ids, kv_cache)
         if targets is None:
             return self.lm_head(h)
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets have shape {tuple(targets.shape)} but the tokens have shape "
+                             f"{tuple(idx.shape)}; give one target per position (negative: ignored)")
+        if not torch.compiler.is_compiling() and int(targets.max()) >= self.config.vocab_size:
+            raise ValueError(f"target id {int(targets.max())} is outside the vocabulary [0, {self.config.vocab_size})")
         if target_weights is None:
             valid = (targets >= 0).float()
             target_weights = valid / valid.sum().clamp(min=1)
@@ -379,6 +415,8 @@ def md_loss(model, x, y, doc_ids=None, t=None, generator=None, antithetic=True, 
     B, T = x.shape
     if t is None:
         t = sample_t(B, generator, x.device, antithetic)
+    elif t.shape != (B,) or not bool(((t > 0) & (t <= 1)).all()):
+        raise ValueError(f"t must hold one masking rate in (0, 1] per sequence ({B}), got shape {tuple(t.shape)}")
     # one coin per window token w_0..w_T; x_i = w_i and y_i = w_{i+1}, so input i and target i-1
     # share coin i: a token is masked in the input exactly when it is scored
     coins = torch.rand(B, T + 1, generator=generator, device=x.device) < t[:, None]
@@ -436,7 +474,12 @@ def load_checkpoint(path, device="cpu"):
     tokenizer spec, iteration, tokens seen) is attached as `model.meta` for eval/sample scripts."""
     ckpt = read_checkpoint(path)
     model = DualLM(ModelConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # missing/unexpected keys or wrong shapes: weights and config disagree
+        detail = (str(e).strip().splitlines()[1:] or [type(e).__name__])[0].strip()
+        raise ValueError(f"checkpoint {path}: the weights do not fit its model_config ({detail[:200]}); "
+                         f"pass the ckpt.pt that train.py wrote") from None
     model.meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")}
     return model.to(device).eval()
 
@@ -476,8 +519,9 @@ def hf_config(cfg):
 
 
 def export_hf(model, out_dir):
-    """Write config.json + model.safetensors (+ tokenizer.json when the checkpoint carries a BPE
-    tokenizer) so that transformers.LlamaForCausalLM.from_pretrained(out_dir) loads the model."""
+    """Write config.json + model.safetensors (+ tokenizer.json and tokenizer_config.json when the
+    checkpoint carries a BPE tokenizer) so that transformers.LlamaForCausalLM.from_pretrained(out_dir)
+    loads the model and AutoTokenizer.from_pretrained(out_dir) its tokenizer."""
     try:
         from safetensors.torch import save_file
     except ImportError:
@@ -490,6 +534,11 @@ def export_hf(model, out_dir):
     if isinstance(spec, dict) and spec.get("kind") == "bpe":
         with open(os.path.join(out_dir, "tokenizer.json"), "w") as f:
             f.write(spec["json"])
+        # so that AutoTokenizer knows the special tokens (data.py's names); text starts with <s> in training
+        with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.config.block_size,
+                       "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+                       "mask_token": "<mask>"}, f, indent=2)
     return out_dir
 
 
@@ -511,5 +560,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: a missing file, an export folder that cannot be written
         sys.exit(f"model.py: error: {e}")

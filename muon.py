@@ -135,8 +135,9 @@ class MuonAdamW:
             else:
                 (decay_params if p.ndim >= 2 else gain_params).append(p)
                 self.groups_by_name["adamw"].append(name)
-        n_model = sum(1 for p in model.parameters() if p.requires_grad)
-        assert len(muon_params) + len(decay_params) + len(gain_params) == n_model, \
+        grouped = [id(p) for p in muon_params + decay_params + gain_params]
+        trainable = {id(p) for p in model.parameters() if p.requires_grad}
+        assert len(grouped) == len(set(grouped)) and set(grouped) == trainable, \
             "every parameter must be in exactly one of the Muon and AdamW groups"
         self.muon = Muon(muon_params, lr=lr, momentum=momentum, weight_decay=weight_decay) if use_muon else None
         adamw_lr = lr if adamw_lr is None else adamw_lr

@@ -36,7 +36,7 @@ iterations with bidirectional attention; revealed tokens stay fixed. Two sampler
   size is the expected count, stochastically rounded. Each position keeps exactly the MDLM
   probability, but the count has no binomial noise, so steps = N reveals exactly one token per
   step: generation in a uniformly random order, which is what MDLM's sampler tends to as its step
-  count grows. The last step (s = 0) reveals everything. Steps that reveal nothing cost no model
+  count grows. --reveal bernoulli flips MDLM's independent coin per position instead. The last step (s = 0) reveals everything. Steps that reveal nothing cost no model
   call (MDLM's caching: the canvas, and so the prediction, did not change).
 - confidence: the token of every masked position is drawn, and the k positions whose drawn tokens
   have the highest probability are kept; k follows an even schedule so N tokens take `steps` steps.
@@ -65,16 +65,19 @@ import torch.nn.functional as F
 
 import data
 from model import KVCache, load_checkpoint
+from progress import Progress
 
 SAMPLERS = ("ancestral", "confidence")
+REVEAL_RULES = ("count", "bernoulli")  # ancestral only: how many positions a step reveals
 
 
 # -----------------------------------------------------------------------------
 # Drawing tokens from logits
 
 def check_sampling_args(temperature, top_k, top_p):
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} is negative; use 0 for greedy decoding or a positive value")
+    if not 0 <= temperature < math.inf:  # also rejects nan, which would make every probability nan
+        raise ValueError(f"temperature={temperature} must be a finite number >= 0; use 0 for greedy decoding "
+                         f"or a positive value")
     if top_k is not None and top_k < 0:
         raise ValueError(f"top_k={top_k} is negative; use 0 or None to turn it off, or a positive count")
     if not 0 < top_p <= 1:
@@ -140,9 +143,10 @@ def start_of_document(model, prompt_ids, num_samples):
 
 @torch.no_grad()
 def generate_ar(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, generator=None,
-                use_cache=True, prefix_prompt=False, num_samples=1, banned_ids=None):
+                use_cache=True, prefix_prompt=False, num_samples=1, banned_ids=None, on_step=None):
     """Left-to-right generation in causal mode. prompt_ids: token ids without <s>. Returns a
     (num_samples, 1 + len(prompt_ids) + max_new_tokens) LongTensor: <s>, the prompt, the new tokens.
+    on_step(seq), if given, sees the sequences after every new token.
 
     The model sees at most block_size tokens. Once the text outgrows that window, the window jumps
     forward to the last block_size/2 tokens and the cache is refilled from them: each jump costs one
@@ -173,6 +177,8 @@ def generate_ar(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, 
             h = model.hidden_states(seq[:, -1:], "causal", kv_cache=cache)
         token, _ = draw(model.lm_head(h[:, -1]), temperature, top_k, top_p, generator, banned)
         seq = torch.cat([seq, token.unsqueeze(1)], dim=1)
+        if on_step is not None:
+            on_step(seq)
     return seq
 
 
@@ -193,7 +199,8 @@ def highest(score, count):
     return (rank < count.unsqueeze(1)) & (score > -math.inf)
 
 
-def unmask_block(model, canvas, n, steps, sampler, temperature, top_k, top_p, generator, banned, on_step):
+def unmask_block(model, canvas, n, steps, sampler, temperature, top_k, top_p, generator, banned, on_step,
+                 reveal_rule="count"):
     """Fill the last n positions of canvas (K, L), all <mask>, in `steps` iterations; returns the canvas."""
     mask_id = model.config.mask_id
     first = canvas.size(1) - n
@@ -203,12 +210,16 @@ def unmask_block(model, canvas, n, steps, sampler, temperature, top_k, top_p, ge
         if sampler == "ancestral":
             # from t = remaining/steps to s = t - 1/steps: reveal probability (t-s)/t = 1/remaining;
             # count = n_masked/remaining, stochastically rounded, over a uniformly random subset
-            n_masked = masked.sum(dim=1)
-            whole, frac = n_masked // remaining, (n_masked % remaining).float() / remaining
-            u = torch.rand(n_masked.shape, generator=generator, device=canvas.device)
-            count = whole + (u < frac).long()
-            reveal = highest(torch.rand(masked.shape, generator=generator, device=canvas.device)
-                             .masked_fill(~masked, -math.inf), count)
+            if reveal_rule == "bernoulli":  # MDLM exactly: one independent coin per masked position
+                coins = torch.rand(masked.shape, generator=generator, device=canvas.device)
+                reveal = masked & (coins * remaining < 1)
+            else:
+                n_masked = masked.sum(dim=1)
+                whole, frac = n_masked // remaining, (n_masked % remaining).float() / remaining
+                u = torch.rand(n_masked.shape, generator=generator, device=canvas.device)
+                count = whole + (u < frac).long()
+                reveal = highest(torch.rand(masked.shape, generator=generator, device=canvas.device)
+                                 .masked_fill(~masked, -math.inf), count)
             if reveal.any():  # when nothing is revealed the canvas stays as it is: no model call
                 rows, cols = reveal.nonzero(as_tuple=True)
                 tokens, _ = draw(predict(model, canvas, rows, first + cols), temperature, top_k, top_p,
@@ -233,7 +244,8 @@ def unmask_block(model, canvas, n, steps, sampler, temperature, top_k, top_p, ge
 
 @torch.no_grad()
 def generate_diffusion(model, prompt_ids, n_tokens, steps, sampler="ancestral", block_size=None, temperature=1.0,
-                       top_k=None, top_p=1.0, generator=None, num_samples=1, banned_ids=None, on_step=None):
+                       top_k=None, top_p=1.0, generator=None, num_samples=1, banned_ids=None, on_step=None,
+                       reveal="count"):
     """Masked-diffusion generation of n_tokens after <s> + prompt. block_size None: all n_tokens in
     one canvas; else blocks of block_size tokens left to right, `steps` steps each. on_step(canvas),
     if given, sees a copy of the model's window after every step. Returns a
@@ -241,6 +253,8 @@ def generate_diffusion(model, prompt_ids, n_tokens, steps, sampler="ancestral", 
     check_sampling_args(temperature, top_k, top_p)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+    if reveal not in REVEAL_RULES:
+        raise ValueError(f"unknown reveal rule {reveal!r}; use one of {', '.join(REVEAL_RULES)}")
     if steps < 1:
         raise ValueError(f"steps={steps} must be at least 1")
     if n_tokens < 1:
@@ -262,7 +276,7 @@ def generate_diffusion(model, prompt_ids, n_tokens, steps, sampler="ancestral", 
         b = min(block_size, n_tokens - (seq.size(1) - n_context))
         context = seq[:, -(window - b):]  # the window slides once context + block outgrow the model
         canvas = unmask_block(model, torch.cat([context, mask[:, :b]], dim=1), b, steps, sampler, temperature,
-                              top_k, top_p, generator, banned, on_step)
+                              top_k, top_p, generator, banned, on_step, reveal)
         seq = torch.cat([seq, canvas[:, -b:]], dim=1)
     return seq
 
@@ -319,14 +333,16 @@ def timed(fn, device):
 
 def speed_quality_curve(model, prompt_ids, n_tokens, steps_list, sampler="ancestral", block_size=None,
                         temperature=1.0, top_k=None, top_p=1.0, num_samples=4, seed=1337, banned_ids=None,
-                        with_ar=True):
+                        with_ar=True, on_row=None, reveal="count"):
     """One row per diffusion step count (plus, with_ar, an AR row with the cache as reference):
     {"method", "steps", "tokens_per_s", "nll", "ppl", "entropy"}, averaged over num_samples samples,
-    each row drawn with a fresh generator seeded with `seed`."""
+    each row drawn with a fresh generator seeded with `seed`. on_row(row), if given, sees each row as
+    soon as it is measured (the command line prints it: a sweep can take a while)."""
     device = model.lm_head.weight.device
     runs = [("ar", n_tokens)] if with_ar else []
     runs += [("diffusion", s) for s in steps_list]
     rows = []
+    generate_ar(model, prompt_ids, 1, temperature=0)  # warm-up: the first call allocates and picks kernels
     for method, steps in runs:
         generator = torch.Generator(device).manual_seed(seed)
         if method == "ar":
@@ -334,21 +350,27 @@ def speed_quality_curve(model, prompt_ids, n_tokens, steps_list, sampler="ancest
                                       num_samples=num_samples, banned_ids=banned_ids)
         else:
             run = lambda: generate_diffusion(model, prompt_ids, n_tokens, steps, sampler, block_size, temperature,
-                                             top_k, top_p, generator, num_samples, banned_ids)
+                                             top_k, top_p, generator, num_samples, banned_ids, reveal=reveal)
         seqs, seconds = timed(run, device)
         scores = score_samples(model, seqs, 1 + len(prompt_ids))
         mean = {k: sum(s[k] for s in scores) / len(scores) for k in ("nll", "entropy")}
         rows.append({"method": method, "steps": steps, "tokens_per_s": num_samples * n_tokens / seconds,
                      "nll": mean["nll"], "ppl": math.exp(mean["nll"]), "entropy": mean["entropy"]})
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 
+CURVE_HEADER = f"{'method':>9} {'steps':>6} {'tokens/s':>10} {'gen NLL':>8} {'gen PPL':>9} {'entropy':>8}"
+
+
+def format_row(r):
+    return (f"{r['method']:>9} {r['steps']:>6} {r['tokens_per_s']:>10.1f} {r['nll']:>8.3f} {r['ppl']:>9.1f} "
+            f"{r['entropy']:>8.3f}")
+
+
 def format_curve(rows):
-    lines = [f"{'method':>9} {'steps':>6} {'tokens/s':>10} {'gen NLL':>8} {'gen PPL':>9} {'entropy':>8}"]
-    for r in rows:
-        lines.append(f"{r['method']:>9} {r['steps']:>6} {r['tokens_per_s']:>10.1f} {r['nll']:>8.3f} "
-                     f"{r['ppl']:>9.1f} {r['entropy']:>8.3f}")
-    return "\n".join(lines)
+    return "\n".join([CURVE_HEADER] + [format_row(r) for r in rows])
 
 
 # -----------------------------------------------------------------------------
@@ -376,6 +398,8 @@ def check_args(args):
             raise ValueError(f"--{name}={getattr(args, name)} must be at least 1")
     if args.sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {args.sampler!r}; use one of {', '.join(SAMPLERS)}")
+    if args.reveal not in REVEAL_RULES:
+        raise ValueError(f"unknown --reveal {args.reveal!r}; use one of {', '.join(REVEAL_RULES)}")
     if args.prompt is not None and args.prompt_file is not None:
         raise ValueError("give either --prompt or --prompt_file, not both")
     ar_only = [f for f in ("no_cache", "prefix_prompt") if getattr(args, f)]
@@ -384,6 +408,22 @@ def check_args(args):
         raise ValueError(f"--{diffusion_only[0]} applies to --mode diffusion only")
     if args.mode == "diffusion" and ar_only:
         raise ValueError(f"--{ar_only[0]} applies to --mode ar only")
+
+
+def parse_device(name):
+    """torch.device(name), with one-line errors for a malformed name or a backend this machine lacks."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device={name!r} is not a device; use cpu, cuda, cuda:1, mps, ...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device={name} but CUDA is not available here; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device={name} but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                         f"pick an index below that")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device={name} but MPS is not available here; use --device cpu")
+    return device
 
 
 def parse_steps_list(text):
@@ -415,6 +455,8 @@ def main(argv=None):
     parser.add_argument("--prefix_prompt", action="store_true", help="ar: the prompt attends bidirectionally")
     parser.add_argument("--steps", type=int, default=64, help="diffusion: unmasking steps per block")
     parser.add_argument("--sampler", default="ancestral", help="diffusion: ancestral or confidence")
+    parser.add_argument("--reveal", default="count", help="ancestral: count (the expected number of positions "
+                                                          "per step) or bernoulli (MDLM's independent coins)")
     parser.add_argument("--block_size", type=int, help="diffusion: generate blocks of this many tokens")
     parser.add_argument("--score", action="store_true", help="report generative NLL and unigram entropy")
     parser.add_argument("--sweep_steps", help="diffusion: print the speed-quality curve for these step "
@@ -427,10 +469,14 @@ def main(argv=None):
     if args.prompt_file is not None:
         if not os.path.isfile(args.prompt_file):
             raise FileNotFoundError(f"prompt file {args.prompt_file} does not exist")
-        with open(args.prompt_file, encoding="utf-8") as f:
-            prompt = f.read()
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                prompt = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read prompt file {args.prompt_file} as UTF-8 text ({e}); "
+                             f"save it as UTF-8") from None
 
-    device = torch.device(args.device)
+    device = parse_device(args.device)
     model = load_checkpoint(args.ckpt, device)
     if "tokenizer" not in model.meta:
         raise ValueError(f"checkpoint {args.ckpt} holds no tokenizer spec; pass a checkpoint written by train.py")
@@ -440,10 +486,11 @@ def main(argv=None):
     top_k = args.top_k or None
 
     if steps_list is not None:
+        print(CURVE_HEADER, flush=True)
         rows = speed_quality_curve(model, prompt_ids, args.max_new_tokens, steps_list, args.sampler,
                                    args.block_size, args.temperature, top_k, args.top_p, args.num_samples,
-                                   args.seed, banned)
-        print(format_curve(rows))
+                                   args.seed, banned, on_row=lambda row: print(format_row(row), flush=True),
+                                   reveal=args.reveal)
         if args.out:
             with open(args.out, "w") as f:
                 for row in rows:
@@ -451,18 +498,25 @@ def main(argv=None):
         return
 
     generator = torch.Generator(device).manual_seed(args.seed)
+    # on_step: a progress line (rate, ETA) on stderr every few seconds, so long generations show progress
     if args.mode == "ar":
+        progress = Progress(args.max_new_tokens * args.num_samples, "generate", "tokens")
+        on_step = lambda seq: progress.update(args.num_samples)
         settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": top_k,
                     "top_p": args.top_p, "use_cache": not args.no_cache, "prefix_prompt": args.prefix_prompt}
         run = lambda: generate_ar(model, prompt_ids, args.max_new_tokens, args.temperature, top_k, args.top_p,
-                                  generator, not args.no_cache, args.prefix_prompt, args.num_samples, banned)
+                                  generator, not args.no_cache, args.prefix_prompt, args.num_samples, banned,
+                                  on_step)
     else:
+        n_blocks = math.ceil(args.max_new_tokens / (args.block_size or args.max_new_tokens))
+        progress = Progress(args.steps * n_blocks, "unmask", "steps")
+        on_step = lambda canvas: progress.update(1)
         settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": top_k,
-                    "top_p": args.top_p, "sampler": args.sampler, "steps": args.steps,
+                    "top_p": args.top_p, "sampler": args.sampler, "reveal": args.reveal, "steps": args.steps,
                     "block_size": args.block_size}
         run = lambda: generate_diffusion(model, prompt_ids, args.max_new_tokens, args.steps, args.sampler,
                                          args.block_size, args.temperature, top_k, args.top_p, generator,
-                                         args.num_samples, banned)
+                                         args.num_samples, banned, on_step, args.reveal)
     seqs, seconds = timed(run, device)
     n_context = 1 + len(prompt_ids)
     scores = score_samples(model, seqs, n_context) if args.score else [{}] * len(seqs)

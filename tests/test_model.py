@@ -12,6 +12,8 @@ import torch
 import model as M
 from conftest import REPO
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models run fastest on one thread
+
 V = 61
 
 
@@ -21,14 +23,15 @@ def tiny_config(**overrides):
     return M.ModelConfig(**kw)
 
 
-def tiny_model(seed=0, **overrides):
+def tiny_model(seed=0, sharp=False, **overrides):
     torch.manual_seed(seed)
     m = M.DualLM(tiny_config(**overrides))
-    # random gains, so that a mix-up of the two norms of a block would show
     with torch.no_grad():
         for name, p in m.named_parameters():
-            if p.ndim == 1:
+            if p.ndim == 1:  # random gains, so that a mix-up of the two norms of a block would show
                 p.uniform_(0.5, 1.5)
+            elif sharp:  # O(1) activations: predictions that depend strongly on the context
+                p.normal_(0, 1.0 if name == "tok_emb.weight" else 3.0 if name == "lm_head.weight" else 1 / p.shape[1] ** 0.5)
     return m.eval()
 
 
@@ -210,33 +213,72 @@ def test_antithetic_t_is_stratified_over_the_batch():
         assert t.min() >= eps and t.max() <= 1
 
 
-@pytest.mark.parametrize("weighting", ["elbo", "ce"])
-def test_md_loss_mean_matches_exact_expectation_by_enumeration(weighting):
-    """Fixed t and fixed weights: E[md_loss] = sum over all 2^n mask patterns of P(pattern) * loss,
-    each pattern's loss computed by hand (one sequence at a time, MNTP read-out at j-1)."""
-    m = tiny_model()
-    cfg = m.config
-    w = torch.tensor([cfg.bos_id, 17, 23, 42, 8, 31])  # window of T+1 = 6 tokens, 5 maskable
-    T, t = len(w) - 1, 0.35
-    exact_losses, probs = [], []
+def enumerate_md_losses(m, w):
+    """Every mask pattern of the window w (w[0] = <s> never masked): (number masked, sum over the
+    masked tokens j of -log p(w_j) read at position j-1, divided by T), by hand, one sequence at a time."""
+    cfg, T = m.config, len(w) - 1
+    assert int(w[0]) == cfg.bos_id
+    out = []
     with torch.no_grad():
         for pattern in itertools.product([0, 1], repeat=T):
-            masked = [False] + [bool(p) for p in pattern]  # position 0 is <s>
+            masked = [False] + [bool(p) for p in pattern]
             inp = torch.tensor([cfg.mask_id if masked[i] else int(w[i]) for i in range(T)])
-            logp = torch.log_softmax(m(inp[None], mode="bidirectional")[0], -1)
-            total = sum(-float(logp[j - 1, w[j]]) for j in range(1, T + 1) if masked[j])
-            weight = 1 / t if weighting == "elbo" else 1.0
-            exact_losses.append(weight * total / T)
-            probs.append(t ** sum(pattern) * (1 - t) ** (T - sum(pattern)))
-        exact_losses, probs = torch.tensor(exact_losses, dtype=torch.float64), torch.tensor(probs, dtype=torch.float64)
-        mean = (probs * exact_losses).sum()
-        std = ((probs * (exact_losses - mean) ** 2).sum()).sqrt()
-        B = 4000
-        x, y = w[:-1].repeat(B, 1), w[1:].repeat(B, 1)
-        loss, _ = M.md_loss(m, x, y, t=torch.full((B,), t), generator=torch.Generator().manual_seed(0),
-                            weighting=weighting)  # = the mean over B independent draws
-    assert abs(float(loss) - float(mean)) < 4 * float(std) / math.sqrt(B)
-    assert float(std) > 0.05 * float(mean)  # the check above is not vacuous
+            logp = torch.log_softmax(m(inp[None], mode="bidirectional")[0].double(), -1)
+            out.append((sum(pattern), sum(-float(logp[j - 1, w[j]]) for j in range(1, T + 1) if masked[j]) / T))
+    return out
+
+
+# a window of T+1 = 6 tokens, 5 of them maskable. The sharp model's cross-entropies vary by several
+# nats with the mask pattern, so scoring the wrong position, masking <s> or a wrong weight all move the
+# mean by many standard errors (checked by breaking md_loss on purpose).
+WINDOW = [1, 17, 23, 42, 8, 31]  # 1 = <s>
+
+
+@pytest.mark.parametrize("weighting", ["elbo", "ce"])
+def test_md_loss_mean_matches_exact_expectation_at_fixed_t(weighting):
+    """Fixed t: E[md_loss] = sum over all 2^5 mask patterns of P(pattern) * loss(pattern)."""
+    m = tiny_model(sharp=True)
+    w, T, t = torch.tensor(WINDOW), len(WINDOW) - 1, 0.35
+    weight = 1 / t if weighting == "elbo" else 1.0
+    exact = [(t ** k * (1 - t) ** (T - k), weight * loss) for k, loss in enumerate_md_losses(m, w)]
+    mean = sum(p * v for p, v in exact)
+    std = math.sqrt(sum(p * (v - mean) ** 2 for p, v in exact))
+    B = 4000
+    with torch.no_grad():
+        loss, _ = M.md_loss(m, w[:-1].repeat(B, 1), w[1:].repeat(B, 1), t=torch.full((B,), t),
+                            generator=torch.Generator().manual_seed(0), weighting=weighting)  # mean of B draws
+    assert abs(float(loss) - mean) < 4 * std / math.sqrt(B)
+    assert std > 0.05 * mean  # the check above is not vacuous
+
+
+def integral_of_t_power(m, eps):
+    """The integral of t^m over [eps, 1]."""
+    return -math.log(eps) if m == -1 else (1 - eps ** (m + 1)) / (m + 1)
+
+
+@pytest.mark.parametrize("weighting", ["elbo", "ce"])
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_md_loss_mean_over_t_matches_exact_expectation(weighting, antithetic):
+    """t drawn by md_loss itself (uniform on [eps, 1], stratified or not): E[md_loss] is the integral
+    over t of the fixed-t expectation, exact here by expanding (1-t)^(T-k) into powers of t. For the
+    ELBO weighting this is the model's negative ELBO per token (MDLM Eq. 10)."""
+    m = tiny_model(sharp=True)
+    w, T, eps = torch.tensor(WINDOW), len(WINDOW) - 1, 1e-3
+    p = 1 if weighting == "elbo" else 0  # the weight is t^-p
+
+    def expect(k, power):  # E_t[t^(-power*p) t^k (1-t)^(T-k)] for t uniform on [eps, 1]
+        return sum(math.comb(T - k, a) * (-1) ** a * integral_of_t_power(k - power * p + a, eps)
+                   for a in range(T - k + 1)) / (1 - eps)
+
+    losses = enumerate_md_losses(m, w)
+    mean = sum(expect(k, 1) * loss for k, loss in losses)
+    var = sum(expect(k, 2) * loss ** 2 for k, loss in losses) - mean ** 2  # i.i.d. t; stratifying only lowers it
+    B = 4000
+    with torch.no_grad():
+        loss, _ = M.md_loss(m, w[:-1].repeat(B, 1), w[1:].repeat(B, 1), generator=torch.Generator().manual_seed(0),
+                            antithetic=antithetic, weighting=weighting)
+    assert abs(float(loss) - mean) < 4 * math.sqrt(var / B)
+    assert math.sqrt(var) > 0.05 * mean
 
 
 def test_kv_cache_matches_full_forward():
@@ -263,6 +305,7 @@ def test_sizes_of_the_paper_model():
     assert big.num_params(non_embedding=True) == non_embedding  # ~360M
     assert big.num_params() == non_embedding + 2 * 51200 * 1024  # ~470M, untied
     assert big.flops_per_token() == 6 * (non_embedding + 51200 * 1024) + 12 * 24 * 1024 * 2048
+    assert round(big.num_params() / 1e6) == 468 and round(non_embedding / 1e6) == 363  # the paper's "470M, 360M"
     tied = M.DualLM(tiny_config(tie_embeddings=True))
     assert tied.num_params() == tied.num_params(non_embedding=True) + V * 32
 
@@ -271,7 +314,10 @@ def test_sizes_of_the_paper_model():
     (dict(n_embd=30, n_head=4), "n_embd=30"),
     (dict(n_embd=36, n_head=4), "head dim"),
     (dict(n_layer=0), "n_layer=0"),
-    (dict(mask_id=V), "mask_id"),
+    (dict(mask_id=V), "mask_id=61"),
+    (dict(mask_id=1), "bos_id=1, pad_id=3, mask_id=1"),
+    (dict(rope_theta=0.0), "rope_theta=0.0"),
+    (dict(norm_eps=-1e-5), "norm_eps=-1e-05"),
 ])
 def test_bad_configs_name_the_field(kw, field):
     with pytest.raises(ValueError, match=field):
@@ -290,6 +336,52 @@ def test_bad_inputs_raise_value_errors():
         m(random_tokens(1, 4), mode="sideways")
     with pytest.raises(ValueError, match="prefix_len"):
         m(random_tokens(1, 4), mode="prefix")
+    x = random_tokens(2, 6)
+    with pytest.raises(ValueError, match=r"prefix_len must be an int or 2 ints .* shape \(3,\)"):
+        m(x, mode="prefix", prefix_len=torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="prefix_len=-1 is negative"):
+        m(x, mode="prefix", prefix_len=[2, -1])
+    with pytest.raises(ValueError, match="prefix_len is only used by mode='prefix', not mode='causal'"):
+        m(x, mode="causal", prefix_len=3)
+    with pytest.raises(ValueError, match=r"doc_ids has shape \(2, 5\)"):
+        m(x, doc_ids=torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="target id 61 is outside the vocabulary"):
+        m(x, targets=torch.full((2, 6), V))
+    with pytest.raises(ValueError, match=r"targets have shape \(2, 5\)"):
+        m(x, targets=x[:, 1:])
+    with pytest.raises(ValueError, match="t must hold one masking rate"):
+        M.md_loss(m, x, x, t=torch.zeros(2))
+    m.attn_impl = "fast"
+    with pytest.raises(ValueError, match="attn_impl='fast'"):
+        m(x, doc_ids=torch.zeros(2, 6, dtype=torch.long))
+
+
+def test_attention_plan_uses_the_fast_paths_on_cpu():
+    m = tiny_model()
+    x = random_tokens(2, 6)
+    docs = torch.zeros(2, 6, dtype=torch.long)
+    plan = lambda **kw: m._attention_plan(B=2, T=6, device=x.device, cached=0, **kw)[0]
+    assert plan(mode="causal", prefix_len=None, doc_ids=None) == "causal"  # SDPA is_causal
+    assert plan(mode="bidirectional", prefix_len=None, doc_ids=None) == "full"  # SDPA without a mask
+    assert plan(mode="prefix", prefix_len=[1, 2], doc_ids=None) == "dense"
+    assert plan(mode="causal", prefix_len=None, doc_ids=docs) == "dense"
+    m.attn_impl = "flex"
+    assert plan(mode="causal", prefix_len=None, doc_ids=None) == "flex"
+
+
+def test_attention_plan_on_cuda_uses_flex_only_inside_compiled_models(monkeypatch):
+    """No GPU here: the mask builders are stubbed, only the choice is checked. Flex attention compiles a
+    kernel per shape, which a compiled training step wants and eager evaluation (shapes change every
+    batch) does not."""
+    monkeypatch.setattr(M, "dense_mask", lambda *a: "dense mask")
+    monkeypatch.setattr(M, "create_block_mask", lambda *a, **kw: "block mask")
+    m = tiny_model()
+    docs = torch.zeros(2, 6, dtype=torch.long)
+    cuda = torch.device("cuda")
+    assert m._attention_plan("causal", None, docs, 2, 6, cuda, 0) == ("dense", "dense mask")
+    assert m._attention_plan("causal", None, None, 2, 6, cuda, 0) == ("causal", None)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert m._attention_plan("causal", None, docs, 2, 6, cuda, 0) == ("flex", "block mask")
 
 
 # -----------------------------------------------------------------------------
@@ -317,12 +409,16 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path):
     torch.save({"hello": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a nanodual checkpoint"):
         M.load_checkpoint(str(tmp_path / "other.pt"))
+    M.save_checkpoint(str(tmp_path / "mismatch.pt"), {"model": m.state_dict(),
+                                                      "model_config": asdict(tiny_config(n_layer=3))})
+    with pytest.raises(ValueError, match="weights do not fit its model_config .*blocks.2"):
+        M.load_checkpoint(str(tmp_path / "mismatch.pt"))
 
 
 @pytest.mark.parametrize("tie", [False, True])
 def test_hf_export_gives_the_same_causal_logits(tmp_path, tie):
     transformers = pytest.importorskip("transformers")
-    m = tiny_model(tie_embeddings=tie)
+    m = tiny_model(sharp=True, tie_embeddings=tie)  # attention that depends on position and content
     write_checkpoint(tmp_path / "ckpt.pt", m)
     out = tmp_path / "hf"
     run = subprocess.run([sys.executable, str(REPO / "model.py"), "--ckpt", str(tmp_path / "ckpt.pt"),
@@ -332,13 +428,27 @@ def test_hf_export_gives_the_same_causal_logits(tmp_path, tie):
     idx = random_tokens(2, 20)
     with torch.no_grad():
         ours, theirs = m(idx, mode="causal"), hf(idx).logits
-    assert (ours - theirs).abs().max() <= 1e-4
+    assert (ours - theirs).abs().max() <= 1e-4, (ours - theirs).abs().max()
+
+
+def test_hf_export_carries_the_tokenizer(tmp_path, tiny_checkpoint):
+    transformers = pytest.importorskip("transformers")
+    import data
+    M.export_hf(M.load_checkpoint(str(tiny_checkpoint)), str(tmp_path))
+    ours = data.Tokenizer.from_spec(M.load_checkpoint(str(tiny_checkpoint)).meta["tokenizer"])
+    theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    text = "ROMEO: What light through yonder window breaks?"
+    assert theirs(text)["input_ids"] == ours.encode(text)
+    assert (theirs.bos_token_id, theirs.pad_token_id, theirs.mask_token_id) == (ours.bos_id, ours.pad_id, ours.mask_id)
 
 
 def test_cli_errors_are_one_line(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    for ckpt in [tmp_path / "missing.pt", tmp_path / "bad.pt"]:
-        run = subprocess.run([sys.executable, str(REPO / "model.py"), "--ckpt", str(ckpt)],
+    write_checkpoint(tmp_path / "good.pt", tiny_model())
+    (tmp_path / "a_file").write_text("")
+    for args in [["--ckpt", tmp_path / "missing.pt"], ["--ckpt", tmp_path / "bad.pt"],
+                 ["--ckpt", tmp_path / "good.pt", "--export_hf", tmp_path / "a_file"]]:  # not a folder
+        run = subprocess.run([sys.executable, str(REPO / "model.py")] + [str(a) for a in args],
                              capture_output=True, text=True)
         assert run.returncode != 0
         assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr

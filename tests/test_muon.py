@@ -12,6 +12,8 @@ import torch.multiprocessing as mp
 import model as M
 import muon
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny problems run fastest on one thread
+
 
 @pytest.fixture
 def torch_muon_in_fp32(monkeypatch):
@@ -71,36 +73,42 @@ def test_newton_schulz_orthogonalises():
 
 
 def _distributed_worker(rank, world, init_file, params, grads, out_file):
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    orthogonalised = []  # the shapes this rank ran Newton-Schulz on (all SHAPES differ)
+    real_newton_schulz = muon.newton_schulz
+
+    def recording_newton_schulz(G, *args):
+        orthogonalised.append(tuple(G.shape))
+        return real_newton_schulz(G, *args)
+
+    muon.newton_schulz = recording_newton_schulz
     try:
         result = run_optimizer(lambda ps: muon.Muon(ps, lr=0.02, weight_decay=0.1), params, grads)
-        if rank == 0:
-            torch.save(result, out_file)
+        torch.save({"params": result, "orthogonalised": orthogonalised}, f"{out_file}.{rank}")
     finally:
+        muon.newton_schulz = real_newton_schulz
         dist.destroy_process_group()
 
 
-def test_distributed_mode_gives_the_same_parameters(tmp_path):
+def test_distributed_mode_shares_the_work_and_gives_the_same_parameters(tmp_path):
+    """Two gloo processes: each runs Newton-Schulz on a disjoint share of the matrices (together all of
+    them, once per step), and both end with the parameters of a single-process run."""
     params, grads = random_problem(3)
     single = run_optimizer(lambda ps: muon.Muon(ps, lr=0.02, weight_decay=0.1), params, grads)
     out = str(tmp_path / "dist.pt")
     init_file = tempfile.mktemp(dir=tmp_path)
     mp.spawn(_distributed_worker, args=(2, init_file, params, grads, out), nprocs=2, join=True)
-    assert_close_relative(torch.load(out), single, tol=1e-6)
-
-
-def test_distributed_workers_share_the_newton_schulz_work(monkeypatch):
-    """Each rank orthogonalises only its own share (here faked as rank 1 of 2, no collective)."""
-    calls = []
-    monkeypatch.setattr(muon, "newton_schulz", lambda G, *a: calls.append(G.shape) or torch.zeros_like(G))
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(dist, "get_rank", lambda: 1)
-    monkeypatch.setattr(muon.Muon, "_all_gather", staticmethod(lambda updates, params, rank, world: [
-        u if u is not None else torch.zeros_like(p) for u, p in zip(updates, params)]))
-    params, grads = random_problem(0)
-    run_optimizer(lambda ps: muon.Muon(ps), params, grads[:1])
-    assert calls == [SHAPES[1], SHAPES[3]]  # matrices 1 and 3 of 5
+    shares = []
+    for rank in range(2):
+        result = torch.load(f"{out}.{rank}")
+        assert_close_relative(result["params"], single, tol=1e-6)
+        shares.append(result["orthogonalised"])
+    steps = len(grads)
+    assert all(len(share) % steps == 0 and share[:len(share) // steps] * steps == share for share in shares)
+    per_step = [set(share[:len(share) // steps]) for share in shares]
+    assert per_step[0] and per_step[1] and not per_step[0] & per_step[1]  # both ranks work, never on the same matrix
+    assert sorted(per_step[0] | per_step[1]) == sorted(SHAPES)  # ... and together on every matrix
 
 
 def tiny_model():
@@ -120,7 +128,24 @@ def test_muon_adamw_groups_are_complete_and_disjoint():
     assert {"tok_emb.weight", "lm_head.weight", "norm.weight"} <= set(opt.groups_by_name["adamw"])
     decay, gains = opt.adamw.param_groups
     assert all(p.ndim == 1 for p in gains["params"]) and gains["weight_decay"] == 0.0
-    assert "muon: 14 tensors" in opt.describe()
+    # q, k, v and the SwiGLU gate and up projections are separate matrices, each orthogonalised alone
+    for block in m.blocks:
+        for layer in (block.attn.q_proj, block.attn.k_proj, block.attn.v_proj, block.mlp.gate_proj, block.mlp.up_proj):
+            assert id(layer.weight) in muon_ids and layer.weight.shape[1] == m.config.n_embd
+    described = opt.describe()  # printed by train.py at start-up
+    assert "muon: 14 tensors" in described and "blocks.*.attn.q_proj.weight x2" in described
+    assert "adamw: 7 tensors" in described and "tok_emb.weight" in described and "lm_head.weight" in described
+
+
+def test_muon_adamw_tied_embeddings_and_all_adamw_baseline():
+    torch.manual_seed(0)
+    tied = M.DualLM(M.ModelConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                                  intermediate_size=24, tie_embeddings=True))
+    opt = muon.MuonAdamW(tied)
+    assert "lm_head.weight" not in opt.groups_by_name["adamw"]  # one tensor, listed once
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(tied.parameters()))
+    opt = muon.MuonAdamW(tiny_model(), use_muon=False)
+    assert opt.muon is None and not opt.groups_by_name["muon"] and "muon" not in opt.describe()
 
 
 def test_muon_adamw_lr_factor_and_state_dict_resume():

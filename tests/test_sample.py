@@ -73,6 +73,24 @@ def test_draw_follows_the_filtered_distribution_and_never_draws_banned_ids():
     assert greedy.item() == 1 and abs(p.item() - 0.25 / 0.6) < 1e-5
 
 
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.5, None, 1.0), (0.5, 3, 1.0), (2.0, None, 0.6)])
+def test_draw_applies_temperature_then_top_k_and_top_p(temperature, top_k, top_p):
+    probs = torch.tensor([0.4, 0.25, 0.2, 0.1, 0.05])  # sorted, so the top k / the nucleus are a head
+    ids, p = S.draw(probs.log().repeat(20000, 1), temperature, top_k, top_p, gen(1),
+                    torch.tensor([], dtype=torch.long))
+    expected = probs ** (1 / temperature)  # softmax(log p / T) is proportional to p^(1/T)
+    expected /= expected.sum()
+    if top_k:
+        expected[top_k:] = 0
+    # the nucleus of the tempered distribution: T = 2 gives [.298, .236, .211, ...], so top_p = 0.6 keeps
+    # three tokens (nucleus before tempering: two)
+    expected[(expected.cumsum(0) - expected) >= top_p] = 0
+    expected /= expected.sum()
+    freq = torch.bincount(ids, minlength=5).float() / len(ids)
+    assert torch.all((freq - expected).abs() <= 4 * (expected * (1 - expected) / len(ids)).sqrt() + 1e-9)
+    torch.testing.assert_close(p, expected[ids])
+
+
 # -----------------------------------------------------------------------------
 # Autoregressive generation
 
@@ -96,12 +114,35 @@ def greedy_reference(m, prompt, n, mode):
 
 def test_ar_greedy_cache_equals_no_cache_and_reference(tiny):
     n = 60
-    cached = S.generate_ar(tiny, PROMPT, n, temperature=0, num_samples=2)
+    history = []
+    cached = S.generate_ar(tiny, PROMPT, n, temperature=0, num_samples=2, on_step=history.append)
     uncached = S.generate_ar(tiny, PROMPT, n, temperature=0, use_cache=False, num_samples=2)
     assert cached.shape == (2, 1 + len(PROMPT) + n)
     assert torch.equal(cached, uncached)
+    assert [h.size(1) for h in history] == list(range(2 + len(PROMPT), 2 + len(PROMPT) + n))  # one token per step
+    assert all(torch.equal(h, cached[:, :h.size(1)]) for h in history)
     assert torch.equal(cached[0], greedy_reference(tiny, PROMPT, n, "causal"))
     assert cached[0, 0] == tiny.config.bos_id and cached[:, 1:1 + len(PROMPT)].tolist() == [PROMPT] * 2
+
+
+def test_ar_cache_prefills_once_then_feeds_one_token_per_step(tiny, monkeypatch):
+    fed = []  # (tokens fed, mode, tokens already cached) of every model call
+    real = tiny.hidden_states
+
+    def spy(idx, mode="causal", prefix_len=None, doc_ids=None, kv_cache=None):
+        fed.append((idx.size(1), mode, kv_cache.length if kv_cache is not None else None))
+        return real(idx, mode, prefix_len, doc_ids, kv_cache)
+    monkeypatch.setattr(tiny, "hidden_states", spy)
+    P, n = 1 + len(PROMPT), 20
+    S.generate_ar(tiny, PROMPT, n, temperature=0, prefix_prompt=True)
+    assert fed == [(P, "prefix", 0)] + [(1, "causal", P + i) for i in range(n - 1)]
+    fed.clear()
+    S.generate_ar(tiny, PROMPT, n, temperature=0, use_cache=False)
+    assert fed == [(P + i, "causal", None) for i in range(n)]
+    # beyond the window: one refill of half a window (128 tokens) when <s> + 250 + 6 tokens overflow it
+    fed.clear()
+    S.generate_ar(tiny, [9] * 250, 10, temperature=0)
+    assert [f for f in fed if f[0] > 1] == [(251, "causal", 0), (128, "causal", 0)] and len(fed) == 10
 
 
 def test_ar_prefix_prompt_cache_equals_prefix_mode_reference(tiny):
@@ -130,6 +171,10 @@ def test_ar_beyond_the_window_cache_equals_no_cache_and_reference(tiny, mode):
 def test_ar_prompt_longer_than_the_window_is_an_error(tiny):
     with pytest.raises(ValueError, match="shorten the prompt"):
         S.generate_ar(tiny, [9] * 256, 1)
+    # <s> + 255 tokens fill the window exactly: allowed, and the window jumps for the second token
+    out = S.generate_ar(tiny, [9] * 255, 2, temperature=0)
+    assert out.shape == (1, 258) and torch.equal(out, S.generate_ar(tiny, [9] * 255, 2, temperature=0,
+                                                                     use_cache=False))
 
 
 # -----------------------------------------------------------------------------
@@ -156,13 +201,13 @@ def test_diffusion_fills_every_mask_and_keeps_the_prompt(tiny, sampler, block_si
 
 @pytest.mark.parametrize("mode", ["ar", "ancestral", "confidence"])
 def test_same_seed_same_samples(tiny, mode):
-    def run(seed):
-        torch.manual_seed(seed + 100)  # the global RNG must play no part: only the generator counts
+    def run(seed, global_seed):
+        torch.manual_seed(global_seed)  # the global RNG must play no part: only the generator counts
         if mode == "ar":
             return S.generate_ar(tiny, PROMPT, 30, top_k=50, top_p=0.9, generator=gen(seed), num_samples=2)
         return S.generate_diffusion(tiny, PROMPT, 30, steps=6, sampler=mode, generator=gen(seed), num_samples=2)
-    assert torch.equal(run(1), run(1))
-    assert not torch.equal(run(1), run(2))
+    assert torch.equal(run(1, global_seed=0), run(1, global_seed=1))
+    assert not torch.equal(run(1, global_seed=0), run(2, global_seed=0))
 
 
 def mntp_greedy(m, canvas, positions):
@@ -213,6 +258,27 @@ def test_ancestral_reveals_each_masked_position_with_probability_one_over_steps_
     first = (history[0][:, 1:] != tiny.config.mask_id).float()  # per position, revealed at step 1?
     assert abs(first.mean().item() - 0.25) < 0.01  # the exact mean of floor/ceil rounding of 2.5
     assert (first.mean(dim=0) - 0.25).abs().max() < 4 * math.sqrt(0.25 * 0.75 / K)  # uniform over positions
+
+
+def test_bernoulli_reveal_flips_one_coin_per_masked_position(tiny):
+    # --reveal bernoulli is MDLM's sampler verbatim: at step i each of the still-masked tokens is
+    # revealed independently with probability 1/(steps - i), so the count is binomial (it varies)
+    n, steps, K = 10, 4, 400
+    history = []
+    S.generate_diffusion(tiny, [], n, steps=steps, sampler="ancestral", generator=gen(0), num_samples=K,
+                         on_step=history.append, reveal="bernoulli")
+    masked_before = torch.full((K,), n)
+    for i, canvas in enumerate(history[:-1]):
+        left = masks(canvas, tiny)
+        revealed, p = (masked_before - left).float(), 1 / (steps - i)
+        keep = masked_before > 0
+        mean = (masked_before[keep] * p).float()
+        z = (revealed[keep] - mean).sum() / (mean * (1 - p)).sum().sqrt()
+        assert abs(z) < 4  # the binomial mean
+        if i == 0:  # Binomial(10, 1/4): variance 1.875, far from the count rule's 0.25
+            assert 1.4 < revealed.var().item() < 2.4
+        masked_before = left
+    assert masks(history[-1], tiny).eq(0).all()  # the last step (s = 0) reveals everything
 
 
 def test_confidence_reveals_the_most_probable_positions_on_an_even_schedule(tiny):
@@ -329,6 +395,19 @@ def test_cli_writes_json_lines_with_scores(tiny_checkpoint, tmp_path):
     assert r.stdout.startswith("ROMEO:") and "mean gen NLL" in r.stdout
 
 
+def test_cli_greedy_ar_with_and_without_cache_writes_the_same_tokens(tiny_checkpoint, tmp_path):
+    records = {}
+    for flag in ([], ["--no_cache"]):
+        out = tmp_path / f"ar{len(flag)}.jsonl"
+        r = run_cli("--ckpt", tiny_checkpoint, "--mode", "ar", "--prompt", "ROMEO:", "--max_new_tokens", 12,
+                    "--temperature", 0, "--num_samples", 2, "--out", out, *flag)
+        assert r.returncode == 0, r.stderr
+        records[bool(flag)] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [rec["settings"]["use_cache"] for rec in records[False] + records[True]] == [True] * 2 + [False] * 2
+    assert [rec["ids"] for rec in records[False]] == [rec["ids"] for rec in records[True]]
+    assert all(len(rec["ids"]) == 12 for rec in records[False])
+
+
 def test_cli_sweep_prints_the_curve(tiny_checkpoint):
     r = run_cli("--ckpt", tiny_checkpoint, "--mode", "diffusion", "--max_new_tokens", 8, "--num_samples", 2,
                 "--sweep_steps", "1,4")
@@ -336,16 +415,40 @@ def test_cli_sweep_prints_the_curve(tiny_checkpoint):
     assert "gen NLL" in r.stdout and len(r.stdout.strip().splitlines()) == 4  # header, ar, 2 step counts
 
 
-@pytest.mark.parametrize("case", ["missing_ckpt", "corrupt_ckpt", "long_prompt", "steps_0", "unknown_mode",
-                                  "top_p_0", "top_p_above_1"])
+BAD_INPUT = {  # case: (extra arguments, text the one-line error must contain)
+    "missing_ckpt": ([], "does not exist"),
+    "corrupt_ckpt": ([], "is corrupt or truncated"),
+    "mismatched_ckpt": ([], "the weights do not fit its model_config"),
+    "long_prompt": (["--prompt", "O Romeo, Romeo, wherefore art thou Romeo? " * 60], "shorten the prompt"),
+    "steps_0": (["--mode", "diffusion", "--steps", 0], "--steps=0 must be at least 1"),
+    "unknown_mode": (["--mode", "beam"], "unknown mode 'beam'"),
+    "top_p_0": (["--top_p", 0], "top_p=0.0 is outside (0, 1]"),
+    "top_p_above_1": (["--top_p", 1.5], "top_p=1.5 is outside (0, 1]"),
+    "temperature_nan": (["--temperature", "nan"], "temperature=nan must be a finite number >= 0"),
+    "diffusion_too_long": (["--mode", "diffusion", "--max_new_tokens", 300], "generate in blocks with --block_size"),
+    "bad_device": (["--device", "gpu0"], "is not a device"),
+    "binary_prompt_file": (["--prompt_file", "BINARY"], "as UTF-8 text"),
+    "unknown_reveal": (["--mode", "diffusion", "--reveal", "all"], "unknown --reveal 'all'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
 def test_cli_bad_input_is_one_line(tiny_checkpoint, tmp_path, case):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    ckpt = {"missing_ckpt": tmp_path / "nope.pt", "corrupt_ckpt": corrupt}.get(case, tiny_checkpoint)
-    extra = {"long_prompt": ["--prompt", "O Romeo, Romeo, wherefore art thou Romeo? " * 60],
-             "steps_0": ["--mode", "diffusion", "--steps", 0], "unknown_mode": ["--mode", "beam"],
-             "top_p_0": ["--top_p", 0], "top_p_above_1": ["--top_p", 1.5]}.get(case, [])
-    r = run_cli("--ckpt", ckpt, "--max_new_tokens", 4, *extra)
+    binary = tmp_path / "prompt.bin"
+    binary.write_bytes(b"\xff\xfe\x00")
+    mismatched = tmp_path / "mismatched.pt"
+    if case == "mismatched_ckpt":  # a real checkpoint whose config claims one layer more than its weights hold
+        ckpt = M.read_checkpoint(str(tiny_checkpoint))
+        ckpt["model_config"]["n_layer"] += 1
+        torch.save(ckpt, mismatched)
+    ckpt = {"missing_ckpt": tmp_path / "nope.pt", "corrupt_ckpt": corrupt,
+            "mismatched_ckpt": mismatched}.get(case, tiny_checkpoint)
+    extra, message = BAD_INPUT[case]
+    extra = [binary if a == "BINARY" else a for a in extra]
+    r = run_cli("--ckpt", ckpt, "--max_new_tokens", 4, *extra)  # a later --max_new_tokens overrides this one
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sample.py: error:") and "Traceback" not in r.stderr, r.stderr
+    assert message in lines[0], lines[0]
