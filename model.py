@@ -455,13 +455,17 @@ def save_checkpoint(path, ckpt):
 
 def read_checkpoint(path, map_location="cpu"):
     """torch.load with weights_only=True and one-line errors for the ways a file can be wrong."""
+    if os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint {path} is a folder; pass the ckpt.pt inside it")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass the ckpt.pt that train.py wrote")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"checkpoint {path} is not readable by this user; fix its permissions")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, not a checkpoint at all, unpickling refused, ...
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"checkpoint {path} is corrupt or truncated ({first_line}); "
+        raise ValueError(f"checkpoint {path} is corrupt or truncated ({first_line[:200]}); "
                          f"use an intact copy or retrain") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise ValueError(f"checkpoint {path} is not a nanodual checkpoint (no 'model'/'model_config'); "

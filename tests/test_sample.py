@@ -417,6 +417,7 @@ def test_cli_sweep_prints_the_curve(tiny_checkpoint):
 
 BAD_INPUT = {  # case: (extra arguments, text the one-line error must contain)
     "missing_ckpt": ([], "does not exist"),
+    "folder_ckpt": ([], "is a folder; pass the ckpt.pt inside it"),
     "corrupt_ckpt": ([], "is corrupt or truncated"),
     "mismatched_ckpt": ([], "the weights do not fit its model_config"),
     "long_prompt": (["--prompt", "O Romeo, Romeo, wherefore art thou Romeo? " * 60], "shorten the prompt"),
@@ -443,7 +444,7 @@ def test_cli_bad_input_is_one_line(tiny_checkpoint, tmp_path, case):
         ckpt = M.read_checkpoint(str(tiny_checkpoint))
         ckpt["model_config"]["n_layer"] += 1
         torch.save(ckpt, mismatched)
-    ckpt = {"missing_ckpt": tmp_path / "nope.pt", "corrupt_ckpt": corrupt,
+    ckpt = {"missing_ckpt": tmp_path / "nope.pt", "corrupt_ckpt": corrupt, "folder_ckpt": tmp_path,
             "mismatched_ckpt": mismatched}.get(case, tiny_checkpoint)
     extra, message = BAD_INPUT[case]
     extra = [binary if a == "BINARY" else a for a in extra]
