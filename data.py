@@ -39,6 +39,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -64,6 +65,7 @@ ROUND_TRIP_PROBE = "Hi, <s> and <mask> or <unk>!\n\n\tCafé 你好 😀 \r\n\x0c
 # tokenizers needs ~100 bytes of memory per character of text it encodes at once, so long texts go
 # in pieces of about PIECE_CHARS, and encode_batch sends at most about BATCH_CHARS per call.
 PIECE_CHARS, BATCH_CHARS = 1 << 16, 1 << 18
+CHUNKS_IN_FLIGHT_PER_WORKER = 2  # chunks read but not yet written, per encoding worker (flat memory)
 SAFE_LINE_BREAK = re.compile(r"(?<=\S)\n|\n(?=\S)")
 
 # -----------------------------------------------------------------------------
@@ -190,6 +192,14 @@ class Tokenizer:
             raise ValueError(f"{path}: {e}") from None
         except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
             raise ValueError(f"{path} is not a tokenizers file ({str(e).splitlines()[0]})") from None
+
+
+def same_tokenizer(spec_a, spec_b):
+    """Whether two Tokenizer.to_spec() values are the same tokenizer (BPE files compared as JSON values,
+    so formatting does not matter): a checkpoint can only resume on data of its own vocabulary."""
+    def canonical(spec):
+        return {**spec, "json": json.loads(spec["json"])} if spec.get("kind") == "bpe" else spec
+    return canonical(spec_a) == canonical(spec_b)
 
 
 def batches(items, max_size, size=len):
@@ -416,7 +426,20 @@ def encode_corpus(files, doc_split, tokenizer, threshold, seed, out_dir, workers
     temporary = {split: path.with_name(path.name + ".tmp") for split, path in final.items()}
     counts = {"train_tokens": 0, "val_tokens": 0, "train_documents": 0, "val_documents": 0}
     init_args = (tokenizer.to_spec(), threshold, seed, dtype.str)
-    chunks = batches(iter_documents(files, doc_split), chunk_chars)
+    # Memory stays flat: a chunk is read only when one of CHUNKS_IN_FLIGHT_PER_WORKER x workers slots is
+    # free, and a slot frees when that chunk's tokens are on disk. (imap alone feeds workers as fast as they encode and
+    # keeps their results in memory until they are written: a slow disk would let them pile up.)
+    slots, stopping = threading.Semaphore(CHUNKS_IN_FLIGHT_PER_WORKER * workers), threading.Event()
+
+    def chunks():
+        documents = iter_documents(files, doc_split)
+        for chunk in batches(documents, chunk_chars):
+            yield chunk
+            slots.acquire()  # before reading the next one (in imap's feeder thread)
+            if stopping.is_set():
+                return
+
+    slots.acquire()  # the first chunk's slot
     # Each worker encodes on one core; tokenizers' own thread pool would only oversubscribe the CPU.
     # (Set before forking, this also stops tokenizers warning about a fork after its threads ran.)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -425,9 +448,8 @@ def encode_corpus(files, doc_split, tokenizer, threshold, seed, out_dir, workers
     try:
         if pool is None:
             init_worker(*init_args)
-        # imap hands out chunks as workers free up (the pipe to them blocks when full) and yields the
-        # results in order: memory holds a few chunks at a time, however large the corpus.
-        results = pool.imap(encode_chunk, chunks) if pool else map(encode_chunk, chunks)
+        # imap yields the results in input order, whatever the order the workers finish in
+        results = pool.imap(encode_chunk, chunks()) if pool else map(encode_chunk, chunks())
         with open(temporary["train"], "wb") as f_train, open(temporary["val"], "wb") as f_val:
             for out, n_bytes in results:
                 for split, f in (("train", f_train), ("val", f_val)):
@@ -436,9 +458,12 @@ def encode_corpus(files, doc_split, tokenizer, threshold, seed, out_dir, workers
                     counts[f"{split}_tokens"] += len(tokens)
                     counts[f"{split}_documents"] += n_docs
                 progress.update(n_bytes)
+                slots.release()
         for split in final:  # rename only complete files; meta.json, written last, vouches for them
             os.replace(temporary[split], final[split])
     finally:
+        stopping.set()
+        slots.release(CHUNKS_IN_FLIGHT_PER_WORKER * workers + 1)  # a feeder waiting for a slot returns
         if pool is not None:
             pool.terminate()
         for path in temporary.values():
@@ -470,14 +495,19 @@ def train_tokenizer(files, doc_split, seed, threshold, scan, vocab_size, tokeniz
 
     def training_texts():
         for text in iter_documents(files, doc_split):
+            n_bytes = len(text.encode("utf-8"))
             if threshold <= document_hash(text, seed) < cutoff:
                 sample["documents"] += 1
-                sample["bytes"] += len(text.encode("utf-8"))
+                sample["bytes"] += n_bytes
                 yield text
+            progress.update(n_bytes)
 
     print(f"training a byte-level BPE with vocab_size {vocab_size} ...")
     start = time.time()
+    # the progress covers reading and counting the corpus; the merges that follow are quick by comparison
+    progress = Progress(total=scan.bytes, desc="tokenizer: read", unit="B", stream=sys.stdout)
     tok = train_bpe(training_texts(), vocab_size)
+    progress.close()
     seconds = time.time() - start
     if sample["documents"] == 0:
         raise ValueError(f"--tokenizer_train_bytes {tokenizer_train_bytes} sampled no training document "
@@ -574,6 +604,7 @@ def download(url, out_dir):
     if path.is_file():
         print(f"using {path}, downloaded before")
         return path
+    created = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     print(f"downloading {url} to {path}")
@@ -582,6 +613,8 @@ def download(url, out_dir):
             shutil.copyfileobj(response, f)
     except (OSError, ValueError, http.client.HTTPException) as e:
         temporary.unlink(missing_ok=True)
+        if created:
+            path.parent.rmdir()  # leave no empty dataset folder behind
         raise ValueError(f"cannot download {url} ({getattr(e, 'reason', e)}); without a network, prepare a local "
                          f"file instead: python data.py --input path/to/text.txt --out_dir {out_dir}") from None
     os.replace(temporary, path)

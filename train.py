@@ -89,7 +89,7 @@ MODEL_KEYS = ("n_layer", "n_head", "n_embd", "intermediate_size", "rope_theta", 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
 
-def ar_micro_batches(lam, G):
+def ar_micro_batches(lam, G, world=1):
     """Number of AR micro-batches per step; lam must be a multiple of 1/G."""
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam={lam} is outside [0, 1]; 1 is pure AR, 0 pure masked diffusion")
@@ -97,9 +97,11 @@ def ar_micro_batches(lam, G):
     if abs(n_ar - lam * G) > 1e-9:
         lower, upper = math.floor(lam * G) / G, math.ceil(lam * G) / G
         need = Fraction(lam).limit_denominator(1 << 16).denominator
+        need = need * world // math.gcd(need, world)  # G must also split evenly over the ranks
         raise ValueError(f"lam={lam} is not a multiple of 1/gradient_accumulation_steps=1/{G}: the nearest "
                          f"valid values are {lower:g} and {upper:g}; for lam={lam} exactly set "
-                         f"gradient_accumulation_steps to a multiple of {need}")
+                         f"gradient_accumulation_steps to a multiple of {need}"
+                         + (f" (a multiple of the world size {world} too)" if world > 1 else ""))
     return n_ar
 
 
@@ -143,8 +145,32 @@ def overfitting(history, key_val, key_train, patience):
     return val_rising and recent[-1][key_train] < recent[0][key_train]
 
 
+def check_settings():
+    """One-line errors for values no run can use (configure() has already checked their types)."""
+    for key in ("batch_size", "block_size", "max_iters", "eval_interval", "eval_iters", "log_interval",
+                "overfit_patience"):
+        if globals()[key] < 1:
+            raise ValueError(f"{key}={globals()[key]} must be a positive integer")
+    for key in ("repetitions", "warmup_iters", "grad_clip", "z_loss", "weight_decay"):
+        if globals()[key] < 0:
+            raise ValueError(f"{key}={globals()[key]} must be >= 0 (0 turns it off" +
+                             ("; repetitions=0 trains on all the data)" if key == "repetitions" else ")"))
+    for key in ("decay_frac", "min_lr_frac"):
+        if not 0 <= globals()[key] <= 1:
+            raise ValueError(f"{key}={globals()[key]} must be in [0, 1]")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate={learning_rate} must be positive")
+    for key, allowed in (("optimizer", ("muon", "adamw")), ("lr_schedule", ("wsd", "cosine")),
+                         ("md_weighting", ("elbo", "ce")), ("dtype", ("auto", "float32", "bfloat16"))):
+        if globals()[key] not in allowed:
+            raise ValueError(f"{key}={globals()[key]!r} is not one of {allowed}")
+    if compile not in (None, True, False):
+        raise ValueError(f"compile={compile!r} must be True, False or None (None: on for CUDA, off for CPU)")
+
+
 def main(argv):
     configure(globals(), argv)
+    check_settings()
     config = {k: globals()[k] for k in sorted(settings(globals()))}  # the resolved run config, saved with the model
 
     # --- processes and devices ---------------------------------------------------------------
@@ -154,15 +180,17 @@ def main(argv):
     if G < 1 or G % world != 0:
         raise ValueError(f"gradient_accumulation_steps={G} must be a positive multiple of the world size "
                          f"{world} (each rank runs G/world micro-batches); use {world * max(1, round(G / world))}")
-    n_ar = ar_micro_batches(lam, G)
-    for key, allowed in (("optimizer", ("muon", "adamw")), ("lr_schedule", ("wsd", "cosine")),
-                         ("md_weighting", ("elbo", "ce")), ("dtype", ("auto", "float32", "bfloat16"))):
-        if globals()[key] not in allowed:
-            raise ValueError(f"{key}={globals()[key]!r} is not one of {allowed}")
+    n_ar = ar_micro_batches(lam, G, world)
     if device == "auto":
         dev = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     else:
-        dev = torch.device(device if world == 1 or device != "cuda" else f"cuda:{local_rank}")
+        try:
+            dev = torch.device(device if world == 1 or device != "cuda" else f"cuda:{local_rank}")
+        except RuntimeError:
+            raise ValueError(f"device={device!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available here (torch {torch.__version__}); "
+                         f"use --device=cpu or --device=auto")
     if world > 1:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
@@ -172,8 +200,6 @@ def main(argv):
     master = rank == 0
     ptdtype = torch.bfloat16 if dtype == "bfloat16" or (dtype == "auto" and dev.type == "cuda") else torch.float32
     autocast = torch.autocast(dev.type, dtype=ptdtype) if ptdtype != torch.float32 else nullcontext()
-    if compile not in (None, True, False):
-        raise ValueError(f"compile={compile!r} must be True, False or None (None: on for CUDA, off for CPU)")
     use_compile = (dev.type == "cuda") if compile is None else compile
     torch.manual_seed(seed)
     if dev.type == "cuda":
@@ -191,8 +217,8 @@ def main(argv):
     total_windows = max_iters * windows_per_step
     unique = None
     if repetitions > 0:
-        unique = int(total_windows // repetitions) * block_size + 1
-        if unique <= block_size:
+        unique = int(total_windows // repetitions) * block_size  # T/r, in whole windows
+        if unique < block_size:
             raise ValueError(f"repetitions={repetitions} leaves fewer than one window of block_size={block_size} "
                              f"unique tokens for a budget of {total_windows * block_size:,} tokens; lower repetitions")
     windows = data.TrainWindows(data_dir, block_size, unique_tokens=unique, seed=seed)
@@ -210,13 +236,25 @@ def main(argv):
         if not os.path.isfile(ckpt_path):
             raise ValueError(f"resume=True but there is no checkpoint at {ckpt_path}; run without --resume=True")
         ckpt = modeling.read_checkpoint(ckpt_path)
+        missing = [k for k in ("optimizer", "config", "iter_num", "tokens_seen", "history", "tokenizer")
+                   if k not in ckpt]
+        if missing:
+            raise ValueError(f"checkpoint {ckpt_path} lacks {', '.join(missing)}, so it cannot resume a run (it was "
+                             f"not written by train.py); start a fresh run in another out_dir")
         if ckpt["model_config"]["vocab_size"] != meta["vocab_size"]:
             raise ValueError(f"data folder {data_dir} has vocabulary size {meta['vocab_size']} but the checkpoint "
                              f"was trained with {ckpt['model_config']['vocab_size']}; resume with the data it used")
-        for key in MODEL_KEYS:
-            if ckpt["config"][key] != config[key]:
-                raise ValueError(f"{key}={config[key]} differs from the checkpoint's {ckpt['config'][key]}; "
+        if not data.same_tokenizer(ckpt["tokenizer"], tokenizer.to_spec()):
+            raise ValueError(f"the tokenizer of data folder {data_dir} differs from the one the checkpoint was "
+                             f"trained with (same vocabulary size, other tokens); resume with the data it used")
+        for key in MODEL_KEYS + ("optimizer",):
+            if ckpt["config"].get(key) != config[key]:
+                raise ValueError(f"{key}={config[key]} differs from the checkpoint's {ckpt['config'].get(key)}; "
                                  f"resume with the configuration the run started with")
+        changed = [f"{k} {ckpt['config'][k]!r} -> {config[k]!r}" for k in config
+                   if k in ckpt["config"] and ckpt["config"][k] != config[k] and k != "resume"]
+        if changed:  # allowed (e.g. a longer max_iters), but the run is then not the one that was started
+            log(f"note: resuming with changed settings: {', '.join(changed)}")
     model_config = modeling.ModelConfig(
         vocab_size=meta["vocab_size"], block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
         intermediate_size=intermediate_size, rope_theta=rope_theta, tie_embeddings=tie_embeddings,
@@ -247,8 +285,13 @@ def main(argv):
         if not resume and os.path.exists(metrics_path):
             os.remove(metrics_path)  # a fresh run starts a fresh log
         elif os.path.exists(metrics_path):  # resuming: drop what was logged after the checkpoint
+            def logged_before_checkpoint(line):
+                try:
+                    return json.loads(line)["iter"] <= iter_num
+                except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+                    return False
             with open(metrics_path) as f:
-                kept = [line for line in f if json.loads(line)["iter"] <= iter_num]
+                kept = [line for line in f if logged_before_checkpoint(line)]
             with open(metrics_path, "w") as f:
                 f.writelines(kept)
 
@@ -258,19 +301,20 @@ def main(argv):
         stratified t, and always the ELBO weighting, so evaluations compare across runs and lam."""
         model.eval()
         sums = torch.zeros(2, device=dev)
-        n_batches = len(val_x) // batch_size
+        n_batches = -(-len(val_x) // batch_size)  # the last one may hold fewer windows
         for i in range(rank, n_batches, world):
             sl = slice(i * batch_size, (i + 1) * batch_size)
             x, y = val_x[sl].to(dev), val_y[sl].to(dev)
             docs = val_docs[sl].to(dev) if doc_masking else None
-            with autocast:
-                sums[0] += modeling.ar_loss(model, x, y, docs)[0]
+            with autocast:  # both losses are means over the batch: weight them by its windows
+                sums[0] += modeling.ar_loss(model, x, y, docs)[0] * len(x)
                 noise = torch.Generator(device=dev).manual_seed(10_000 + i)
-                sums[1] += modeling.md_loss(model, x, y, docs, generator=noise, antithetic=True, weighting="elbo")[0]
+                sums[1] += modeling.md_loss(model, x, y, docs, generator=noise, antithetic=True,
+                                            weighting="elbo")[0] * len(x)
         if world > 1:
             dist.all_reduce(sums)
         model.train()
-        return (sums / max(n_batches, 1)).tolist()
+        return (sums / len(val_x)).tolist()
 
     # --- the training loop -------------------------------------------------------------------
     my_micro_batches = range(rank * G // world, (rank + 1) * G // world)
@@ -294,7 +338,8 @@ def main(argv):
                                          f"{ckpt_path} was kept. Lower learning_rate or check the data")
             means = [float(s / c) if c > 0 else None for s, c in zip(train_sums, train_counts)]
             row = {"iter": iter_num, "tokens": tokens_seen,
-                   "epoch": round(iter_num * windows_per_step / windows.n_windows, 4), "train_ar_loss": means[0], "train_md_loss": means[1], "val_ar_loss": val_ar, "val_md_loss": val_md,
+                   "epoch": round(iter_num * windows_per_step / windows.n_windows, 4),
+                   "train_ar_loss": means[0], "train_md_loss": means[1], "val_ar_loss": val_ar, "val_md_loss": val_md,
                    "lr": learning_rate * lr_factor(min(iter_num, max_iters - 1)), "tokens_per_sec": tokens_per_sec,
                    "mfu": mfu, "elapsed": round(time.time() - t_start, 2)}
             history.append(row)
@@ -352,6 +397,10 @@ def main(argv):
         tokens_seen += tokens_per_step
 
         if iter_num % log_interval == 0 or iter_num == max_iters:
+            if world > 1:  # the line shows every rank's micro-batches, and all ranks stop together
+                dist.all_reduce(log_sums)
+                dist.all_reduce(log_counts)
+                dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
             if nonfinite.item():  # checked here too, so a blow-up stops within log_interval steps
                 raise FloatingPointError(f"non-finite loss before step {iter_num}; the last good checkpoint "
                                          f"{ckpt_path} was kept. Lower learning_rate or check the data")
@@ -361,7 +410,7 @@ def main(argv):
             t_log, tokens_at_log, iter_at_log = time.time(), tokens_seen, iter_num
             eta = (time.time() - t_start) / (iter_num - start_iter) * (max_iters - iter_num)
             losses = " ".join(f"{name} {float(s / c):.4f}" for name, s, c in zip(("ar", "md"), log_sums, log_counts)
-                              if c > 0)  # this rank's micro-batches since the last log line
+                              if c > 0)  # the mean over the micro-batches since the last log line
             log_sums.zero_()
             log_counts.zero_()
             log(f"iter {iter_num}/{max_iters} | {losses} | lr {learning_rate * lr_factor(iter_num - 1):.2e} | "

@@ -11,6 +11,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -337,6 +338,51 @@ def test_reusing_a_tokenizer_shares_the_vocabulary(prepared, corpus_files, tmp_p
     assert first.tolist() == tok.encode(tok.decode(first)) and meta["vocab_size"] == 1000
 
 
+def test_same_tokenizer_compares_vocabularies_not_file_formatting(prepared, tokenizer):
+    spec = data.Tokenizer.load(prepared).to_spec()
+    pretty = {"kind": "bpe", "json": (prepared / "tokenizer.json").read_text(encoding="utf-8")}
+    assert spec["json"] != pretty["json"] and data.same_tokenizer(spec, pretty)
+    assert not data.same_tokenizer(spec, tokenizer.to_spec())  # another corpus, another BPE
+    assert not data.same_tokenizer(spec, {"kind": "tiktoken", "name": "gpt2"})
+
+
+def test_encoding_holds_a_bounded_number_of_chunks_in_memory(corpus_files, prepared, tmp_path, monkeypatch):
+    """The parent reads a chunk only when one is free of CHUNKS_IN_FLIGHT_PER_WORKER x workers slots: chunks
+    read but not yet written stay bounded even when writing is far slower than encoding (a slow disk)."""
+    lines = corpus_files[4].read_text(encoding="utf-8").splitlines()[:150]
+    (tmp_path / "small.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    real_iter_documents, real_progress = data.iter_documents, data.Progress
+    counts = {"read": 0, "written": 0, "worst": 0}
+
+    def counting_iter_documents(files, doc_split):
+        for text in real_iter_documents(files, doc_split):
+            counts["read"] += 1
+            counts["worst"] = max(counts["worst"], counts["read"] - counts["written"])
+            yield text
+
+    class SlowWriteProgress(real_progress):
+        def update(self, n=1):
+            if self.desc == "encode":  # once per chunk written
+                time.sleep(0.01)
+                counts["written"] += 1
+            super().update(n)
+
+    monkeypatch.setattr(data, "iter_documents", counting_iter_documents)
+    monkeypatch.setattr(data, "Progress", SlowWriteProgress)
+    worst = {}
+    for limit in (2, 10**6):  # the shipped limit, and in effect none (the check that the test can fail)
+        monkeypatch.setattr(data, "CHUNKS_IN_FLIGHT_PER_WORKER", limit)
+        counts.update(read=0, written=0, worst=0)
+        # chunk_chars=1: every document is a chunk of its own
+        data.prepare([tmp_path / "small.jsonl"], tmp_path / f"out{limit}", tokenizer=str(prepared), workers=2,
+                     chunk_chars=1)
+        assert counts["read"] == counts["written"] == 150
+        worst[limit] = counts["worst"]
+    # 2 x 2 slots, plus the one document that batches() reads ahead to close a chunk
+    assert worst[2] <= 2 * 2 + 1 and worst[10**6] > 20, worst
+    assert (tmp_path / "out2" / "train.bin").read_bytes() == (tmp_path / f"out{10**6}" / "train.bin").read_bytes()
+
+
 def test_tokenizer_trained_on_a_sample(corpus, tmp_path):
     meta = data.prepare([corpus], tmp_path / "s", vocab_size=500, doc_split="blank_line",
                         tokenizer_train_bytes=60_000)
@@ -366,22 +412,31 @@ def test_an_interrupted_run_leaves_no_folder_that_looks_complete(corpus_files, t
     assert not list((tmp_path / "out").glob("*.tmp"))
 
 
-def test_download_through_a_file_url(shared_data, tmp_path):
+def test_no_input_downloads_the_default_corpus(shared_data, tmp_path, monkeypatch, capsys):
+    # `python data.py` without --input, its default URL pointed at a local copy through file://
     source = tmp_path / "src" / "input.txt"
     source.parent.mkdir()
     source.write_bytes(cut_at_line((shared_data / "corpus" / "tinyshakespeare" / "input.txt").read_bytes(), 200_000))
     url = source.as_uri()
-    data.main(["--url", url, "--out_dir", str(tmp_path / "ds"), "--vocab_size", "500", "--workers", "1"])
-    meta = data.load_meta(tmp_path / "ds")
+    monkeypatch.setattr(data, "DEFAULT_URL", url)
+    monkeypatch.chdir(tmp_path)
+    data.main(["--vocab_size", "500", "--workers", "1"])
+    meta = data.load_meta(tmp_path / "data_shakespeare")
     assert meta["sources"] == [url] and meta["doc_split"] == "blank_line"
-    assert (tmp_path / "ds" / "input.txt").read_bytes() == source.read_bytes()
+    assert (tmp_path / "data_shakespeare" / "input.txt").read_bytes() == source.read_bytes()
     assert meta["train_documents"] + meta["val_documents"] == len(read_reference_documents(source, "blank_line"))
+    printed = capsys.readouterr().out  # each long pass shows progress with a rate and an ETA
+    for stage in ("scan:", "tokenizer: read:", "encode:"):
+        assert re.search(stage + r" .*/s, elapsed .*ETA", printed), stage
+    source.unlink()  # a second run reuses the download
+    data.main(["--vocab_size", "500", "--workers", "1"])
+    assert "downloaded before" in capsys.readouterr().out
 
 
 def test_download_failure_says_how_to_use_a_local_file(tmp_path):
     result = run_cli("--url", (tmp_path / "nowhere" / "input.txt").as_uri(), "--out_dir", tmp_path / "ds")
     assert_one_line_error(result, "cannot download", "--input path/to/text.txt")
-    assert not (tmp_path / "ds" / "input.txt").exists()
+    assert not (tmp_path / "ds").exists()  # not even an empty folder
 
 # -----------------------------------------------------------------------------
 # bad inputs to the CLI: one line, non-zero exit, no traceback

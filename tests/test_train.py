@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+import data
 import model as M
 import train
 from conftest import REPO
@@ -80,6 +81,26 @@ def test_wsd_schedule(monkeypatch):
     assert train.lr_factor(8191) == 1 / 2048  # reaching 0 at step 8192
 
 
+def test_lam_error_names_a_gradient_accumulation_that_also_splits_over_the_world():
+    with pytest.raises(ValueError, match=r"multiple of 40 \(a multiple of the world size 8 too\)"):
+        train.ar_micro_batches(0.3, 8, world=8)  # 0.3 = 3/10 needs a multiple of 10; 8 ranks: of 40
+    assert train.ar_micro_batches(0.3, 40, world=8) == 12
+
+
+def test_warmup_and_cosine_schedules(monkeypatch):
+    for key, value in dict(max_iters=100, warmup_iters=10, lr_schedule="cosine", min_lr_frac=0.1).items():
+        monkeypatch.setattr(train, key, value)
+    assert [train.lr_factor(i) for i in (0, 4, 9)] == [0.1, 0.5, 1.0]  # linear warmup to the peak
+    assert train.lr_factor(10) == 1.0  # cosine from the peak at the end of warmup ...
+    assert train.lr_factor(55) == pytest.approx(0.1 + 0.9 * 0.5)  # ... through the midpoint ...
+    assert train.lr_factor(100) == pytest.approx(0.1)  # ... to min_lr_frac at max_iters
+    factors = [train.lr_factor(i) for i in range(10, 101)]
+    assert all(a > b for a, b in zip(factors, factors[1:]))
+    monkeypatch.setattr(train, "lr_schedule", "wsd")
+    monkeypatch.setattr(train, "decay_frac", 0.2)
+    assert [train.lr_factor(i) for i in (0, 9, 10, 79, 80, 90, 99)] == [0.1, 1.0, 1.0, 1.0, 1.0, 0.5, 0.05]
+
+
 def test_overfitting_flag_needs_val_rising_while_train_falls():
     rows = [{"v": v, "t": t} for v, t in [(3.0, 3.0), (2.9, 2.8), (3.0, 2.6), (3.1, 2.5), (3.2, 2.4)]]
     assert train.overfitting(rows, "v", "t", patience=3)
@@ -141,6 +162,20 @@ def test_ddp_on_two_processes_equals_one_process_with_accumulation(tiny_dataset,
         assert rows[-1]["val_ar_loss"] < rows[0]["val_ar_loss"] - 0.1
 
 
+def test_validation_uses_every_held_out_window_even_in_a_partial_batch(tiny_dataset, tmp_path):
+    available = (data.load_meta(tiny_dataset)["val_tokens"] - 1) // 32  # windows of 32 that val.bin holds
+    batch = available // 2 + 1  # asks for 2 x batch > available windows: one full batch and one partial one
+    out = tmp_path / "out"
+    run_train([f"--data_dir={tiny_dataset}", f"--out_dir={out}", *SMALL, "--max_iters=1", "--eval_interval=1",
+               "--gradient_accumulation_steps=1", "--lam=1.0", f"--batch_size={batch}"])
+    model = M.load_checkpoint(str(out / "ckpt.pt"))
+    x, y, docs = data.val_windows(tiny_dataset, 32, 2 * batch)
+    assert len(x) == available and available % batch != 0
+    with torch.no_grad():  # the mean over windows, one window at a time
+        reference = sum(M.ar_loss(model, x[i:i + 1], y[i:i + 1], docs[i:i + 1])[0].item() for i in range(len(x)))
+    assert read_metrics(out)[-1]["val_ar_loss"] == pytest.approx(reference / len(x), abs=1e-5)
+
+
 def test_sigkill_then_resume_is_bit_exact(tiny_dataset, tmp_path):
     common = [f"--data_dir={tiny_dataset}", *SMALL, "--max_iters=24", "--eval_interval=4",
               "--gradient_accumulation_steps=2", "--lam=0.5"]
@@ -193,6 +228,18 @@ def test_sigkill_during_checkpoint_writes_leaves_a_loadable_checkpoint(tmp_path)
     assert last >= 2  # the writer did replace the file while we were killing it
 
 
+def test_resume_survives_a_torn_metrics_line_and_notes_changed_settings(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    common = [f"--data_dir={tiny_dataset}", f"--out_dir={out}", *SMALL, "--gradient_accumulation_steps=2",
+              "--eval_interval=2"]
+    run_train(common + ["--max_iters=2"])
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"iter": 4, "tokens": 10')  # killed while appending a line
+    run = run_train(common + ["--max_iters=4", "--resume=True"])
+    assert "note: resuming with changed settings: max_iters 2 -> 4" in run.stdout
+    assert [r["iter"] for r in read_metrics(out)] == [0, 2, 4]
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path):
     out = tmp_path / "out"
     common = [f"--data_dir={tiny_dataset}", f"--out_dir={out}", *SMALL, "--gradient_accumulation_steps=2",
@@ -231,6 +278,14 @@ def test_bad_settings_fail_with_one_line(tiny_dataset, tmp_path):
         (["--resume=True"], ["no checkpoint"]),
         ([str(tmp_path / "missing_config.py")], ["config file", "does not exist"]),
     ]
+    cases += [
+        (["--eval_interval=0"], ["eval_interval=0 must be a positive integer"]),
+        (["--repetitions=-2.0"], ["repetitions=-2.0 must be >= 0"]),
+        (["--decay_frac=1.5"], ["decay_frac=1.5 must be in [0, 1]"]),
+        (["--optimizer=sgd"], ["optimizer='sgd' is not one of"]),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device=cuda"], ["CUDA is not available", "--device=cpu"]))
     os.makedirs(tmp_path / "empty")
     cases.append((["--data_dir=" + str(tmp_path / "empty")], ["empty"]))
     for extra, fragments in cases:
@@ -252,7 +307,20 @@ def test_resume_errors_vocab_mismatch_and_corrupt_checkpoint(tiny_dataset, tmp_p
                    check=True, capture_output=True)
     run = run_train(base + [f"--data_dir={other}", "--resume=True", "--max_iters=4"], check=False)
     assert_one_line_error(run, "vocabulary size 300", "checkpoint was trained with 512")
-    data = (out / "ckpt.pt").read_bytes()
-    (out / "ckpt.pt").write_bytes(data[: len(data) // 3])
+    # the same vocabulary size, but a BPE of another text: other tokens behind the same ids
+    subprocess.run([sys.executable, str(REPO / "data.py"), "--input", str(tmp_path / "w.txt"), "--out_dir",
+                    str(other), "--vocab_size", "512", "--doc_split", "blank_line", "--workers", "1"],
+                   check=True, capture_output=True)
+    assert data.load_meta(other)["vocab_size"] == 512
+    run = run_train(base + [f"--data_dir={other}", "--resume=True", "--max_iters=4"], check=False)
+    assert_one_line_error(run, "tokenizer of data folder", "differs from the one the checkpoint was trained with")
+    # a checkpoint that holds a model but not the state of a run (e.g. written by another tool)
+    good = (out / "ckpt.pt").read_bytes()
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    M.save_checkpoint(str(out / "ckpt.pt"), {"model": ckpt["model"], "model_config": ckpt["model_config"]})
+    run = run_train(base + [f"--data_dir={tiny_dataset}", "--resume=True", "--max_iters=4"], check=False)
+    assert_one_line_error(run, "lacks optimizer", "cannot resume")
+    (out / "ckpt.pt").write_bytes(good)
+    (out / "ckpt.pt").write_bytes(good[: len(good) // 3])
     run = run_train(base + [f"--data_dir={tiny_dataset}", "--resume=True", "--max_iters=4"], check=False)
     assert_one_line_error(run, "corrupt or truncated")
