@@ -77,9 +77,9 @@ def test_figures_from_the_csvs(sweep_dirs):
     out = run(["sweep.py", "--figures", str(results)])
     assert out.returncode == 0, out.stderr
     for name in ("fig1_loss_curves.png", "fig2_score_vs_lambda.png", "gp/gp_fit.png", "gp/fit.json",
-                 "gp_blimp/fit.json", "summary.md"):
+                 "gp_min/fit.json", "gp_blimp/fit.json", "summary.md"):
         assert (results / name).stat().st_size > 0
-    assert "final validation AR loss at r=4" in out.stdout
+    assert "final validation AR loss at r=4" in out.stdout and "lowest validation AR loss at r=4" in out.stdout
     assert (results / "summary.md").read_text().count("\n| 4 | ") == 2  # one table row per (4, λ) cell
 
 
