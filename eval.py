@@ -255,10 +255,12 @@ def read_labels(path, valid, n_items):
                                 f"download the task again (README: Evaluation data)")
     labels = []
     for n, line in enumerate(read_lines(path), 1):
-        if line.strip():  # blank lines are skipped, as in the jsonl, without shifting the line numbers
-            if line.strip() not in valid:
-                raise malformed(f"{path}:{n}", f"label {line.strip()!r} should be one of {valid}")
-            labels.append(line.strip())
+        label = line.strip()
+        if not label:  # blank lines are skipped, as in the jsonl, without shifting the line numbers
+            continue
+        if label not in valid:
+            raise malformed(f"{path}:{n}", f"label {label!r} should be one of {valid}")
+        labels.append(label)
     if len(labels) != n_items:
         raise malformed(path, f"{len(labels)} labels for {n_items} items")
     return labels
@@ -999,21 +1001,20 @@ def main(argv=None):
     args = parse_args(argv)
     tasks = parse_names(args.tasks, TASKS, "task")
     modes = parse_names(args.modes, MODES, "mode")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+    from model import load_checkpoint, parse_device
+    device = parse_device(args.device)
     for flag, path in (("--out", args.out), ("--dump", args.dump)):  # fail now, not after the evaluation
         folder = os.path.dirname(os.path.abspath(path)) if path else None
         if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
             raise ValueError(f"{flag} {path}: the folder {folder} does not exist or is not writable; create it first")
     import data  # the tokenizer lives with the dataset code
-    from model import load_checkpoint
-    model = load_checkpoint(args.ckpt, device=args.device)
+    model = load_checkpoint(args.ckpt, device=device)
     if "tokenizer" not in model.meta:
         raise ValueError(f"checkpoint {args.ckpt} has no tokenizer spec; pass a checkpoint written by train.py")
     tokenizer = data.Tokenizer.from_spec(model.meta["tokenizer"])
     results = evaluate(model, tokenizer, tasks, modes, data_dir=args.data_dir, dump=args.dump,
                        checkpoint=os.path.abspath(args.ckpt),
-                       autocast=args.device.startswith("cuda") and args.dtype == "bfloat16",
+                       autocast=device.type == "cuda" and args.dtype == "bfloat16",
                        limit=args.limit, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
                        pll_k=args.pll_k, pll_right_context=args.pll_right_context, pll_tail=args.pll_tail,
                        mc_samples=args.mc_samples, mc_masking=args.mc_masking, random_baseline=args.random_baseline,

@@ -453,6 +453,24 @@ def save_checkpoint(path, ckpt):
             os.remove(tmp)
 
 
+def parse_device(name):
+    """torch.device(name), with one-line errors for a malformed name or a backend this machine lacks
+    (train.py, eval.py and sample.py all take a device name from the user)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device={name!r} is not a device; use cpu, cuda, cuda:1, mps, ...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device={name}: CUDA is not available here (torch {torch.__version__}); "
+                         f"use --device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device={name} but this machine has {torch.cuda.device_count()} CUDA device(s); "
+                         f"pick an index below that")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device={name}: MPS is not available here; use --device=cpu")
+    return device
+
+
 def read_checkpoint(path, map_location="cpu"):
     """torch.load with weights_only=True and one-line errors for the ways a file can be wrong."""
     if os.path.isdir(path):

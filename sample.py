@@ -36,8 +36,9 @@ iterations with bidirectional attention; revealed tokens stay fixed. Two sampler
   size is the expected count, stochastically rounded. Each position keeps exactly the MDLM
   probability, but the count has no binomial noise, so steps = N reveals exactly one token per
   step: generation in a uniformly random order, which is what MDLM's sampler tends to as its step
-  count grows. --reveal bernoulli flips MDLM's independent coin per position instead. The last step (s = 0) reveals everything. Steps that reveal nothing cost no model
-  call (MDLM's caching: the canvas, and so the prediction, did not change).
+  count grows; --reveal bernoulli flips MDLM's independent coin per position instead. The last step
+  (s = 0) reveals everything. Steps that reveal nothing cost no model call (MDLM's caching: the
+  canvas, and so the prediction, did not change).
 - confidence: the token of every masked position is drawn, and the k positions whose drawn tokens
   have the highest probability are kept; k follows an even schedule so N tokens take `steps` steps.
 Semi-autoregressive blocks (--block_size B, as in MDLM): B tokens at a time, each block by
@@ -64,7 +65,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from model import KVCache, load_checkpoint
+from model import KVCache, load_checkpoint, parse_device
 from progress import Progress
 
 SAMPLERS = ("ancestral", "confidence")
@@ -200,7 +201,7 @@ def highest(score, count):
 
 
 def unmask_block(model, canvas, n, steps, sampler, temperature, top_k, top_p, generator, banned, on_step,
-                 reveal_rule="count"):
+                 reveal="count"):
     """Fill the last n positions of canvas (K, L), all <mask>, in `steps` iterations; returns the canvas."""
     mask_id = model.config.mask_id
     first = canvas.size(1) - n
@@ -209,19 +210,19 @@ def unmask_block(model, canvas, n, steps, sampler, temperature, top_k, top_p, ge
         remaining = steps - i
         if sampler == "ancestral":
             # from t = remaining/steps to s = t - 1/steps: reveal probability (t-s)/t = 1/remaining;
-            # count = n_masked/remaining, stochastically rounded, over a uniformly random subset
-            if reveal_rule == "bernoulli":  # MDLM exactly: one independent coin per masked position
+            # "count": n_masked/remaining positions, stochastically rounded, a uniformly random subset
+            if reveal == "bernoulli":  # MDLM exactly: one independent coin per masked position
                 coins = torch.rand(masked.shape, generator=generator, device=canvas.device)
-                reveal = masked & (coins * remaining < 1)
+                revealed = masked & (coins * remaining < 1)
             else:
                 n_masked = masked.sum(dim=1)
                 whole, frac = n_masked // remaining, (n_masked % remaining).float() / remaining
                 u = torch.rand(n_masked.shape, generator=generator, device=canvas.device)
                 count = whole + (u < frac).long()
-                reveal = highest(torch.rand(masked.shape, generator=generator, device=canvas.device)
-                                 .masked_fill(~masked, -math.inf), count)
-            if reveal.any():  # when nothing is revealed the canvas stays as it is: no model call
-                rows, cols = reveal.nonzero(as_tuple=True)
+                revealed = highest(torch.rand(masked.shape, generator=generator, device=canvas.device)
+                                   .masked_fill(~masked, -math.inf), count)
+            if revealed.any():  # when nothing is revealed the canvas stays as it is: no model call
+                rows, cols = revealed.nonzero(as_tuple=True)
                 tokens, _ = draw(predict(model, canvas, rows, first + cols), temperature, top_k, top_p,
                                  generator, banned)
                 canvas[rows, first + cols] = tokens
@@ -408,22 +409,6 @@ def check_args(args):
         raise ValueError(f"--{diffusion_only[0]} applies to --mode diffusion only")
     if args.mode == "diffusion" and ar_only:
         raise ValueError(f"--{ar_only[0]} applies to --mode ar only")
-
-
-def parse_device(name):
-    """torch.device(name), with one-line errors for a malformed name or a backend this machine lacks."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device={name!r} is not a device; use cpu, cuda, cuda:1, mps, ...") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device={name} but CUDA is not available here; use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device={name} but this machine has {torch.cuda.device_count()} CUDA device(s); "
-                         f"pick an index below that")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device={name} but MPS is not available here; use --device cpu")
-    return device
 
 
 def parse_steps_list(text):

@@ -184,13 +184,7 @@ def main(argv):
     if device == "auto":
         dev = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     else:
-        try:
-            dev = torch.device(device if world == 1 or device != "cuda" else f"cuda:{local_rank}")
-        except RuntimeError:
-            raise ValueError(f"device={device!r} is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available here (torch {torch.__version__}); "
-                         f"use --device=cpu or --device=auto")
+        dev = modeling.parse_device(device if world == 1 or device != "cuda" else f"cuda:{local_rank}")
     if world > 1:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
