@@ -15,6 +15,8 @@ or, with a network and no --input, download Tiny Shakespeare (as nanoGPT does) a
 The folder then holds:
     train.bin, val.bin  every document as <s> followed by its tokens, documents back to back, no
                         padding; uint16 when the vocabulary fits (<= 65536 ids), else uint32
+    train.idx           where each training document starts in train.bin (uint64, little-endian),
+                        so the loader can sample and shuffle whole documents
     tokenizer.json      the tokenizers file of the BPE (for tiktoken, a small JSON naming the encoding)
     meta.json           vocabulary size, dtype, tokens and documents per split, special-token ids,
                         sources, and in words the document rule, the split rule and the tokenizer
@@ -24,9 +26,9 @@ the token files as results arrive in order. Memory does not grow with the corpus
 chunks of documents at a time (long documents are encoded in pieces); only one document, e.g. a
 whole file with --doc_split file, must fit in memory as text.
 
-Loading (train.py): TrainWindows walks a seeded permutation of fixed windows, one permutation per
-epoch, over only the first `unique_tokens` training tokens, so that r repetitions of T/r unique
-tokens are exactly r passes (paper §5.1); val_windows is a fixed held-out sample.
+Loading (train.py): TrainWindows trains on a unique subset of whole documents drawn at random
+(paper §5.1: r repetitions of T/r unique tokens are exactly r passes), and every epoch shuffles
+those documents and packs them into windows afresh; val_windows is a fixed held-out sample.
 """
 import argparse
 import gzip
@@ -416,13 +418,14 @@ def encode_chunk(texts):
             tokens[position] = worker["tokenizer"].bos_id
             tokens[position + 1:position + 1 + len(doc)] = doc
             position += 1 + len(doc)
-        out[split] = (tokens, len(docs))
+        out[split] = (tokens, np.array([1 + len(d) for d in ids], dtype=np.uint64))
     return out, sum(len(t.encode("utf-8")) for t in texts)
 
 
 def encode_corpus(files, doc_split, tokenizer, threshold, seed, out_dir, workers, chunk_chars, total_bytes):
     dtype = token_dtype(tokenizer.vocab_size)
     final = {split: out_dir / f"{split}.bin" for split in ("train", "val")}
+    final["index"] = out_dir / "train.idx"  # where each training document starts in train.bin
     temporary = {split: path.with_name(path.name + ".tmp") for split, path in final.items()}
     counts = {"train_tokens": 0, "val_tokens": 0, "train_documents": 0, "val_documents": 0}
     init_args = (tokenizer.to_spec(), threshold, seed, dtype.str)
@@ -450,13 +453,16 @@ def encode_corpus(files, doc_split, tokenizer, threshold, seed, out_dir, workers
             init_worker(*init_args)
         # imap yields the results in input order, whatever the order the workers finish in
         results = pool.imap(encode_chunk, chunks()) if pool else map(encode_chunk, chunks())
-        with open(temporary["train"], "wb") as f_train, open(temporary["val"], "wb") as f_val:
+        with (open(temporary["train"], "wb") as f_train, open(temporary["val"], "wb") as f_val,
+              open(temporary["index"], "wb") as f_index):
             for out, n_bytes in results:
+                lengths = out["train"][1]
+                (counts["train_tokens"] + np.cumsum(lengths) - lengths).astype("<u8").tofile(f_index)
                 for split, f in (("train", f_train), ("val", f_val)):
-                    tokens, n_docs = out[split]
+                    tokens, lengths = out[split]
                     tokens.tofile(f)
                     counts[f"{split}_tokens"] += len(tokens)
-                    counts[f"{split}_documents"] += n_docs
+                    counts[f"{split}_documents"] += len(lengths)
                 progress.update(n_bytes)
                 slots.release()
         for split in final:  # rename only complete files; meta.json, written last, vouches for them
@@ -573,6 +579,7 @@ def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe"
         "vocab_size": tok.vocab_size,
         "dtype": token_dtype(tok.vocab_size).name,
         **counts,
+        "train_index": "train.idx",  # see the module docstring; its absence marks a folder from an older data.py
         "special_tokens": dict(tok.special_ids),
         "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "mask_id": tok.mask_id,
         "unk_id": tok.unk_id,
@@ -664,28 +671,52 @@ def epoch_seed(seed, epoch):
     return int.from_bytes(digest, "little") >> 1  # torch seeds must fit in 63 bits
 
 
-class TrainWindows:
-    """Deterministic windows over the first `unique_tokens` tokens of train.bin (paper §5.1 repetitions).
+def document_index(data_dir, meta):
+    """The start of every training document in train.bin, as a read-only memmap of uint64."""
+    path = Path(data_dir) / "train.idx"
+    fix = f"re-run data.py on your corpus with --out_dir {data_dir} (this data.py also writes train.idx)"
+    if "train_index" not in meta or not path.is_file():
+        raise ValueError(f"data folder {data_dir} was prepared by an older data.py: it has no train.idx, the "
+                         f"document index that sampling and re-packing whole documents need; {fix}")
+    n_docs = meta.get("train_documents")
+    if path.stat().st_size != 8 * (n_docs or 0):
+        raise ValueError(f"{path} holds {path.stat().st_size} bytes, but meta.json says {n_docs} training "
+                         f"documents (8 bytes each): a damaged folder; {fix}")
+    return np.memmap(path, dtype="<u8", mode="r")
 
-    Window j (0 <= j < n_windows) is tokens [j*block_size, j*block_size + block_size + 1) of train.bin,
-    so each token is an input exactly once per epoch. n_windows = unique_tokens // block_size, using
-    tokens [0, n_windows*block_size + 1): asking for unique_tokens = T/r with T/r a multiple of
-    block_size gives exactly r epochs in T tokens. The stream is an endless sequence of windows indexed
-    by a global counter k = 0, 1, 2, ...: window k belongs to epoch e = k // n_windows and is window
-    perm_e[k % n_windows], where perm_e is a permutation of range(n_windows) drawn from a
-    torch.Generator seeded from (seed, e). So the data order is a pure function of (seed, k): resume
-    is exact, and ranks that take disjoint k never overlap.
+
+class TrainWindows:
+    """The training stream of paper §5.1: a unique subset of T/r tokens, seen r times, in windows.
+
+    The subset. One seeded order of all training documents (a permutation drawn from subset_seed);
+    the subset is its first documents, taken until `unique_tokens` + 1 tokens (the last one may be
+    cut). So a subset is a uniform random sample of whole documents whatever the corpus order, the
+    subset of a larger r is a prefix of (lies inside) that of a smaller r, and runs that differ only
+    in lam or seed train on exactly the same tokens.
+
+    The epochs. Epoch e shuffles the subset's documents (a permutation seeded by (seed, e)), lays
+    them back to back and cuts that stream into n_windows = unique_tokens // block_size windows:
+    window j is stream tokens [j*block_size, j*block_size + block_size + 1), so every subset token is
+    an input exactly once per epoch and window boundaries move from one epoch to the next, as in the
+    official code. Global window k is window k % n_windows of epoch k // n_windows, so the data
+    order is a pure function of (subset_seed, seed, k): resume is exact, and ranks that take
+    disjoint k never overlap.
+
+    Memory holds the document index (8 bytes per document) and, for the one or two epochs in use,
+    a permutation and the cumulative lengths of the subset's documents; never the text.
     """
 
-    def __init__(self, data_dir, block_size, unique_tokens=None, seed=0):
+    def __init__(self, data_dir, block_size, unique_tokens=None, seed=0, subset_seed=0):
+        import torch
         meta = load_meta(data_dir)
         self.path, self.dtype, self.bos_id = Path(data_dir) / "train.bin", np.dtype(meta["dtype"]), meta["bos_id"]
         self.block_size, self.seed = block_size, seed
+        starts = document_index(data_dir, meta)
         available = meta["train_tokens"]
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         if unique_tokens is None:
-            unique_tokens = available - 1  # all of train.bin: the last token is only ever a target
+            unique_tokens = available - 1  # all of train.bin: one token is only ever a target
         if unique_tokens < 1 or unique_tokens + 1 > available:
             raise ValueError(f"train.bin in {data_dir} holds {available:,} tokens, but this run needs unique_tokens "
                              f"+ 1 = {unique_tokens + 1:,} (the token budget / repetitions); lower max_iters, "
@@ -697,30 +728,49 @@ class TrainWindows:
                              f"{data_dir} ({available:,}); lower block_size, or use more tokens (fewer repetitions, "
                              f"more data)")
         self.unique_tokens = self.n_windows * block_size
-        self.permutations = {}
+        # the subset: a prefix of one seeded document order, cut to exactly unique_tokens + 1 tokens
+        order = torch.randperm(len(starts), generator=torch.Generator().manual_seed(subset_seed)).numpy()
+        ends = np.append(starts[1:], available)
+        lengths = (ends - starts).astype(np.int64)
+        taken = np.cumsum(lengths[order])
+        n_docs = int(np.searchsorted(taken, self.unique_tokens + 1)) + 1
+        self.doc_starts = starts[order[:n_docs]].astype(np.int64)
+        self.doc_lengths = lengths[order[:n_docs]]
+        self.doc_lengths[-1] -= taken[n_docs - 1] - (self.unique_tokens + 1)
+        self.epochs = {}
 
     def epoch_of(self, k):
         return k // self.n_windows
 
-    def permutation(self, epoch):
-        if epoch not in self.permutations:
+    def epoch(self, e):
+        """Epoch e's document order: where each document starts in train.bin and where it starts and
+        ends in the epoch's stream."""
+        if e not in self.epochs:
             import torch
-            if len(self.permutations) >= 2:  # a batch touches one or two epochs; keep memory bounded
-                self.permutations.clear()
-            generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-            self.permutations[epoch] = torch.randperm(self.n_windows, generator=generator).numpy()
-        return self.permutations[epoch]
+            if len(self.epochs) >= 2:  # a batch touches one or two epochs; keep memory bounded
+                self.epochs.clear()
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, e))
+            order = torch.randperm(len(self.doc_starts), generator=generator).numpy()
+            stream_ends = np.cumsum(self.doc_lengths[order])
+            self.epochs[e] = (self.doc_starts[order], stream_ends - self.doc_lengths[order], stream_ends)
+        return self.epochs[e]
 
     def batch(self, first_window, batch_size):
         """Windows k = first_window .. first_window + batch_size - 1 (each mapped on its own, so a batch
         may straddle an epoch boundary). Returns x, y (B, block_size) int64 and doc_ids (B, block_size) int32."""
-        starts = [int(self.permutation(self.epoch_of(k))[k % self.n_windows]) * self.block_size
-                  for k in range(first_window, first_window + batch_size)]
+        ks = np.arange(first_window, first_window + batch_size)
+        offsets = np.arange(self.block_size + 1)
+        positions = np.empty((batch_size, self.block_size + 1), dtype=np.int64)  # in train.bin
+        for e in np.unique(ks // self.n_windows):
+            rows = ks // self.n_windows == e
+            file_starts, stream_starts, stream_ends = self.epoch(int(e))
+            stream = (ks[rows] % self.n_windows * self.block_size)[:, None] + offsets
+            doc = np.searchsorted(stream_ends, stream, side="right")  # the document holding each token
+            positions[rows] = file_starts[doc] + (stream - stream_starts[doc])
         # A fresh memmap per batch: a long-lived one keeps every page it touched counted as resident
         # memory (the leak nanoGPT works around the same way); opening one is a cheap mmap call.
         data = np.memmap(self.path, dtype=self.dtype, mode="r")
-        windows = np.stack([data[s:s + self.block_size + 1] for s in starts])
-        return windows_to_batch(windows, self.bos_id)
+        return windows_to_batch(data[positions], self.bos_id)
 
 
 def val_windows(data_dir, block_size, n_windows):

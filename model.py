@@ -384,8 +384,11 @@ class DualLM(nn.Module):
 
 def ar_loss(model, x, y, doc_ids=None):
     """Mean next-token cross-entropy under the causal mask (paper Eq. 2). Targets < 0 are padding
-    and are ignored."""
-    return model(x, mode="causal", doc_ids=doc_ids, targets=y)
+    and are ignored, and so are targets that are <s>: in packed windows an <s> target is the start of
+    the next document, which the last token of a document cannot know (the official code ignores
+    these targets too; md_loss never scores <s> either)."""
+    cfg = model.config if hasattr(model, "config") else model.module.config
+    return model(x, mode="causal", doc_ids=doc_ids, targets=y.masked_fill(y == cfg.bos_id, -1))
 
 
 def sample_t(batch_size, generator=None, device="cpu", antithetic=True, eps=1e-3):

@@ -33,7 +33,7 @@ from progress import Progress, format_seconds
 
 REPO = Path(__file__).resolve().parent
 RESULT_COLUMNS = [
-    "repetitions", "lambda", "tokens", "unique_tokens", "epochs",
+    "repetitions", "lambda", "params", "non_embedding_params", "tokens", "unique_tokens", "epochs",
     "final_val_ar_loss", "final_val_md_loss", "min_val_ar_loss", "min_val_md_loss",
     "final_train_ar_loss", "final_train_md_loss", "overfit_ar", "overfit_md", "overfit",
     "blimp_causal", "blimp_pll", "blimp_best", "tokens_per_sec", "train_seconds", "eval_seconds",
@@ -99,7 +99,8 @@ def run_cell(cell_dir, config, r, lam, args, train_overrides, threads):
                       train_seconds=round(record.get("train_seconds", 0) + time.time() - t0, 1))
         record_path.write_text(json.dumps(record, indent=1))
         done.append("trained")
-    if args.stage in ("all", "eval") and record.get("train_done") and not (cell_dir / "eval.json").exists():
+    if args.stage in ("all", "eval") and evaluating(args) and record.get("train_done") and \
+            not (cell_dir / "eval.json").exists():
         cmd = [sys.executable, "eval.py", "--ckpt", str(cell_dir / "ckpt.pt"), "--tasks", args.eval_tasks,
                "--modes", args.eval_modes, "--pll_k", args.pll_k, "--out", str(cell_dir / "eval.json.tmp")]
         if args.eval_limit:
@@ -113,9 +114,19 @@ def run_cell(cell_dir, config, r, lam, args, train_overrides, threads):
         record_path.write_text(json.dumps(record, indent=1))
         done.append("evaluated")
     if not done:
-        done.append("already done" if record.get("train_done") and (cell_dir / "eval.json").exists()
-                    else "not trained yet")
+        done.append("already done" if finished(cell_dir, args) else "not trained yet")
     return done
+
+
+def evaluating(args):
+    return args.eval_tasks != "none"
+
+
+def finished(cell_dir, args):
+    """Trained, and evaluated unless the sweep skips evaluation (--eval_tasks none)."""
+    if not (cell_dir / "cell.json").exists() or not json.loads((cell_dir / "cell.json").read_text()).get("train_done"):
+        return False
+    return not evaluating(args) or (cell_dir / "eval.json").exists()
 
 
 def read_metrics(cell_dir):
@@ -132,9 +143,11 @@ def blimp_accuracy(evaluation, mode):
 
 def result_row(cell_dir, r, lam):
     """One results.csv row from a finished cell's metrics.jsonl, eval.json and cell.json."""
+    import torch  # only here: the rest of the sweep never needs it
     history = read_metrics(cell_dir)
     record = json.loads((cell_dir / "cell.json").read_text())
-    evaluation = json.loads((cell_dir / "eval.json").read_text())
+    evaluation = json.loads((cell_dir / "eval.json").read_text()) if (cell_dir / "eval.json").exists() else {}
+    run = torch.load(cell_dir / "ckpt.pt", map_location="cpu", weights_only=True, mmap=True)["data"]
     last = history[-1]
 
     def lowest(key):
@@ -147,7 +160,8 @@ def result_row(cell_dir, r, lam):
     known = [v for v in blimp.values() if v is not None]
     row = {
         "repetitions": r, "lambda": lam, "tokens": last["tokens"],
-        "unique_tokens": round(last["tokens"] / last["epoch"]) if last.get("epoch") else None,
+        "params": run.get("params"), "non_embedding_params": run.get("non_embedding_params"),
+        "unique_tokens": run.get("unique_tokens"),
         "epochs": last.get("epoch"),
         "final_val_ar_loss": last["val_ar_loss"], "final_val_md_loss": last["val_md_loss"],
         "min_val_ar_loss": lowest("val_ar_loss"), "min_val_md_loss": lowest("val_md_loss"),
@@ -181,12 +195,12 @@ def write_csv(path, columns, rows):
     os.replace(tmp, path)
 
 
-def collect(cells, runs_dir, results_dir):
-    """Rewrite results.csv and curves.csv from every cell that is trained and evaluated."""
+def collect(cells, runs_dir, results_dir, args):
+    """Rewrite results.csv and curves.csv from every cell that is finished."""
     rows, curves = [], []
     for r, lam in cells:
         cell_dir = runs_dir / cell_name(r, lam)
-        if (cell_dir / "eval.json").exists() and (cell_dir / "cell.json").exists():
+        if finished(cell_dir, args):
             row, curve = result_row(cell_dir, r, lam)
             rows.append(row)
             curves.extend(curve)
@@ -226,9 +240,9 @@ def sweep(args, train_overrides):
             except RuntimeError as e:
                 failures.append(str(e))
                 print(f"FAILED {e}", flush=True)
-            collect(cells, runs_dir, results_dir)
+            collect(cells, runs_dir, results_dir, args)
             progress.update(1)
-    rows = collect(cells, runs_dir, results_dir)
+    rows = collect(cells, runs_dir, results_dir, args)
     print(f"wrote {results_dir / 'results.csv'} ({len(rows)} of {len(cells)} cells)", flush=True)
     if failures:
         raise RuntimeError(f"{len(failures)} cell(s) failed; fix the cause and rerun the same command to "
@@ -389,7 +403,8 @@ def main(argv=None):
     p.add_argument("--stage", default="all", choices=["all", "train", "eval"], help="do only one stage")
     p.add_argument("--runs_dir", help="checkpoints and logs (default runs/<config name>)")
     p.add_argument("--results_dir", help="results.csv and curves.csv (default results/<config name>)")
-    p.add_argument("--eval_tasks", default="blimp", help="eval.py --tasks for every cell (default blimp)")
+    p.add_argument("--eval_tasks", default="blimp", help="eval.py --tasks for every cell (default blimp); "
+                   "none: no evaluation, the validation losses only")
     p.add_argument("--eval_modes", default="causal,pll", help="eval.py --modes (default causal,pll)")
     p.add_argument("--pll_k", default="1", help="eval.py --pll_k (default 1)")
     p.add_argument("--eval_limit", type=int, default=20, help="eval.py --limit: items per task, per BLiMP "

@@ -50,12 +50,18 @@ resume = False                  # continue the run whose checkpoint is out_dir/c
 seed = 1337
 # the dual objective
 lam = 0.5                       # share of AR micro-batches: 1 = pure AR, 0 = pure masked diffusion
+ar_weight = 1.0                 # factor on the AR loss: 1 is the paper's corrected Eq. (App. B erratum); the
+                                # published checkpoints were trained with 2, which makes the AR share of the
+                                # gradient 2*lam/(1+lam) instead of lam
 md_weighting = "elbo"           # "elbo": weight 1/t (paper Eq. 4); "ce": plain cross-entropy (seed 002)
 md_antithetic = True            # MDLM's low-discrepancy sampler for t across the micro-batch
 z_loss = 1e-4                   # weight of the mean squared log-partition (PaLM's z-loss; paper §5.1)
 doc_masking = True              # packed documents do not attend to each other
 # data
-repetitions = 0.0               # r > 0: train on the first T/r tokens, r times over (paper §5.1); 0: all data
+repetitions = 0.0               # r > 0: train on a random T/r-token subset of the documents, r times over
+                                # (paper §5.1); 0: all data
+subset_seed = 0                 # which documents form that subset: a seed of its own, so runs that differ
+                                # in seed (or lam) train on the same tokens
 batch_size = 16                 # sequences per micro-batch (per rank)
 block_size = 256
 gradient_accumulation_steps = 4 # micro-batches per optimizer step, over all ranks
@@ -151,7 +157,7 @@ def check_settings():
                 "overfit_patience"):
         if globals()[key] < 1:
             raise ValueError(f"{key}={globals()[key]} must be a positive integer")
-    for key in ("repetitions", "warmup_iters", "grad_clip", "z_loss", "weight_decay"):
+    for key in ("repetitions", "warmup_iters", "grad_clip", "z_loss", "weight_decay", "ar_weight", "subset_seed"):
         if globals()[key] < 0:
             raise ValueError(f"{key}={globals()[key]} must be >= 0 (0 turns it off" +
                              ("; repetitions=0 trains on all the data)" if key == "repetitions" else ")"))
@@ -204,7 +210,7 @@ def main(argv):
         if master:
             print(*args, flush=True)
 
-    # --- data: the first T/r tokens of train.bin, r times over (paper §5.1) -----------------
+    # --- data: a random subset of T/r tokens of whole documents, r times over (paper §5.1) ---
     meta = data.load_meta(data_dir)
     tokenizer = data.Tokenizer.load(data_dir)
     windows_per_step = G * batch_size
@@ -215,7 +221,7 @@ def main(argv):
         if unique < block_size:
             raise ValueError(f"repetitions={repetitions} leaves fewer than one window of block_size={block_size} "
                              f"unique tokens for a budget of {total_windows * block_size:,} tokens; lower repetitions")
-    windows = data.TrainWindows(data_dir, block_size, unique_tokens=unique, seed=seed)
+    windows = data.TrainWindows(data_dir, block_size, unique_tokens=unique, seed=seed, subset_seed=subset_seed)
     val_x, val_y, val_docs = data.val_windows(data_dir, block_size, eval_iters * batch_size)
     tokens_per_step = windows_per_step * block_size
     epochs = total_windows / windows.n_windows
@@ -294,21 +300,23 @@ def main(argv):
         """Validation loss of both objectives on the fixed held-out windows. MD uses fixed seeds and
         stratified t, and always the ELBO weighting, so evaluations compare across runs and lam."""
         model.eval()
-        sums = torch.zeros(2, device=dev)
+        sums = torch.zeros(3, device=dev)  # AR loss x scored targets, scored targets, MD loss x windows
         n_batches = -(-len(val_x) // batch_size)  # the last one may hold fewer windows
         for i in range(rank, n_batches, world):
             sl = slice(i * batch_size, (i + 1) * batch_size)
             x, y = val_x[sl].to(dev), val_y[sl].to(dev)
             docs = val_docs[sl].to(dev) if doc_masking else None
-            with autocast:  # both losses are means over the batch: weight them by its windows
-                sums[0] += modeling.ar_loss(model, x, y, docs)[0] * len(x)
+            with autocast:  # the AR loss is a mean over scored targets (not <s>), the MD loss over windows
+                scored = ((y >= 0) & (y != tokenizer.bos_id)).sum()
+                sums[0] += modeling.ar_loss(model, x, y, docs)[0] * scored
+                sums[1] += scored
                 noise = torch.Generator(device=dev).manual_seed(10_000 + i)
-                sums[1] += modeling.md_loss(model, x, y, docs, generator=noise, antithetic=True,
+                sums[2] += modeling.md_loss(model, x, y, docs, generator=noise, antithetic=True,
                                             weighting="elbo")[0] * len(x)
         if world > 1:
             dist.all_reduce(sums)
         model.train()
-        return (sums / len(val_x)).tolist()
+        return [(sums[0] / sums[1]).item(), (sums[2] / len(val_x)).item()]
 
     # --- the training loop -------------------------------------------------------------------
     my_micro_batches = range(rank * G // world, (rank + 1) * G // world)
@@ -355,6 +363,7 @@ def main(argv):
                     "tokens_seen": tokens_seen, "lam": lam, "history": history, "tokenizer": tokenizer.to_spec(),
                     "data": {"data_dir": os.path.abspath(data_dir), "vocab_size": meta["vocab_size"],
                              "unique_tokens": windows.unique_tokens, "n_windows": windows.n_windows,
+                             "params": n_params, "non_embedding_params": raw_model.num_params(True),
                              "total_tokens": total_windows * block_size, "epochs": epochs}})
         if iter_num >= max_iters:
             break
@@ -377,7 +386,8 @@ def main(argv):
                     loss, zl = modeling.md_loss(train_model, x, y, docs, generator=noise,
                                                 antithetic=md_antithetic, weighting=md_weighting)
                 # mean over all G micro-batches once DDP has averaged over the world
-                ((loss + z_loss * zl) * (world / G)).backward()
+                weight = ar_weight if objective == "ar" else 1.0
+                ((weight * loss + z_loss * zl) * (world / G)).backward()
             k = 0 if objective == "ar" else 1
             for sums, counts in ((train_sums, train_counts), (log_sums, log_counts)):
                 sums[k] += loss.detach()

@@ -1,7 +1,7 @@
 """
 Tests of data.py: tokenizers round-trip any text, preparation is deterministic and independent of the
-worker count, the split is by document, meta.json describes the .bin files, and the loader gives
-each window exactly once per epoch from only the first unique_tokens tokens. Real text throughout
+worker count, the split is by document, meta.json describes the .bin files, and the loader trains on
+a random subset of whole documents, every token of it once per epoch, re-packed every epoch. Real text throughout
 (small slices of Tiny Shakespeare and of the English novels), and each bad input as a one-line error.
 """
 import gzip
@@ -294,6 +294,9 @@ def test_prepared_folder_holds_every_document_once_split_by_hash(prepared, corpu
         expected = [d for d in documents if (reference_hash(d, 3) < meta["val_hash_threshold"]) == (split == "val")]
         assert found[split] == expected  # same documents, same order, each starting with <s>
         assert meta[f"{split}_documents"] == len(expected) and meta[f"{split}_tokens"] == len(tokens)
+        if split == "train":  # train.idx: where each document starts
+            starts = np.fromfile(prepared / "train.idx", dtype="<u8")
+            assert starts.tolist() == np.flatnonzero(tokens == meta["bos_id"]).tolist()
     assert not set(found["train"]) & set(found["val"])
     assert meta["val_hash_threshold"] == int(0.05 * 2**64)
     assert 0.02 < meta["val_documents"] / len(documents) < 0.1
@@ -315,7 +318,7 @@ def test_meta_json_describes_the_files(prepared, corpus):
 def test_output_is_deterministic_and_independent_of_workers(corpus, prepared, tmp_path):
     data.prepare([corpus], tmp_path / "w2", vocab_size=1000, val_fraction=0.05, doc_split="blank_line",
                  workers=2, seed=3, chunk_chars=20_000)
-    for name in ("train.bin", "val.bin", "tokenizer.json", "meta.json"):
+    for name in ("train.bin", "train.idx", "val.bin", "tokenizer.json", "meta.json"):
         assert (tmp_path / "w2" / name).read_bytes() == (prepared / name).read_bytes(), name
 
 
@@ -492,41 +495,106 @@ def test_cli_single_document_cannot_be_split(tmp_path):
 # the loader
 
 
-def fake_dataset(folder, train_tokens, val_tokens, bos_id=1, dtype="uint32"):
-    """A prepared folder whose token values are their positions, so every value says where it came from."""
+def fake_dataset(folder, train_tokens, val_tokens, bos_id=1, dtype="uint32", doc_starts=None):
+    """A prepared folder whose token values are their positions, so every value says where it came from.
+    Documents start at doc_starts (default: every 10 tokens)."""
     folder.mkdir(parents=True, exist_ok=True)
     np.asarray(train_tokens, dtype=dtype).tofile(folder / "train.bin")
     np.asarray(val_tokens, dtype=dtype).tofile(folder / "val.bin")
+    doc_starts = np.arange(0, len(train_tokens), 10) if doc_starts is None else np.asarray(doc_starts)
+    doc_starts.astype("<u8").tofile(folder / "train.idx")
     meta = {"vocab_size": 2**20, "dtype": dtype, "train_tokens": len(train_tokens), "val_tokens": len(val_tokens),
-            "bos_id": bos_id, "pad_id": 3, "mask_id": 4}
+            "train_documents": len(doc_starts), "train_index": "train.idx", "bos_id": bos_id, "pad_id": 3,
+            "mask_id": 4}
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
 
 
-def test_each_window_once_per_epoch_over_only_the_unique_tokens(tmp_path):
-    folder = fake_dataset(tmp_path / "d", np.arange(1000), np.arange(100))
+def random_documents(n_tokens, rng, low=3, high=40):
+    """Document starts over n_tokens tokens, lengths uniform in [low, high)."""
+    starts = np.cumsum([0] + list(rng.integers(low, high, n_tokens // low)))
+    return starts[starts < n_tokens]
+
+
+def test_each_subset_token_once_per_epoch_repacked_every_epoch(tmp_path):
+    rng = np.random.default_rng(0)
+    starts = random_documents(1000, rng)
+    folder = fake_dataset(tmp_path / "d", np.arange(1000), np.arange(100), doc_starts=starts)
     block, unique, repetitions, batch, ranks = 8, 203, 3, 5, 3
-    windows = data.TrainWindows(folder, block, unique_tokens=unique, seed=7)
+    windows = data.TrainWindows(folder, block, unique_tokens=unique, seed=7, subset_seed=11)
     assert windows.n_windows == 25 and windows.unique_tokens == 200
-    # two "ranks" take disjoint global window counters k, batch by batch, for r epochs
+    # the subset: whole documents in a seeded order, the last one cut, 201 tokens in all
+    ends = dict(zip(starts.tolist(), np.append(starts[1:], 1000).tolist()))
+    subset = [list(range(a, a + n)) for a, n in zip(windows.doc_starts.tolist(), windows.doc_lengths.tolist())]
+    assert all(doc[0] in ends and doc[-1] < ends[doc[0]] for doc in subset)
+    assert all(doc[-1] + 1 == ends[doc[0]] for doc in subset[:-1])  # whole documents but the last
+    subset_tokens = sorted(v for doc in subset for v in doc)
+    assert len(subset_tokens) == 201 == len(set(subset_tokens))
+    assert subset_tokens != list(range(201))  # a random sample, not the head of train.bin
+    # "ranks" take disjoint global window counters k, batch by batch, for r epochs
     seen = []
     for step in range(repetitions * windows.n_windows // (batch * ranks)):
         for rank in range(ranks):
             x, y, _ = windows.batch((step * ranks + rank) * batch, batch)
-            assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(y[:, -1], x[:, -1] + 1)
+            assert torch.equal(y[:, :-1], x[:, 1:])
             seen += [(x[b].tolist(), y[b].tolist()) for b in range(batch)]
     assert len(seen) == repetitions * windows.n_windows
-    all_values = [v for xs, ys in seen for v in xs + ys]
-    assert max(all_values) <= windows.unique_tokens < unique + 1  # nothing beyond the first unique_tokens + 1
+    window_starts = []
     for epoch in range(repetitions):
-        inputs = sorted(v for xs, _ in seen[epoch * 25:(epoch + 1) * 25] for v in xs)
-        assert inputs == list(range(200))  # every unique token is an input exactly once per epoch
-        starts = [xs[0] for xs, _ in seen[epoch * 25:(epoch + 1) * 25]]
-        assert all(s % block == 0 for s in starts)
-    # the order is reshuffled every epoch, and repetitions mean what they say: T = r x unique tokens
-    orders = [[xs[0] for xs, _ in seen[e * 25:(e + 1) * 25]] for e in range(repetitions)]
-    assert orders[0] != orders[1] != orders[2]
+        inputs = [v for xs, _ in seen[epoch * 25:(epoch + 1) * 25] for v in xs]
+        last_target = seen[(epoch + 1) * 25 - 1][1][-1]
+        assert sorted(inputs + [last_target]) == subset_tokens  # each subset token once per epoch
+        # the epoch's stream is the subset's documents, whole and back to back, in a shuffled order
+        stream = inputs + [last_target]
+        pieces = np.split(stream, np.flatnonzero(np.diff(stream) != 1) + 1)
+        assert sorted(p.tolist() for p in pieces) == sorted(subset)
+        window_starts.append({xs[0] for xs, _ in seen[epoch * 25:(epoch + 1) * 25]})
+    # windows are cut afresh every epoch: their boundaries move
+    assert window_starts[0] != window_starts[1] != window_starts[2]
     assert sum(len(xs) for xs, _ in seen) == repetitions * windows.unique_tokens
+
+
+def test_subsets_nest_across_repetitions_and_ignore_lam_and_seed(tmp_path):
+    rng = np.random.default_rng(1)
+    folder = fake_dataset(tmp_path / "d", np.arange(5000), np.arange(100), doc_starts=random_documents(5000, rng))
+    subsets = {r: data.TrainWindows(folder, 8, unique_tokens=4096 // r, seed=r, subset_seed=3) for r in (1, 4, 16)}
+    for small, large in ((16, 4), (4, 1)):
+        a, b = subsets[small], subsets[large]
+        n = len(a.doc_starts)
+        assert a.doc_starts.tolist() == b.doc_starts[:n].tolist()  # a prefix of one document order
+        assert a.doc_lengths[:-1].tolist() == b.doc_lengths[:n - 1].tolist()
+        assert a.doc_lengths[-1] <= b.doc_lengths[n - 1]
+    other = data.TrainWindows(folder, 8, unique_tokens=256, seed=99, subset_seed=3)  # another seed: same tokens
+    assert other.doc_starts.tolist() == subsets[16].doc_starts.tolist()
+    assert data.TrainWindows(folder, 8, unique_tokens=256, subset_seed=4).doc_starts.tolist() != \
+        other.doc_starts.tolist()
+
+
+def test_subset_samples_a_corpus_sorted_by_source(shared_data, tmp_path):
+    # 16 small "books" sorted by name, each split into paragraphs: the subset at r = 8 must not be the
+    # opening of the first book (the old loader's flaw) but draw from most of them
+    novels = sorted((shared_data / "corpus" / "english_novels").glob("*.txt"))[:16]
+    books = tmp_path / "books"
+    books.mkdir()
+    for i, path in enumerate(novels):
+        (books / f"{i:02d}.txt").write_bytes(cut_at_line(path.read_bytes(), 20_000))
+    out = tmp_path / "prepared"
+    data.prepare([books], out, vocab_size=400, val_fraction=0.02, doc_split="blank_line", workers=1)
+    meta = data.load_meta(out)
+    starts = np.fromfile(out / "train.idx", dtype="<u8").tolist()
+    tokens = np.fromfile(out / "train.bin", dtype=meta["dtype"])
+    tok = data.Tokenizer.load(out)
+    texts = {books / f"{i:02d}.txt": (books / f"{i:02d}.txt").read_text(encoding="utf-8-sig").replace("\r\n", "\n")
+             for i in range(16)}
+    windows = data.TrainWindows(out, 32, unique_tokens=meta["train_tokens"] // 8)
+    drawn = set()
+    for start in windows.doc_starts.tolist():
+        end = starts[starts.index(start) + 1] if start != starts[-1] else len(tokens)
+        text = tok.decode(tokens[start + 1:end].tolist())
+        books_holding = [i for i, body in enumerate(texts.values()) if text[:60] in body]
+        if len(text) >= 40 and len(books_holding) == 1:  # skip short lines such as "CHAPTER I"
+            drawn |= set(books_holding)
+    assert len(drawn) >= 8, drawn
 
 
 def test_windows_are_a_pure_function_of_seed_and_counter(tmp_path):
@@ -538,9 +606,19 @@ def test_windows_are_a_pure_function_of_seed_and_counter(tmp_path):
     assert torch.equal(resumed.batch(13, 27)[0], stream[13:40])
     assert [run.epoch_of(k) for k in (0, 30, 31, 62)] == [0, 0, 1, 2]
     assert not torch.equal(data.TrainWindows(folder, 16, seed=2).batch(0, 31)[0], stream[:31])
-    # window k of epoch e is window perm_e[k % n]: the permutation is a torch.randperm seeded from (seed, e)
-    perm = torch.randperm(31, generator=torch.Generator().manual_seed(data.epoch_seed(1, 1)))
-    assert stream[31:40, 0].tolist() == (perm[:9] * 16).tolist()
+
+
+def test_a_folder_from_an_older_data_py_is_refused(tmp_path):
+    folder = fake_dataset(tmp_path / "d", np.arange(500), np.arange(100))
+    (folder / "train.idx").unlink()
+    with pytest.raises(ValueError) as error:
+        data.TrainWindows(folder, 16)
+    assert "older data.py" in one_line(error) and "re-run data.py" in str(error.value)
+    folder = fake_dataset(tmp_path / "e", np.arange(500), np.arange(100))
+    (folder / "train.idx").write_bytes(b"\0" * 8)
+    with pytest.raises(ValueError) as error:
+        data.TrainWindows(folder, 16)
+    assert "damaged" in one_line(error)
 
 
 def test_document_ids_match_a_slow_reference(prepared):

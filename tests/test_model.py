@@ -174,6 +174,22 @@ def test_ar_loss_ignores_padding_targets():
     torch.testing.assert_close(loss, want)
 
 
+def test_ar_loss_ignores_targets_that_start_the_next_document():
+    # packed windows: the last token of a document cannot know that <s> comes next, so that target
+    # is not trained (as in the official code); everything else still is
+    m = tiny_model()
+    w = random_tokens(2, 13)
+    w[0, 5], w[1, 9], w[1, 0] = m.config.bos_id, m.config.bos_id, m.config.bos_id
+    x, y = w[:, :-1], w[:, 1:]
+    docs = torch.cumsum(x == m.config.bos_id, 1)
+    loss, _ = M.ar_loss(m, x, y, docs)
+    logp = torch.log_softmax(m(x, doc_ids=docs), -1)
+    keep = y != m.config.bos_id
+    assert keep.sum() == 2 * 12 - 2
+    torch.testing.assert_close(loss, -logp[keep].gather(1, y[keep].unsqueeze(1)).mean())
+    assert not torch.isclose(loss, -logp.gather(2, y.unsqueeze(2)).mean())
+
+
 class RecordingModel(torch.nn.Module):
     """Wraps a model and keeps every input it is called with."""
 

@@ -11,7 +11,8 @@ import pytest
 from conftest import REPO
 
 TINY_MODEL = ["--max_iters=3", "--eval_interval=1", "--eval_iters=1", "--batch_size=2", "--block_size=32",
-              "--n_layer=1", "--n_embd=32", "--n_head=2", "--intermediate_size=64", "--log_interval=1"]
+              "--n_layer=1", "--n_embd=32", "--n_head=2", "--intermediate_size=64", "--log_interval=1",
+              "--gradient_accumulation_steps=4"]
 
 
 def run(args, **kw):
