@@ -100,6 +100,22 @@ def test_optimised_lml_matches_sklearn_from_the_same_start(nu):
     np.testing.assert_allclose(fit.theta, reference.kernel_.theta, atol=0.05)
 
 
+def test_bounds_are_sklearns_defaults_and_a_smooth_sweep_reaches_its_optimum():
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+    defaults = [ConstantKernel().constant_value_bounds, Matern().length_scale_bounds, Matern().length_scale_bounds,
+                WhiteKernel().noise_level_bounds]
+    np.testing.assert_allclose(np.exp(BOUNDS), defaults)
+    # a smooth sweep wants a large amplitude: tighter bounds (1e3) stopped short of scikit-learn's optimum
+    runs = synthetic_runs(n=50, noise=0.02, seed=0)
+    X, y = np.column_stack([runs["repetitions"], runs["lambda"]]), runs["score"]
+    fit = fit_gp(X, y, restarts=10)
+    reference = sklearn_gpr(START, 2.5, optimizer="fmin_l_bfgs_b")
+    reference.n_restarts_optimizer = 10
+    reference.random_state = 0
+    reference.fit(fit.X, y)
+    assert fit.log_marginal_likelihood >= reference.log_marginal_likelihood_value_ - 1e-3
+
+
 def test_restarts_never_do_worse_and_are_deterministic():
     X, y = sweep()
     single = fit_gp(X, y, restarts=0)
