@@ -758,19 +758,34 @@ class TrainWindows:
     def batch(self, first_window, batch_size):
         """Windows k = first_window .. first_window + batch_size - 1 (each mapped on its own, so a batch
         may straddle an epoch boundary). Returns x, y (B, block_size) int64 and doc_ids (B, block_size) int32."""
-        ks = np.arange(first_window, first_window + batch_size)
-        offsets = np.arange(self.block_size + 1)
-        positions = np.empty((batch_size, self.block_size + 1), dtype=np.int64)  # in train.bin
-        for e in np.unique(ks // self.n_windows):
-            rows = ks // self.n_windows == e
-            file_starts, stream_starts, stream_ends = self.epoch(int(e))
-            stream = (ks[rows] % self.n_windows * self.block_size)[:, None] + offsets
-            doc = np.searchsorted(stream_ends, stream, side="right")  # the document holding each token
-            positions[rows] = file_starts[doc] + (stream - stream_starts[doc])
-        # A fresh memmap per batch: a long-lived one keeps every page it touched counted as resident
-        # memory (the leak nanoGPT works around the same way); opening one is a cheap mmap call.
-        data = np.memmap(self.path, dtype=self.dtype, mode="r")
-        return windows_to_batch(data[positions], self.bos_id)
+        n, block = self.n_windows, self.block_size
+        file_offsets, lengths = [], []  # the pieces of train.bin that make up the batch, in order
+        for e in range(first_window // n, (first_window + batch_size - 1) // n + 1):
+            file_starts, stream_starts, stream_ends = self.epoch(e)
+            # the batch's windows in epoch e: window k is stream tokens [lo, lo + block + 1); it spans
+            # documents first..last of the epoch's order, each of which gives one piece of train.bin
+            lo = np.arange(max(first_window, e * n) - e * n, min(first_window + batch_size, (e + 1) * n) - e * n) * block
+            first = np.searchsorted(stream_ends, lo, side="right")
+            pieces = np.searchsorted(stream_ends, lo + block, side="right") - first + 1
+            doc = np.repeat(first - np.cumsum(pieces) + pieces, pieces) + np.arange(pieces.sum())
+            piece_lo = np.maximum(np.repeat(lo, pieces), stream_starts[doc])
+            piece_hi = np.minimum(np.repeat(lo + block + 1, pieces), stream_ends[doc])
+            file_offsets += (file_starts[doc] + piece_lo - stream_starts[doc]).tolist()
+            lengths += (piece_hi - piece_lo).tolist()
+        # Read the pieces with pread: no memory map, so resident memory stays flat however much of
+        # train.bin an epoch touches (a long-lived memmap counts every page it touched; a fresh one
+        # per batch pays a page fault for each of the scattered pages documents come from).
+        size = self.dtype.itemsize
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            raw = b"".join([os.pread(fd, length * size, offset * size) for offset, length in zip(file_offsets, lengths)])
+        finally:
+            os.close(fd)
+        if len(raw) != batch_size * (block + 1) * size:
+            raise ValueError(f"{self.path} is shorter than its meta.json says (changed since it was prepared?); "
+                             f"re-run data.py")
+        windows = np.frombuffer(raw, dtype=self.dtype)
+        return windows_to_batch(windows.reshape(batch_size, block + 1), self.bos_id)
 
 
 def val_windows(data_dir, block_size, n_windows):
