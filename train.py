@@ -165,7 +165,7 @@ def plot_curves(history, path):
     ax.set_ylabel("loss (nats per token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = f"{path}.tmp"  # one name: a run killed mid-write leaves one stray file, replaced by the next
     fig.savefig(tmp, format="png")
     os.replace(tmp, path)
 
