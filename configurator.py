@@ -9,11 +9,14 @@ argv)` then runs each config file given on the command line as plain Python insi
 applies every `--key=value` override, parsing the value with `ast.literal_eval` (never `eval`).
 
 Mistakes fail loudly with one line each: an unknown key (with the closest known key suggested), a
-value of the wrong type, a missing config file.
+value of the wrong type, a missing config file. `--help` (or `-h`) lists every setting with its
+value and the comment on its line of the script, then exits.
 """
 import ast
 import difflib
 import os
+import re
+import sys
 import types
 
 # Types a setting may have; a setting whose default is None accepts any of them.
@@ -49,6 +52,9 @@ def configure(namespace, argv):
     defaults = {k: namespace[k] for k in known}
     changed = []
     for arg in argv:
+        if arg in ("-h", "--help"):
+            print(help_text(namespace, changed))
+            sys.exit(0)
         if not arg.startswith("--"):  # a config file
             if not os.path.isfile(arg):
                 raise ValueError(f"config file {arg} does not exist; pass a path like config/tiny_cpu.py")
@@ -93,3 +99,34 @@ def make_include(namespace, folder):
         with open(path) as f:
             exec(compile(f.read(), path, "exec"), namespace)
     return include
+
+
+def help_text(namespace, changed=()):
+    """Usage, then every setting with its current value and the comment on its line of the script
+    that declares them (`namespace["__file__"]`), in the script's order, under the script's own
+    section comments (a comment line directly above a setting)."""
+    script = namespace.get("__file__", "train.py")
+    known = settings(namespace)
+    rows, section = [], None  # (section, key, comment)
+    if os.path.isfile(script):
+        with open(script) as f:
+            for line in f:
+                m = re.match(r"(\w+)\s*=[^=].*?(?:#\s*(.*))?$", line.rstrip())
+                if m and m[1] in known and m[1] not in {r[1] for r in rows}:
+                    rows.append((section, m[1], m[2] or ""))
+                section = line[1:].strip() if line.startswith("# ") and not line.startswith("# ---") else None
+    listed = {r[1] for r in rows}
+    rows += [(None, key, "") for key in sorted(known - listed)]  # declared without a line of their own
+    name = os.path.basename(script)
+    out = [f"usage: python {name} [CONFIG_FILE ...] [--key=value ...]",
+           "",
+           "CONFIG_FILE is Python that assigns these settings (e.g. config/tiny_cpu.py); --key=value sets one,",
+           "the value read as a Python literal (a bare word is a string). Later arguments win.",
+           "",
+           "settings" + (" (with the arguments before --help applied)" if changed else " (defaults)") + ":"]
+    width = min(44, max(len(f"{key} = {namespace[key]!r}") for _, key, _ in rows))
+    for section, key, comment in rows:
+        if section:
+            out.append(f"  {section}")
+        out.append(f"    {key + ' = ' + repr(namespace[key]):<{width}}  {comment}".rstrip())
+    return "\n".join(out)

@@ -48,6 +48,9 @@ eval_iters = 8                  # validation batches (of batch_size windows) per
 log_interval = 10
 resume = False                  # continue the run whose checkpoint is out_dir/ckpt.pt
 seed = 1337
+wandb_log = False               # also send every evaluation's metrics to Weights & Biases (pip install wandb)
+wandb_project = "nanodual"      # the W&B project of the run
+wandb_run_name = "run"          # the W&B name of the run
 # the dual objective
 lam = 0.5                       # share of AR micro-batches: 1 = pure AR, 0 = pure masked diffusion
 ar_weight = 1.0                 # factor on the AR loss: 1 is the paper's corrected Eq. (App. B erratum); the
@@ -151,6 +154,28 @@ def overfitting(history, key_val, key_train, patience):
     return val_rising and recent[-1][key_train] < recent[0][key_train]
 
 
+def plot_curves(history, path):
+    """Draw the training (dotted) and validation (solid) loss of both objectives against tokens into
+    path, a PNG, atomically: a reader never sees half a file."""
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no display needed
+    fig = Figure(figsize=(6, 3.6), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    for name, color in (("ar", "tab:blue"), ("md", "tab:orange")):
+        for split, style in (("val", "-"), ("train", ":")):
+            points = [(h["tokens"], h[f"{split}_{name}_loss"]) for h in history
+                      if h.get(f"{split}_{name}_loss") is not None]
+            if points:
+                ax.plot(*zip(*points), style, color=color, marker="." if split == "val" else None,
+                        label=f"{split} {name.upper()}")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("loss (nats per token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    tmp = f"{path}.tmp"  # one name: a run killed mid-write leaves one stray file, replaced by the next
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+
+
 def check_settings():
     """One-line errors for values no run can use (configure() has already checked their types)."""
     for key in ("batch_size", "block_size", "max_iters", "eval_interval", "eval_iters", "log_interval",
@@ -178,6 +203,13 @@ def main(argv):
     configure(globals(), argv)
     check_settings()
     config = {k: globals()[k] for k in sorted(settings(globals()))}  # the resolved run config, saved with the model
+    wandb = None
+    if wandb_log:  # imported only when asked for: most runs never need it
+        try:
+            import wandb
+        except ImportError:
+            raise ValueError("wandb_log=True but the wandb package is not installed; pip install wandb, "
+                             "or run with --wandb_log=False") from None
 
     # --- processes and devices ---------------------------------------------------------------
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -294,6 +326,16 @@ def main(argv):
                 kept = [line for line in f if logged_before_checkpoint(line)]
             with open(metrics_path, "w") as f:
                 f.writelines(kept)
+    curves_path = os.path.join(out_dir, "curves.png")
+    draw_curves = master
+    if master:
+        try:
+            import matplotlib  # noqa: F401 (optional: only curves.png needs it)
+        except ImportError:
+            draw_curves = False
+            log(f"note: matplotlib is not installed, so {curves_path} is not drawn; pip install matplotlib for it")
+    if master and wandb:
+        wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
     @torch.no_grad()
     def evaluate():
@@ -352,6 +394,10 @@ def main(argv):
             if master:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
+                if draw_curves:
+                    plot_curves(history, curves_path)
+                if wandb:
+                    wandb.log(row, step=iter_num)
                 flags = [name for name in ("ar", "md") if row[f"overfit_{name}"]]
                 log(f"eval {iter_num}: val ar {val_ar:.4f} md {val_md:.4f}"
                     + (f" | train ar {means[0]:.4f}" if means[0] is not None else "")
@@ -423,6 +469,8 @@ def main(argv):
 
     log(f"done: {iter_num} steps, {tokens_seen:,} tokens in {format_seconds(time.time() - t_start)}; "
         f"checkpoint {ckpt_path}")
+    if master and wandb:
+        wandb.finish()
     if world > 1:
         dist.destroy_process_group()
 

@@ -1,7 +1,7 @@
 """configurator.py: config files, include(), --key=value parsing and the one-line errors."""
 import pytest
 
-from configurator import configure, settings
+from configurator import configure, help_text, settings
 
 
 def namespace():
@@ -86,3 +86,22 @@ def test_every_shipped_config_applies_to_train_py():
     for path in sorted(glob.glob(str(REPO / "config" / "*.py"))):
         ns = {k: getattr(train, k) for k in dir(train)}
         configure(ns, [path])  # raises on unknown keys or wrong types
+
+
+def test_help_lists_the_settings_in_script_order_with_comments_and_sections(tmp_path, capsys):
+    script = tmp_path / "script.py"
+    script.write_text('import math\n# -----\n# Settings\n# I/O\nout_dir = "out"  # where it goes\nresume = False\n'
+                      '\n# schedule\nmax_iters = 100    # steps\nlam = 0.5\nPEAK = {"x": 1}  # not a setting\n'
+                      'device = "auto"\n')
+    ns = dict(namespace(), __file__=str(script))
+    text = help_text(ns)
+    assert text.splitlines()[0] == "usage: python script.py [CONFIG_FILE ...] [--key=value ...]"
+    body = text.split("settings (defaults):\n")[1].splitlines()
+    assert body == ["  I/O", "    out_dir = 'out'  where it goes", "    resume = False",
+                    "  schedule", "    max_iters = 100  steps", "    lam = 0.5", "    device = 'auto'",
+                    "    compile = None"]  # a setting the script's lines do not show comes last
+    with pytest.raises(SystemExit) as e:
+        configure(ns, ["--lam=0.25", "-h", "--unknown=1"])  # --help wins over what follows it
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "    lam = 0.25" in out and "(with the arguments before --help applied)" in out

@@ -127,6 +127,8 @@ def test_tiny_cpu_learns_both_objectives_and_checkpoint_reloads(tiny_dataset, tm
     assert rows[-1]["train_md_loss"] < rows[1]["train_md_loss"] - 0.3
     assert rows[-1]["val_ar_loss"] < rows[0]["val_ar_loss"] - 1.0
     assert rows[-1]["val_md_loss"] < rows[0]["val_md_loss"] - 1.0
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the picture of the run
+    assert not [p for p in os.listdir(out) if ".tmp" in p]
     model = M.load_checkpoint(str(out / "ckpt.pt"))
     assert model.meta["iter_num"] == 40 and model.meta["config"]["lam"] == 0.5
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
@@ -255,6 +257,81 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_dataset,
     assert len(run.stderr.strip().splitlines()) == 1
     kept = M.read_checkpoint(str(out / "ckpt.pt"))
     assert kept["iter_num"] == 4 and all(torch.equal(good[k], kept["model"][k]) for k in good)
+
+
+def test_plot_curves_draws_every_logged_loss_atomically(tmp_path):
+    pytest.importorskip("matplotlib")
+    history = [{"tokens": 0, "train_ar_loss": None, "train_md_loss": None, "val_ar_loss": 7.6, "val_md_loss": 7.3},
+               {"tokens": 4096, "train_ar_loss": 5.0, "train_md_loss": 5.5, "val_ar_loss": 4.7, "val_md_loss": 5.2},
+               {"tokens": 8192, "train_ar_loss": 4.2, "train_md_loss": None, "val_ar_loss": 4.1, "val_md_loss": 4.8}]
+    path = tmp_path / "curves.png"
+    path.write_bytes(b"an older picture")
+    train.plot_curves(history, str(path))
+    from matplotlib.image import imread
+    image = imread(path)
+    assert image.shape[:2] == (360, 600)  # small: 6 x 3.6 inches at 100 dpi
+    assert image[..., :3].std() > 0.1  # something is drawn
+    assert os.listdir(tmp_path) == ["curves.png"]  # replaced in place, no temporary left
+
+
+def run_train_with_modules(preamble, args, tmp_path):
+    """train.py as `python train.py ARGS` would run it, after `preamble` (which may put stub modules
+    into sys.modules); returns the run and the calls the preamble recorded in `calls`."""
+    calls_path = tmp_path / "calls.json"
+    code = (f"import json, runpy, sys, types\ncalls = []\n{preamble}\n"
+            f"try:\n    runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')\n"
+            f"finally:\n    json.dump(calls, open({str(calls_path)!r}, 'w'), default=repr)")
+    run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return run, json.loads(calls_path.read_text())
+
+
+WANDB_STUB = """
+wandb = types.ModuleType("wandb")
+wandb.init = lambda **kw: calls.append(["init", kw])
+wandb.log = lambda row, step=None: calls.append(["log", row, step])
+wandb.finish = lambda: calls.append(["finish"])
+sys.modules["wandb"] = wandb
+"""
+
+
+def test_wandb_logs_the_metrics_rows_and_a_missing_matplotlib_only_skips_the_picture(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    args = [f"--data_dir={tiny_dataset}", f"--out_dir={out}", *SMALL, "--max_iters=4", "--eval_interval=2",
+            "--gradient_accumulation_steps=2", "--wandb_log=True", "--wandb_project=proj", "--wandb_run_name=lam0.5"]
+    no_matplotlib = 'sys.modules["matplotlib"] = None  # import matplotlib raises ImportError'
+    run, calls = run_train_with_modules(WANDB_STUB + no_matplotlib, args, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert [c[0] for c in calls] == ["init", "log", "log", "log", "finish"]
+    init = calls[0][1]
+    assert init["project"] == "proj" and init["name"] == "lam0.5" and init["config"]["lam"] == 0.5
+    assert [c[1] for c in calls[1:4]] == read_metrics(out)  # the same rows as metrics.jsonl
+    assert [c[2] for c in calls[1:4]] == [0, 2, 4]
+    assert run.stdout.count("matplotlib is not installed") == 1 and not (out / "curves.png").exists()
+    # off by default: wandb is never imported
+    args = [a for a in args if not a.startswith("--wandb")] + ["--resume=True", "--max_iters=6"]
+    run, calls = run_train_with_modules(WANDB_STUB, args, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert calls == [] and (out / "curves.png").exists()
+
+
+def test_wandb_log_without_wandb_installed_is_one_line(tmp_path):
+    run, _ = run_train_with_modules('sys.modules["wandb"] = None', ["--wandb_log=True"], tmp_path)
+    assert_one_line_error(run, "wandb_log=True but the wandb package is not installed", "pip install wandb")
+
+
+def test_help_lists_every_setting_with_its_default_and_comment():
+    for flag in ("--help", "-h"):
+        run = run_train([flag])
+        lines = run.stdout.splitlines()
+        assert lines[0].startswith("usage: python train.py [CONFIG_FILE ...]") and run.stderr == ""
+        for key in train.settings(vars(train)):
+            assert any(line.split() and line.split()[0] == key for line in lines), key
+    assert "    lam = 0.5 " in run.stdout and "share of AR micro-batches" in run.stdout
+    assert "    wandb_log = False " in run.stdout
+    assert "  optimizer\n    optimizer = 'muon'" in run.stdout  # under the settings block's section comments
+    run = run_train([str(REPO / "config" / "tiny_cpu.py"), "--help"])  # values after the config file
+    assert "    out_dir = 'out_tiny'" in run.stdout and "arguments before --help applied" in run.stdout
 
 
 # -----------------------------------------------------------------------------
