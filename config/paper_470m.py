@@ -16,6 +16,7 @@ n_head = 16
 n_embd = 1024
 intermediate_size = 3554
 block_size = 2048
+rope_theta = 160000.0           # the official large config's RoPE base
 # optimisation: Muon (Moonlight variant) + AdamW, lr 0.007, WSD without warmup, 2,048 of 8,192 steps
 # of linear decay, z-loss 1e-4. The paper's weight-decay value was lost in its text; 0.1 is Moonlight's.
 optimizer = "muon"
@@ -26,6 +27,10 @@ lr_schedule = "wsd"
 warmup_iters = 0
 decay_frac = 0.25
 z_loss = 1e-4
+grad_clip = 0.0                 # the official code does not clip (--max_gradient 1e9)
+# ar_weight stays 1, the corrected objective of the paper's App. B erratum. The published checkpoints
+# were trained with 2 (their AR share of the gradient is 2*lam/(1+lam): lam = 1/8 acts like 0.22);
+# set ar_weight = 2.0 to reproduce those checkpoints rather than the paper's equation.
 batch_size = 16
 gradient_accumulation_steps = 128
 repetitions = 1.0               # 32B unique tokens; the paper sweeps 1 ... 128
