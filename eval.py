@@ -1005,11 +1005,10 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def check_output_file(flag, path):
+def check_output_file(flag, path, example):
     """One line, before any work, for an output file path that the work could not be written to."""
     if os.path.isdir(path):
-        raise ValueError(f"{flag} {path} is a folder; give the path of a file in it, e.g. "
-                         f"{os.path.join(path, 'results.json')}")
+        raise ValueError(f"{flag} {path} is a folder; give the path of a file in it, e.g. {os.path.join(path, example)}")
     folder = os.path.dirname(os.path.abspath(path))
     if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
         raise ValueError(f"{flag} {path}: the folder {folder} does not exist or is not writable; create it first")
@@ -1031,9 +1030,9 @@ def main(argv=None):
     modes = parse_names(args.modes, MODES, "mode")
     from model import load_checkpoint, parse_device
     device = parse_device(args.device)
-    for flag, path in (("--out", args.out), ("--dump", args.dump)):  # fail now, not after the evaluation
-        if path:
-            check_output_file(flag, path)
+    for flag, path, example in (("--out", args.out, "results.json"), ("--dump", args.dump, "dump.jsonl")):
+        if path:  # fail now, not after the evaluation
+            check_output_file(flag, path, example)
     import data  # the tokenizer lives with the dataset code
     model = load_checkpoint(args.ckpt, device=device)
     if "tokenizer" not in model.meta:

@@ -400,7 +400,7 @@ def check_args(args):
         raise ValueError(f"unknown mode {args.mode!r}; use --mode ar or --mode diffusion")
     check_sampling_args(args.temperature, args.top_k, args.top_p)
     if args.out:  # now, not after the generation
-        check_output_file("--out", args.out)
+        check_output_file("--out", args.out, "samples.jsonl")
     if args.steps < 1:
         raise ValueError(f"--steps={args.steps} must be at least 1")
     for name in ("max_new_tokens", "num_samples"):
