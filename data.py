@@ -68,20 +68,30 @@ ROUND_TRIP_PROBE = "Hi, <s> and <mask> or <unk>!\n\n\tCafé 你好 😀 \r\n\x0c
 # in pieces of about PIECE_CHARS, and encode_batch sends at most about BATCH_CHARS per call.
 PIECE_CHARS, BATCH_CHARS = 1 << 16, 1 << 18
 CHUNKS_IN_FLIGHT_PER_WORKER = 2  # chunks read but not yet written, per encoding worker (flat memory)
-SAFE_LINE_BREAK = re.compile(r"(?<=\S)\n|\n(?=\S)")
+# Where split_into_pieces may cut (see there): before a space, tab or line break that follows a
+# non-space; before a line break followed by a non-space; and between an ASCII letter (or digit) and
+# an ASCII character that is not one (ASCII's Unicode categories are the same in every version).
+SAFE_CUT = re.compile(r"(?<=\S)(?=[ \t\n])|\n(?=\S)|(?<=[A-Za-z])(?=[\x00-\x7f])(?![A-Za-z])"
+                      r"|(?<=[0-9])(?=[\x00-\x7f])(?![0-9])")
+MAX_VOCAB_SIZE = 2**32  # token ids are stored as uint32 at most
 
 # -----------------------------------------------------------------------------
 # Tokenizer: a byte-level BPE from `tokenizers`, or a tiktoken encoding
 
 
-def split_at_line_breaks(text, piece_chars):
-    """Cut text into pieces of at least piece_chars characters (the last may be shorter), each cut just
-    before a line break that comes right after a non-space character or right before one. The GPT-2
-    pre-tokenizer regex (byte-level BPE) always starts a pre-token at such a line break (a run of
-    whitespace before a word splits off its last character), and BPE merges never cross pre-tokens, so
-    encoding the pieces one by one gives exactly the tokens of the whole text."""
+def split_into_pieces(text, piece_chars):
+    r"""Cut text into pieces of at least piece_chars characters (the last may be shorter) at SAFE_CUT
+    positions only, where the GPT-2 pre-tokenizer regex of byte-level BPE,
+        's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+    always ends a pre-token: no alternative continues a non-space character with whitespace, none
+    continues a letter with a non-letter or a digit with a non-digit (contractions end in a letter),
+    and a line break before a non-space is a token of its own. The regex never looks behind, and looks
+    ahead only after whitespace, so each piece splits as it does inside the whole text; BPE merges never
+    cross pre-tokens, so encoding the pieces one by one gives exactly the tokens of the whole text.
+    (Python's \S is narrower than the tokenizer's, so it never allows a cut that the tokenizer's would not.)
+    A run of piece_chars characters with no such position (say, one long word) stays in one piece."""
     start = 0
-    while (cut := SAFE_LINE_BREAK.search(text, start + piece_chars)) is not None:
+    while (cut := SAFE_CUT.search(text, start + piece_chars)) is not None:
         yield text[start:cut.start()]
         start = cut.start()
     yield text[start:]
@@ -109,7 +119,7 @@ class Tokenizer:
                                  f"with tokenizers' add_special_tokens")
             self.special_ids = {t: specials[t] for t in SPECIAL_TOKENS}
             self.vocab_size = max(bpe.get_vocab(with_added_tokens=True).values()) + 1
-            # Cutting long texts at line breaks is exact for the GPT-2 regex only (see split_at_line_breaks),
+            # Cutting long texts into pieces is exact for the GPT-2 regex only (see split_into_pieces),
             # and only when no non-special added token (matched before pre-tokenizing) could span a cut.
             settings = json.loads(bpe.to_str())
             pre_tokenizer = settings["pre_tokenizer"] or {}
@@ -139,7 +149,7 @@ class Tokenizer:
         if not self.encode_in_pieces:
             return [e.ids for e in self.bpe.encode_batch_fast(texts, add_special_tokens=False)]
         ids = [[] for _ in texts]
-        pieces = ((i, piece) for i, text in enumerate(texts) for piece in split_at_line_breaks(text, PIECE_CHARS))
+        pieces = ((i, piece) for i, text in enumerate(texts) for piece in split_into_pieces(text, PIECE_CHARS))
         for group in batches(pieces, BATCH_CHARS, size=lambda item: len(item[1])):
             encodings = self.bpe.encode_batch_fast([piece for _, piece in group], add_special_tokens=False)
             for (i, _), encoding in zip(group, encodings):
@@ -239,7 +249,7 @@ def train_bpe(texts, vocab_size):
         vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
         initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=sys.stderr.isatty())
     # In pieces: tokenizers buffers 256 texts at a time, which for whole novels is the whole corpus
-    bpe.train_from_iterator((piece for text in texts for piece in split_at_line_breaks(text, PIECE_CHARS)), trainer)
+    bpe.train_from_iterator((piece for text in texts for piece in split_into_pieces(text, PIECE_CHARS)), trainer)
     return Tokenizer(bpe=bpe)
 
 
@@ -512,7 +522,10 @@ def train_tokenizer(files, doc_split, seed, threshold, scan, vocab_size, tokeniz
     start = time.time()
     # the progress covers reading and counting the corpus; the merges that follow are quick by comparison
     progress = Progress(total=scan.bytes, desc="tokenizer: read", unit="B", stream=sys.stdout)
-    tok = train_bpe(training_texts(), vocab_size)
+    # The trainer allocates memory for vocab_size tokens up front (2^32 of them abort the process), but
+    # each merge removes at least one symbol from the training text, so no more than its bytes can be
+    # learned: asking for more than that gives the same tokenizer.
+    tok = train_bpe(training_texts(), min(vocab_size, 256 + len(SPECIAL_TOKENS) + scan.bytes))
     progress.close()
     seconds = time.time() - start
     if sample["documents"] == 0:
@@ -539,6 +552,17 @@ def load_given_tokenizer(tokenizer):
     return tok, f"reused from {Path(tokenizer).resolve()} ({tok.vocab_size} ids)"
 
 
+def check_out_dir(out_dir):
+    """Fail at once, not after hours of work, on an out_dir that cannot become a folder we write in."""
+    existing = Path(out_dir).absolute()
+    while not existing.exists():  # the folder, or the nearest existing folder above it, which mkdir extends
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--out_dir {out_dir}: {existing} is a file, not a folder; choose another --out_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out_dir {out_dir}: no permission to write in {existing}; choose another --out_dir")
+
+
 def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe", doc_split="file",
             workers=1, seed=0, tokenizer_train_bytes=None, sources=None, chunk_chars=1 << 20):
     """Prepare a dataset folder from input files/folders (see the module docstring); returns meta.
@@ -547,11 +571,12 @@ def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe"
         raise ValueError(f"--val_fraction must be in (0, 1), got {val_fraction}; train.py needs a validation split")
     if workers < 1 or seed < 0:
         raise ValueError(f"--workers must be >= 1 and --seed >= 0, got {workers} and {seed}")
-    if tokenizer == "bpe" and vocab_size < 256 + len(SPECIAL_TOKENS):
+    if tokenizer == "bpe" and not 256 + len(SPECIAL_TOKENS) <= vocab_size <= MAX_VOCAB_SIZE:
         raise ValueError(f"--vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + the special "
-                         f"tokens), got {vocab_size}")
+                         f"tokens) and at most 2^32 = {MAX_VOCAB_SIZE} (ids are stored as uint32), got {vocab_size}")
     if tokenizer_train_bytes is not None and tokenizer_train_bytes < 1:
         raise ValueError(f"--tokenizer_train_bytes must be positive, got {tokenizer_train_bytes}")
+    check_out_dir(out_dir)
     if tokenizer != "bpe":  # a tokenizer that cannot load should fail before any long pass
         tok, tokenizer_rule = load_given_tokenizer(tokenizer)
     files = list_input_files(inputs)
@@ -848,6 +873,7 @@ def main(argv=None):
         prepare(args.input, args.out_dir, doc_split=args.doc_split or "file", **settings)
     else:
         url, out_dir = args.url or DEFAULT_URL, args.out_dir or "data_shakespeare"
+        check_out_dir(out_dir)  # before downloading into it
         path = download(url, out_dir)
         prepare([path], out_dir, doc_split=args.doc_split or "blank_line", sources=[url], **settings)
 

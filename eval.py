@@ -91,6 +91,17 @@ def malformed(where, what):
     return ValueError(f"{where}: {what}; fix the file or download it again (README: Evaluation data)")
 
 
+def checked(where, item):
+    """The item, if its choices can tell a right answer from a wrong one: at least two, not all the same
+    text (else the first maximum, choice 0, always wins). Some choices may repeat: the release files have
+    such items (e.g. CSQA's dev_rand_split.jsonl:23), and a tie goes to the first (spec §1.1)."""
+    n = len(item.continuations)
+    if n < 2 or len(set(item.continuations)) < 2:
+        raise malformed(where, f"{n} choice(s)" + (", all the same text" if n > 1 else "") +
+                        "; an item needs at least two different choices")
+    return item
+
+
 def read_lines(path):
     try:
         with open(path, encoding="utf-8") as f:
@@ -140,10 +151,12 @@ def qa_item(where, record, item_id):
     labels = [get(c, "label", where=where) for c in choices]
     texts = [get(c, "text", where=where) for c in choices]
     key = get(record, "answerKey", where=where).strip()
+    if len(set(labels)) < len(labels):
+        raise malformed(where, f"the choice labels {labels} repeat, so the answerKey {key!r} names no single choice")
     if key not in labels:
         raise malformed(where, f"answerKey {key!r} is not one of the choice labels {labels}")
-    return Item(str(record.get("id", item_id)), f"Question: {stem}\nAnswer:", [" " + t for t in texts],
-                labels.index(key))
+    return checked(where, Item(str(record.get("id", item_id)), f"Question: {stem}\nAnswer:", [" " + t for t in texts],
+                               labels.index(key)))
 
 
 def read_qa(path):
@@ -155,7 +168,8 @@ def read_qa(path):
             gold = get(record, "gold", where=where, kind=int)
             if not query.startswith("Question: ") or not 0 <= gold < len(choices):
                 raise malformed(where, "expected a 'Question: ...' query and 0 <= gold < number of choices")
-            items.append(Item(f"{os.path.basename(path)}:{n}", query + "\nAnswer:", [" " + c for c in choices], gold))
+            items.append(checked(where, Item(f"{os.path.basename(path)}:{n}", query + "\nAnswer:",
+                                             [" " + c for c in choices], gold)))
         return items
     return [qa_item(where, record, where) for where, record in records]
 
@@ -196,7 +210,8 @@ def hellaswag_item(where, record, item_id):
     label = str(get(record, "label", where=where, kind=(int, str)))  # int in the release, str on HF
     if not label.isdigit() or int(label) >= len(endings):
         raise malformed(where, f"label {label!r} is not an index into the {len(endings)} endings")
-    return Item(str(record.get("ind", item_id)), query, [" " + hellaswag_preprocess(e) for e in endings], int(label))
+    return checked(where, Item(str(record.get("ind", item_id)), query, [" " + hellaswag_preprocess(e) for e in endings],
+                               int(label)))
 
 
 def read_hellaswag(path):
@@ -212,8 +227,8 @@ def read_hellaswag(path):
         context, label, *endings = lines[start:start + 6]
         if label.strip() not in ("0", "1", "2", "3"):
             raise malformed(f"{path}:{start + 2}", f"label {label!r} should be 0..3")
-        items.append(Item(str(start // 6), hellaswag_preprocess(context),
-                          [" " + hellaswag_preprocess(e) for e in endings], int(label)))
+        items.append(checked(f"{path}:{start + 1}", Item(str(start // 6), hellaswag_preprocess(context),
+                                                         [" " + hellaswag_preprocess(e) for e in endings], int(label))))
     return items
 
 
@@ -241,8 +256,8 @@ def read_mmlu(folder, description=True):
                     where = f"{path}:{reader.line_num}"
                     if len(row) != 6 or row[5].strip() not in ("A", "B", "C", "D"):
                         raise malformed(where, "expected 6 columns: question, A, B, C, D, answer letter A-D")
-                    items.append(mmlu_item(subject, row[0], row[1:5], "ABCD".index(row[5].strip()),
-                                           f"{subject}/{reader.line_num}", description))
+                    items.append(checked(where, mmlu_item(subject, row[0], row[1:5], "ABCD".index(row[5].strip()),
+                                                          f"{subject}/{reader.line_num}", description)))
         except (UnicodeDecodeError, csv.Error) as e:
             raise malformed(path, f"not a readable CSV ({e})") from None
     return items
@@ -269,13 +284,14 @@ def read_labels(path, valid, n_items):
 def piqa_item(where, record, label, item_id):
     goal = get(record, "goal", where=where)
     sols = [get(record, "sol1", where=where), get(record, "sol2", where=where)]
-    return Item(item_id, f"Goal: {goal}\nAnswer:", [" " + s for s in sols], int(label))
+    return checked(where, Item(item_id, f"Goal: {goal}\nAnswer:", [" " + s for s in sols], int(label)))
 
 
 def siqa_item(where, record, label, item_id):
     context, question = get(record, "context", where=where), get(record, "question", where=where)
     answers = [get(record, key, where=where) for key in ("answerA", "answerB", "answerC")]
-    return Item(item_id, f"Question: {context} {question}\nAnswer:", [" " + a for a in answers], int(label) - 1)
+    return checked(where, Item(item_id, f"Question: {context} {question}\nAnswer:", [" " + a for a in answers],
+                               int(label) - 1))
 
 
 def read_with_labels(path, make_item, valid):
@@ -286,6 +302,8 @@ def read_with_labels(path, make_item, valid):
 
 def blimp_item(where, record):
     uid = get(record, "UID", where=where)
+    # not `checked`: the release has 7 pairs whose two sentences are the same (passive_1.jsonl:325), which
+    # spec §2.3 scores as LMH does (a tie counts as correct)
     return Item(f"{uid}/{record.get('pairID', where)}", "",
                 [get(record, "sentence_good", where=where), get(record, "sentence_bad", where=where)], 0, subtask=uid)
 
@@ -377,8 +395,8 @@ def hf_items(name, rows, mmlu_description=True):
         elif name == "hellaswag":
             items.append(hellaswag_item(where, row, str(n)))
         elif name == "mmlu":
-            items.append(mmlu_item(row["subject"], row["question"], row["choices"], int(row["answer"]),
-                                   f"{row['subject']}/{n}", mmlu_description))
+            items.append(checked(where, mmlu_item(row["subject"], row["question"], row["choices"], int(row["answer"]),
+                                                  f"{row['subject']}/{n}", mmlu_description)))
         elif name == "piqa":
             items.append(piqa_item(where, row, row["label"], str(n)))
         elif name == "siqa":
@@ -987,6 +1005,15 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def check_output_file(flag, path, example):
+    """One line, before any work, for an output file path that the work could not be written to."""
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a folder; give the path of a file in it, e.g. {os.path.join(path, example)}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        raise ValueError(f"{flag} {path}: the folder {folder} does not exist or is not writable; create it first")
+
+
 def format_table(results):
     modes = results["settings"]["modes"]
     lines = [f"{'task':<14}" + "".join(f"{m + ' acc (norm)':>22}" for m in modes)]
@@ -1003,10 +1030,9 @@ def main(argv=None):
     modes = parse_names(args.modes, MODES, "mode")
     from model import load_checkpoint, parse_device
     device = parse_device(args.device)
-    for flag, path in (("--out", args.out), ("--dump", args.dump)):  # fail now, not after the evaluation
-        folder = os.path.dirname(os.path.abspath(path)) if path else None
-        if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
-            raise ValueError(f"{flag} {path}: the folder {folder} does not exist or is not writable; create it first")
+    for flag, path, example in (("--out", args.out, "results.json"), ("--dump", args.dump, "dump.jsonl")):
+        if path:  # fail now, not after the evaluation
+            check_output_file(flag, path, example)
     import data  # the tokenizer lives with the dataset code
     model = load_checkpoint(args.ckpt, device=device)
     if "tokenizer" not in model.meta:

@@ -210,7 +210,8 @@ class GPFit:
 
 
 def r_squared(y, prediction):
-    return 1.0 - np.sum((y - prediction) ** 2) / np.sum((y - np.mean(y)) ** 2)
+    scale = np.std(y)  # in units of the scores' spread: the squares of huge scores would overflow
+    return 1.0 - np.sum(((y - prediction) / scale) ** 2) / np.sum(((y - np.mean(y)) / scale) ** 2)
 
 
 def check_runs(X, y, nu):
@@ -237,6 +238,12 @@ def check_runs(X, y, nu):
         raise ValueError(f"single repetitions value ({X[0, 0]:g}): the fit needs runs at two or more repetition levels")
     if np.ptp(y) == 0:
         raise ValueError(f"all {len(y)} scores equal {y[0]:g}: nothing to interpolate; check the score column")
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        variance = np.var(y)
+    if not 0 < variance < math.inf:  # standardising divides by the spread, and the kernel reports score^2
+        raise ValueError(f"scores from {y.min():g} to {y.max():g} cannot be standardised in float64 (their variance "
+                         f"{'underflows to 0' if variance == 0 else 'overflows'}); rescale the score column to "
+                         "moderate units")
     return X, y
 
 
@@ -283,6 +290,9 @@ def optimal_lambda(fit, repetitions, grid=None, samples=10000, seed=0, lower_is_
         # the same normal draws at every level, so a level's result depends on the seed and r only,
         # not on which other levels were asked for
         scores, jitter = fit.sample_posterior(X, samples, np.random.default_rng(seed))
+        if not np.isfinite(scores).all():  # an argmax over NaN would quietly pick λ = 0
+            raise ValueError(f"posterior samples at repetitions {r:g} are not finite numbers; "
+                             f"{rescale_hint(fit)}")
         index = best_of(scores, axis=1)
         best = grid[index]
         probability = np.bincount(index, minlength=len(grid)) / samples
@@ -445,12 +455,33 @@ def analyse(runs, out_dir, nu=2.5, samples=10000, seed=0, restarts=10, at=(), gr
         "optimal_lambda": levels,
     }
     result = json.loads(json.dumps(result, default=float))  # numpy scalars -> plain floats
+    bad = first_non_finite(result)
+    if bad:  # never written: Infinity and NaN are not JSON, and they would be garbage anyway
+        raise ValueError(f"the fit is not finite ({bad}); {rescale_hint(fit)}")
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "fit.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    path = os.path.join(out_dir, "fit.json")
+    with open(path + ".tmp", "w") as f:  # atomically: a fit.json that exists is complete
+        json.dump(result, f, indent=1, allow_nan=False)
+    os.replace(path + ".tmp", path)
     print_summary(result)
     plot_figure(fit, runs, levels, figure or os.path.join(out_dir, "gp_fit.png"), lower_is_better)
     return result
+
+
+def rescale_hint(fit):
+    return (f"nothing was written. The scores (mean {fit.y_mean:g}, standard deviation {fit.y_std:g}) may be too "
+            "extreme for float64 once squared: rescale the score column to moderate units")
+
+
+def first_non_finite(value, name=""):
+    """'name = value' of the first NaN or infinite number in nested dicts and lists, or None."""
+    if isinstance(value, dict):
+        return next(filter(None, (first_non_finite(v, f"{name}.{k}" if name else k) for k, v in value.items())), None)
+    if isinstance(value, list):
+        return next(filter(None, (first_non_finite(v, f"{name}[{i}]") for i, v in enumerate(value))), None)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{name} = {value}"
+    return None
 
 
 def print_summary(result):

@@ -19,6 +19,9 @@ Conventions shared by both modes:
   token at position j.
 - --seed seeds one torch.Generator that every random draw uses: the same seed, settings and
   checkpoint give the same samples (on the same device).
+- --temperature 0 decodes greedily (the most probable token), and so does any temperature below
+  MIN_TEMPERATURE = 1e-5: there a logit gap of 1e-4 already makes one token e^10 times as likely as
+  the other, and dividing the logits by a temperature such as 1e-39 would overflow to inf.
 
 Autoregressive: the prompt is run once to fill a key/value cache (model.KVCache), then one token is
 decoded per step. --no_cache recomputes the whole sequence at every step instead (the reference the
@@ -60,15 +63,18 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import data
+from eval import check_output_file
 from model import KVCache, load_checkpoint, parse_device
 from progress import Progress
 
 SAMPLERS = ("ancestral", "confidence")
+MIN_TEMPERATURE = 1e-5  # lower temperatures decode greedily (see the module docstring)
 REVEAL_RULES = ("count", "bernoulli")  # ancestral only: how many positions a step reveals
 
 
@@ -104,9 +110,10 @@ def filter_logits(logits, top_k=None, top_p=1.0):
 
 def draw(logits, temperature, top_k, top_p, generator, banned_ids):
     """One token per row of logits (..., V). Returns (ids, probability of each id under the
-    distribution it was drawn from). temperature 0: the argmax, with its softmax probability."""
+    distribution it was drawn from). temperature below MIN_TEMPERATURE (0 included): the argmax, with
+    its softmax probability."""
     logits = logits.float().index_fill(-1, banned_ids, -math.inf)
-    if temperature == 0:
+    if temperature < MIN_TEMPERATURE:
         prob, ids = logits.softmax(dim=-1).max(dim=-1)
         return ids, prob
     probs = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
@@ -392,6 +399,8 @@ def check_args(args):
     if args.mode not in ("ar", "diffusion"):
         raise ValueError(f"unknown mode {args.mode!r}; use --mode ar or --mode diffusion")
     check_sampling_args(args.temperature, args.top_k, args.top_p)
+    if args.out:  # now, not after the generation
+        check_output_file("--out", args.out, "samples.jsonl")
     if args.steps < 1:
         raise ValueError(f"--steps={args.steps} must be at least 1")
     for name in ("max_new_tokens", "num_samples"):
@@ -431,7 +440,8 @@ def main(argv=None):
     parser.add_argument("--prompt_file", help="read the prompt from this UTF-8 file")
     parser.add_argument("--max_new_tokens", type=int, default=256)
     parser.add_argument("--num_samples", type=int, default=1)
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help=f"0 (or anything below {MIN_TEMPERATURE:g}) = greedy")
     parser.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
     parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")
     parser.add_argument("--seed", type=int, default=1337)
@@ -477,9 +487,7 @@ def main(argv=None):
                                    args.seed, banned, on_row=lambda row: print(format_row(row), flush=True),
                                    reveal=args.reveal)
         if args.out:
-            with open(args.out, "w") as f:
-                for row in rows:
-                    f.write(json.dumps(row) + "\n")
+            data.write_atomically(Path(args.out), "".join(json.dumps(row) + "\n" for row in rows))
         return
 
     generator = torch.Generator(device).manual_seed(args.seed)
@@ -508,21 +516,21 @@ def main(argv=None):
     new_tokens = seqs[:, n_context:].tolist()
     print(f"{len(seqs)} sample(s) x {args.max_new_tokens} tokens in {seconds:.2f}s "
           f"({len(seqs) * args.max_new_tokens / seconds:.1f} tokens/s)", file=sys.stderr)
-    out = open(args.out, "w") if args.out else None
+    lines = []
     for i, (ids, score) in enumerate(zip(new_tokens, scores)):
         text = tok.decode(ids)
-        if out:
+        if args.out:
             record = {"sample": i, "prompt": prompt, "text": text, "prompt_ids": prompt_ids, "ids": ids,
                       "mode": args.mode, "settings": settings, "seed": args.seed, "ckpt": args.ckpt, **score}
-            out.write(json.dumps(record) + "\n")
+            lines.append(json.dumps(record) + "\n")
         else:
             print(prompt + text)
             if score:
                 print(f"[gen NLL {score['nll']:.3f} nats/token (ppl {score['ppl']:.1f}), "
                       f"unigram entropy {score['entropy']:.3f} nats]")
             print("---------------")
-    if out:
-        out.close()
+    if args.out:  # atomically: a samples file that exists holds every sample
+        data.write_atomically(Path(args.out), "".join(lines))
         print(f"wrote {len(new_tokens)} sample(s) to {args.out}")
     if args.score:
         mean_nll = sum(s["nll"] for s in scores) / len(scores)
@@ -534,5 +542,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: files that cannot be read or written (FileNotFoundError included)
         sys.exit(f"sample.py: error: {e}")

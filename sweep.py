@@ -21,6 +21,7 @@ the git commit that trained and evaluated it.
 import argparse
 import concurrent.futures
 import csv
+import io
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data import write_atomically
 from progress import Progress, format_seconds
 
 REPO = Path(__file__).resolve().parent
@@ -67,8 +69,38 @@ def parse_floats(text, what):
     return values
 
 
+def unique_values(values, what):
+    """Grid values in order, each once. Equal values (0.5 and 0.50) are one cell: merged, with a note.
+    Values that differ but would share a cell folder (its name keeps 6 significant digits) are refused:
+    two jobs must never write to one out_dir."""
+    kept = {}
+    for value in values:
+        value += 0.0  # -0.0 -> 0.0, which would otherwise get a folder of its own
+        name = f"{value:g}"
+        if name in kept and kept[name] != value:
+            raise ValueError(f"--{what} values {kept[name]!r} and {value!r} would share one cell folder ({name}); "
+                             f"give values that differ within 6 significant digits")
+        kept.setdefault(name, value)
+    if len(kept) < len(values):
+        print(f"note: --{what} lists a value more than once; each distinct value is one cell: "
+              f"{','.join(kept)}", flush=True)
+    return list(kept.values())
+
+
 def cell_name(r, lam):
     return f"r{r:g}_lam{lam:g}"
+
+
+def read_record(cell_dir):
+    """cell.json, the sweep's notes on what a cell has done ({} before its first stage finished)."""
+    path = cell_dir / "cell.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:  # UnicodeDecodeError included
+        raise RuntimeError(f"{path} is not valid JSON (cut short by a crash of an older sweep.py?); delete it "
+                           "and rerun: the cell resumes from its checkpoint") from None
 
 
 def run_logged(cmd, log_path, threads):
@@ -88,7 +120,7 @@ def run_cell(cell_dir, config, r, lam, args, train_overrides, threads):
     """Train (or resume, or find finished) and evaluate one cell; returns what was done."""
     cell_dir.mkdir(parents=True, exist_ok=True)
     record_path = cell_dir / "cell.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    record = read_record(cell_dir)
     done = []
     if args.stage in ("all", "train") and not record.get("train_done"):
         cmd = [sys.executable, "train.py", config, f"--lam={lam!r}", f"--repetitions={float(r)!r}",
@@ -99,7 +131,7 @@ def run_cell(cell_dir, config, r, lam, args, train_overrides, threads):
         run_logged(cmd, cell_dir / "train.log", threads)
         record.update(train_done=True, train_commit=commit,
                       train_seconds=round(record.get("train_seconds", 0) + time.time() - t0, 1))
-        record_path.write_text(json.dumps(record, indent=1))
+        write_atomically(record_path, json.dumps(record, indent=1))
         done.append("trained")
     if args.stage in ("all", "eval") and evaluating(args) and record.get("train_done") and \
             not (cell_dir / "eval.json").exists():
@@ -113,7 +145,7 @@ def run_cell(cell_dir, config, r, lam, args, train_overrides, threads):
         run_logged(cmd, cell_dir / "eval.log", threads)
         os.replace(cell_dir / "eval.json.tmp", cell_dir / "eval.json")  # eval.json exists only when complete
         record.update(eval_commit=commit, eval_seconds=round(time.time() - t0, 1))
-        record_path.write_text(json.dumps(record, indent=1))
+        write_atomically(record_path, json.dumps(record, indent=1))
         done.append("evaluated")
     if not done:
         done.append("already done" if finished(cell_dir, args) else "not trained yet")
@@ -126,7 +158,7 @@ def evaluating(args):
 
 def finished(cell_dir, args):
     """Trained, and evaluated unless the sweep skips evaluation (--eval_tasks none)."""
-    if not (cell_dir / "cell.json").exists() or not json.loads((cell_dir / "cell.json").read_text()).get("train_done"):
+    if not read_record(cell_dir).get("train_done"):
         return False
     return not evaluating(args) or (cell_dir / "eval.json").exists()
 
@@ -147,7 +179,7 @@ def result_row(cell_dir, r, lam):
     """One results.csv row from a finished cell's metrics.jsonl, eval.json and cell.json."""
     import torch  # only here: the rest of the sweep never needs it
     history = read_metrics(cell_dir)
-    record = json.loads((cell_dir / "cell.json").read_text())
+    record = read_record(cell_dir)
     evaluation = json.loads((cell_dir / "eval.json").read_text()) if (cell_dir / "eval.json").exists() else {}
     run = torch.load(cell_dir / "ckpt.pt", map_location="cpu", weights_only=True, mmap=True)["data"]
     last = history[-1]
@@ -176,7 +208,10 @@ def result_row(cell_dir, r, lam):
         "train_commit": record.get("train_commit"), "eval_commit": record.get("eval_commit"),
     }
     row["overfit"] = row["overfit_ar"] or row["overfit_md"]
-    assert not ckpt_data or math.isclose(ckpt_data.get("lam", lam), lam), f"{cell_dir} holds another lam"
+    trained_lam = ckpt_data.get("lam")
+    if trained_lam is not None and not math.isclose(trained_lam, lam):
+        raise ValueError(f"{cell_dir} holds a model trained with λ={trained_lam:g}, but its name says λ={lam:g}; "
+                         f"move that folder out of the runs folder and rerun")
     return row, [{"repetitions": r, "lambda": lam, **{k: h.get(k) for k in CURVE_COLUMNS[2:]}} for h in history]
 
 
@@ -188,13 +223,12 @@ def cell_text(value):
 
 def write_csv(path, columns, rows):
     """Whole-file rewrite through a temporary file, so a crash never leaves half a CSV."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: cell_text(row.get(k)) for k in columns})
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: cell_text(row.get(k)) for k in columns})
+    write_atomically(path, text.getvalue())
 
 
 def collect(cells, runs_dir, results_dir, args):
@@ -203,7 +237,10 @@ def collect(cells, runs_dir, results_dir, args):
     for r, lam in cells:
         cell_dir = runs_dir / cell_name(r, lam)
         if finished(cell_dir, args):
-            row, curve = result_row(cell_dir, r, lam)
+            try:
+                row, curve = result_row(cell_dir, r, lam)
+            except RuntimeError:  # an unreadable cell.json: run_cell reports that cell as failed
+                continue
             rows.append(row)
             curves.extend(curve)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -218,7 +255,8 @@ def sweep(args, train_overrides):
     name = Path(args.config).stem
     runs_dir = Path(args.runs_dir or REPO / "runs" / name).resolve()
     results_dir = Path(args.results_dir or REPO / "results" / name).resolve()
-    reps, lams = parse_floats(args.repetitions, "repetitions"), parse_floats(args.lams, "lams")
+    reps = unique_values(parse_floats(args.repetitions, "repetitions"), "repetitions")
+    lams = unique_values(parse_floats(args.lams, "lams"), "lams")
     for lam in lams:
         if not 0 <= lam <= 1:
             raise ValueError(f"--lams value {lam} is outside [0, 1]")
@@ -239,7 +277,7 @@ def sweep(args, train_overrides):
             try:
                 done = future.result()
                 print(f"{cell_name(r, lam)}: {' and '.join(done)}", flush=True)
-            except RuntimeError as e:
+            except RuntimeError as e:  # a failed train.py or eval.py, or an unreadable cell.json
                 failures.append(str(e))
                 print(f"FAILED {e}", flush=True)
             collect(cells, runs_dir, results_dir, args)
@@ -349,7 +387,7 @@ def figures(results_dir, nu=2.5, samples=10000, seed=0):
             print(f"sweep.py: no GP fit of {column}: {e}")
     replicates = [row for path in sorted(results_dir.glob("seed*/results.csv")) for row in read_csv(path)]
     text = headline(rows, fits, r_max) + [""] + claims(rows, fits, replicates)
-    (results_dir / "summary.md").write_text("\n".join(summary_table(rows) + [""] + text) + "\n")
+    write_atomically(results_dir / "summary.md", "\n".join(summary_table(rows) + [""] + text) + "\n")
     print("\n".join(text))
     print(f"figures in {results_dir}: fig1_loss_curves.png, fig2_score_vs_lambda.png, "
           + ", ".join(f"{folder}/gp_fit.png" for column, _, folder in GP_SCORES if column in fits)

@@ -180,15 +180,25 @@ def test_encoding_long_texts_in_pieces_is_exact(tokenizer, shared_data):
     novel = (shared_data / "corpus" / "english_novels" / "Ford_Soldier_1915.txt").read_text(encoding="utf-8-sig")
     texts = [novel[:60_000].replace("\r\n", "\n")] + random_texts(300, seed=2)
     texts += ["".join(random.Random(i).choices(["\n", " ", "\t", "a", ".", "\x1c", "\xa0"], k=60)) for i in range(300)]
+    # the cuts inside a line: before a space or tab after a non-space, and between an ASCII letter or digit and
+    # another ASCII character; next to every kind of character that could make one of them inexact
+    single_line = [" ", " ", "  ", "\t", "a", "Z", "7", "0", "'", "'s", "'ll", "'re", ".", ",", "_", "-", "\x1c", "\x1f",
+                   "\x85", "\xa0", "\u3000", "\u2028", "\u200b", "é", "e\u0301", "²", "½", "Ⅻ", "一", "中", "，", "。",
+                   "😀", "\u200d", "\x00", "\x7f", "ß", "Ω", "٣", "\r"]
+    texts += ["".join(random.Random(i).choices(single_line, k=80)) for i in range(600)]
+    texts += [novel[:20_000].replace("\r\n", " ").replace("\n", " ")]  # prose without line breaks
     pre_tokenize = tokenizer.bpe.pre_tokenizer.pre_tokenize_str
     for text in texts:
-        pieces = list(data.split_at_line_breaks(text, piece_chars=3))
+        pieces = list(data.split_into_pieces(text, piece_chars=1))  # a cut at every safe position
         assert "".join(pieces) == text
         # the claim itself: cutting never moves a pre-token boundary (so BPE, within pre-tokens, agrees)
         assert [t for p in pieces for t, _ in pre_tokenize(p)] == [t for t, _ in pre_tokenize(text)]
         whole = tokenizer.bpe.encode(text, add_special_tokens=False).ids
         assert sum((tokenizer.bpe.encode(p, add_special_tokens=False).ids for p in pieces), []) == whole
-    assert len(list(data.split_at_line_breaks(texts[0], piece_chars=1000))) > 30
+    assert len(list(data.split_into_pieces(texts[0], piece_chars=1000))) > 30
+    assert len(list(data.split_into_pieces(texts[-1], piece_chars=1000))) == 20  # a single line is cut too
+    assert len(list(data.split_into_pieces("x=12;" * 1000, piece_chars=100))) == 50  # ASCII letters, digits, symbols
+    assert list(data.split_into_pieces("中文" * 1000, piece_chars=10)) == ["中文" * 1000]  # no safe cut: one piece
 
 
 def test_encode_batch_in_pieces_equals_whole_texts(tokenizer, shared_data, monkeypatch):
@@ -490,6 +500,35 @@ def test_cli_single_document_cannot_be_split(tmp_path):
     (tmp_path / "one.txt").write_text("one\n\ntwo\n")
     assert_one_line_error(run_cli("--input", tmp_path / "one.txt", "--out_dir", tmp_path / "out"),
                           "single distinct document", "--doc_split blank_line")
+
+def test_cli_out_dir_that_is_a_file_fails_before_any_work(tmp_path, corpus_files, monkeypatch):
+    (tmp_path / "taken").write_text("a file")
+    for out_dir in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        assert_one_line_error(run_cli("--input", *corpus_files[:2], "--out_dir", out_dir),
+                              f"--out_dir {out_dir}: {tmp_path / 'taken'} is a file, not a folder")
+    # before reading the corpus, let alone training the tokenizer
+    monkeypatch.setattr(data, "scan_corpus", lambda *a: pytest.fail("scanned the corpus"))
+    with pytest.raises(ValueError, match="is a file"):
+        data.prepare(corpus_files[:2], tmp_path / "taken")
+    # and before downloading into it
+    monkeypatch.setattr(data, "download", lambda *a: pytest.fail("downloaded"))
+    with pytest.raises(ValueError, match="is a file"):
+        data.main(["--out_dir", str(tmp_path / "taken")])
+
+
+def test_cli_vocab_size_is_bounded_and_a_huge_one_allocates_nothing(tmp_path):
+    (tmp_path / "a.txt").write_text("one fish two fish\n\nred fish blue fish\n\nold fish new fish\n")
+    assert_one_line_error(run_cli("--input", tmp_path / "a.txt", "--out_dir", tmp_path / "out", "--vocab_size",
+                                  5_000_000_000, "--doc_split", "blank_line"),
+                          "at most 2^32 = 4294967296", "got 5000000000")
+    assert not (tmp_path / "out").exists()
+    # 2^32 itself is allowed: the trainer is asked for no more tokens than the text can yield (asked for all
+    # 2^32, it aborts the process allocating them), and the tokenizer is the one a modest size gives
+    for vocab_size, out in ((2**32, "huge"), (1000, "modest")):
+        result = run_cli("--input", tmp_path / "a.txt", "--out_dir", tmp_path / out, "--vocab_size", vocab_size,
+                         "--doc_split", "blank_line")
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "huge" / "tokenizer.json").read_text() == (tmp_path / "modest" / "tokenizer.json").read_text()
 
 # -----------------------------------------------------------------------------
 # the loader

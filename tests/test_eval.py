@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -456,6 +457,43 @@ def test_malformed_files_name_file_and_line(tmp_path):
         ev.load_task("csqa", path=str(tmp_path / "empty.jsonl"))
 
 
+def qa_line(labels, texts, key="A"):
+    choices = [{"label": label, "text": text} for label, text in zip(labels, texts)]
+    return json.dumps({"id": "q", "question": {"stem": "Where?", "choices": choices}, "answerKey": key})
+
+
+def test_items_without_two_different_choices_are_refused(tmp_path):
+    """With one choice, or only copies of one, every answer is right; with repeated labels the answerKey
+    names no single choice. Each is refused, naming file and line, instead of being scored."""
+    good = qa_line("AB", ["here", "there"])
+    cases = {
+        "csqa": (qa_line("A", ["here"]), "1 choice(s); an item needs at least two different choices"),
+        "obqa": (qa_line("AAAA", ["here", "there", "near", "far"]), "the choice labels ['A', 'A', 'A', 'A'] repeat"),
+        "arc_easy": (qa_line("ABC", ["here", "here", "here"]), "3 choice(s), all the same text"),
+    }
+    for task, (line, message) in cases.items():
+        path = tmp_path / f"{task}.jsonl"
+        path.write_text(f"{good}\n\n{line}\n", encoding="utf-8")
+        with pytest.raises(ValueError, match=re.escape(f"{path}:3: {message}")):
+            ev.load_task(task, path=str(path))
+    (tmp_path / "valid.jsonl").write_text('{"goal": "g", "sol1": "a", "sol2": "a"}\n', encoding="utf-8")
+    (tmp_path / "valid-labels.lst").write_text("0\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="valid.jsonl:1: 2 choice.s., all the same text"):
+        ev.load_task("piqa", path=str(tmp_path / "valid.jsonl"))
+    (tmp_path / "mmlu").mkdir()
+    (tmp_path / "mmlu" / "x_test.csv").write_text("q1,a,b,c,d,A\nq2,same,same,same,same,B\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="x_test.csv:2: 4 choice.s., all the same text"):
+        ev.load_task("mmlu", path=str(tmp_path / "mmlu"))
+    # some choices may repeat (the release files have such items), and BLiMP's 7 identical pairs stand (spec §2.3)
+    path = tmp_path / "partial.jsonl"
+    path.write_text(qa_line("ABC", ["here", "here", "there"], key="C") + "\n", encoding="utf-8")
+    assert ev.load_task("csqa", path=str(path))[0].continuations == [" here", " here", " there"]
+    (tmp_path / "blimp").mkdir()
+    (tmp_path / "blimp" / "p.jsonl").write_text(json.dumps({"UID": "p", "pairID": "1", "sentence_good": "A b.",
+                                                            "sentence_bad": "A b."}) + "\n", encoding="utf-8")
+    assert len(ev.load_task("blimp", path=str(tmp_path / "blimp"))) == 1
+
+
 # -----------------------------------------------------------------------------
 # Command line
 
@@ -484,6 +522,9 @@ def test_cli(tiny_checkpoint, shared_data, tmp_path):
         "'1.5' is not a positive integer": ok + ["--limit", "1.5"],
         "must be >= 1": ok + ["--modes", "pll", "--pll_k", "1,0"],
         "does not exist or is not writable": ok + ["--out", tmp_path / "no_such_folder" / "results.json"],
+        # before loading the model (this checkpoint is garbage), not after the evaluation
+        f"--out {tmp_path} is a folder; give the path of a file in it": ["--ckpt", garbage, "--out", tmp_path],
+        f"--dump {tmp_path} is a folder": ["--ckpt", garbage, "--dump", tmp_path],
     }
     out = tmp_path / "results.json"
     good = start_cli(*ok, "--limit", "2", "--out", out)

@@ -392,6 +392,10 @@ BAD_CSV = {
     "too few": ("repetitions,lambda,score\n1,0.5,3\n2,1,4\n4,0,5\n", "fewer than the 4 hyper-parameters"),
     "single lambda": ("repetitions,lambda,score\n1,0.5,3\n2,0.5,4\n4,0.5,5\n8,0.5,2\n", "single λ value"),
     "single repetitions": ("repetitions,lambda,score\n4,0.5,3\n4,1,4\n4,0,5\n4,0.2,2\n", "single repetitions value"),
+    "huge scores": ("repetitions,lambda,score\n1,0.5,1e300\n2,1,-1e300\n4,0,1e300\n8,0.25,-1e300\n",
+                    "scores from -1e+300 to 1e+300 cannot be standardised in float64 (their variance overflows)"),
+    "tiny scores": ("repetitions,lambda,score\n1,0.5,1e-320\n2,1,-1e-320\n4,0,0\n8,0.25,1e-320\n",
+                    "(their variance underflows to 0); rescale the score column"),
 }
 
 
@@ -416,3 +420,22 @@ def test_bad_input_is_a_one_line_error(tmp_path, case):
     assert out.returncode != 0
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("gp_fit.py: error:"), out.stderr
     assert "Traceback" not in out.stderr and expected in out.stderr
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_a_fit_that_is_not_finite_is_never_written(tmp_path, monkeypatch):
+    runs = synthetic_runs(n=20, seed=1)
+    real = GPFit.hyperparameters
+    monkeypatch.setattr(GPFit, "hyperparameters", lambda self, standardised=False: (
+        {**real(self, standardised), "noise_level": float("inf")}))
+    with pytest.raises(ValueError, match=r"the fit is not finite \(kernel.noise_level = inf\); nothing was written"):
+        analyse(runs, tmp_path, samples=50, restarts=0)
+    monkeypatch.undo()
+    # NaN posterior samples would make every argmax 0, i.e. "the best λ is 0" with certainty
+    monkeypatch.setattr(GPFit, "sample_posterior", lambda self, X, n, rng: (np.full((n, len(X)), np.nan), 0.0))
+    with pytest.raises(ValueError, match="posterior samples at repetitions 1 are not finite numbers"):
+        analyse(runs, tmp_path, samples=50, restarts=0)
+    assert not (tmp_path / "fit.json").exists()
+    monkeypatch.undo()
+    analyse(runs, tmp_path, samples=50, restarts=0)
+    json.loads((tmp_path / "fit.json").read_text(), parse_constant=lambda c: pytest.fail(f"fit.json holds {c}"))

@@ -364,6 +364,17 @@ def test_speed_quality_curve_rows(tiny):
     assert "gen NLL" in S.format_curve(rows)
 
 
+@pytest.mark.parametrize("temperature", [1e-39, 5e-324, 9.9e-6])
+def test_temperatures_below_the_floor_decode_greedily(temperature):
+    logits = torch.tensor([[1.0, 3.0, 2.0, 3.0 - 1e-6]]).repeat(64, 1)
+    ids, p = S.draw(logits, temperature, None, 1.0, gen(0), torch.tensor([], dtype=torch.long))
+    greedy, p0 = S.draw(logits, 0.0, None, 1.0, gen(0), torch.tensor([], dtype=torch.long))
+    assert torch.equal(ids, greedy) and torch.equal(p, p0) and (ids == 1).all()
+    assert S.MIN_TEMPERATURE == 1e-5  # and at the floor itself, sampling: finite probabilities, no crash
+    ids, p = S.draw(logits, S.MIN_TEMPERATURE, None, 1.0, gen(0), torch.tensor([], dtype=torch.long))
+    assert set(ids.tolist()) <= {1, 3} and torch.isfinite(p).all()
+
+
 # -----------------------------------------------------------------------------
 # Command line
 
@@ -393,6 +404,11 @@ def test_cli_writes_json_lines_with_scores(tiny_checkpoint, tmp_path):
                 "--temperature", 0, "--prefix_prompt", "--score")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ROMEO:") and "mean gen NLL" in r.stdout
+    # a temperature far below the floor is greedy decoding, not a crash in multinomial
+    tiny_t = run_cli("--ckpt", tiny_checkpoint, "--mode", "ar", "--prompt_file", prompt_file, "--max_new_tokens", 10,
+                     "--temperature", "1e-39", "--prefix_prompt", "--score")
+    assert tiny_t.returncode == 0, tiny_t.stderr
+    assert tiny_t.stdout == r.stdout
 
 
 def test_cli_greedy_ar_with_and_without_cache_writes_the_same_tokens(tiny_checkpoint, tmp_path):
@@ -430,6 +446,10 @@ BAD_INPUT = {  # case: (extra arguments, text the one-line error must contain)
     "bad_device": (["--device", "gpu0"], "is not a device"),
     "binary_prompt_file": (["--prompt_file", "BINARY"], "as UTF-8 text"),
     "unknown_reveal": (["--mode", "diffusion", "--reveal", "all"], "unknown --reveal 'all'"),
+    # output paths are checked before the checkpoint is even read (CORRUPT: this one is garbage)
+    "out_in_missing_folder": (["--ckpt", "CORRUPT", "--out", "TMP/missing/samples.jsonl"],
+                              "--out TMP/missing/samples.jsonl: the folder TMP/missing does not exist or is not writable"),
+    "out_is_a_folder": (["--ckpt", "CORRUPT", "--out", "TMP"], "--out TMP is a folder; give the path of a file in it"),
 }
 
 
@@ -447,9 +467,9 @@ def test_cli_bad_input_is_one_line(tiny_checkpoint, tmp_path, case):
     ckpt = {"missing_ckpt": tmp_path / "nope.pt", "corrupt_ckpt": corrupt, "folder_ckpt": tmp_path,
             "mismatched_ckpt": mismatched}.get(case, tiny_checkpoint)
     extra, message = BAD_INPUT[case]
-    extra = [binary if a == "BINARY" else a for a in extra]
-    r = run_cli("--ckpt", ckpt, "--max_new_tokens", 4, *extra)  # a later --max_new_tokens overrides this one
+    extra = [{"BINARY": binary, "CORRUPT": corrupt}.get(a, str(a).replace("TMP", str(tmp_path))) for a in extra]
+    r = run_cli("--ckpt", ckpt, "--max_new_tokens", 4, *extra)  # a later --max_new_tokens or --ckpt overrides this one
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sample.py: error:") and "Traceback" not in r.stderr, r.stderr
-    assert message in lines[0], lines[0]
+    assert message.replace("TMP", str(tmp_path)) in lines[0], lines[0]

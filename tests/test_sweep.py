@@ -95,3 +95,71 @@ def test_bad_input_is_one_line(args, message, tmp_path):
     out = run(["sweep.py", *args, "--runs_dir", str(tmp_path)])
     assert out.returncode != 0
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def fake_cell(runs, name, trained_lam=0.5, record='{"train_done": true}'):
+    """A cell folder as a finished run leaves it, without training anything."""
+    cell = runs / name
+    cell.mkdir(parents=True)
+    (cell / "cell.json").write_text(record)
+    (cell / "metrics.jsonl").write_text(json.dumps({"iter": 3, "tokens": 768, "epoch": 1.0, "val_ar_loss": 5.0,
+                                                    "val_md_loss": 6.0}) + "\n")
+    (cell / "eval.json").write_text(json.dumps({"run": {"config": {"lam": trained_lam}}, "tasks": {}}))
+    return cell
+
+
+def test_duplicate_grid_values_are_one_cell(tmp_path):
+    args = ["sweep.py", "config/sweep_cpu.py", "--stage", "eval", "--runs_dir", str(tmp_path / "runs"),
+            "--results_dir", str(tmp_path / "results")]
+    out = run([*args, "--repetitions", "1,1.0,4", "--lams", "0.5,0.50,-0,0"])
+    assert out.returncode == 0, out.stderr
+    assert "note: --lams lists a value more than once; each distinct value is one cell: 0.5,0" in out.stdout
+    assert "note: --repetitions lists a value more than once; each distinct value is one cell: 1,4" in out.stdout
+    assert "2 repetitions x 2 lambdas = 4 cells" in out.stdout
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r1_lam0", "r1_lam0.5", "r4_lam0", "r4_lam0.5"]
+    # distinct values whose folders would be one: two jobs in one out_dir, refused
+    out = run([*args, "--lams", "0.5,0.5000001"])
+    assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1
+    assert "--lams values 0.5 and 0.5000001 would share one cell folder (0.5)" in out.stderr
+
+
+def test_a_cell_of_another_lam_is_a_one_line_error(tmp_path):
+    fake_cell(tmp_path / "runs", "r1_lam0.5", trained_lam=0.25)
+    out = run(["sweep.py", "config/sweep_cpu.py", "--stage", "eval", "--repetitions", "1", "--lams", "0.5",
+               "--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results")])
+    assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+    assert "r1_lam0.5 holds a model trained with λ=0.25, but its name says λ=0.5" in out.stderr
+
+
+def test_an_unreadable_cell_json_fails_that_cell_in_one_line(tmp_path):
+    fake_cell(tmp_path / "runs", "r1_lam0.5", record="")  # as a crash mid-write of an older sweep.py left it
+    fake_cell(tmp_path / "runs", "r1_lam1", trained_lam=1.0)
+    out = run(["sweep.py", "config/sweep_cpu.py", "--stage", "eval", "--repetitions", "1", "--lams", "0.5,1",
+               "--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results")])
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    error = [line for line in out.stderr.splitlines() if not line.startswith("sweep: ")]  # not the progress lines
+    assert len(error) == 1 and error[0].startswith("sweep.py: error: 1 cell(s) failed")
+    assert "r1_lam0.5/cell.json is not valid JSON" in error[0] and "delete it and rerun" in error[0]
+    assert "r1_lam1: already done" in out.stdout
+    assert [row["lambda"] for row in read_rows(tmp_path / "results" / "results.csv")] == ["1"]  # the good cell
+
+
+def test_cell_json_is_written_atomically(tmp_path, monkeypatch):
+    import argparse
+    from pathlib import Path
+
+    import sweep
+    cell = fake_cell(tmp_path / "runs", "r1_lam0.5", record='{"train_done": true, "train_seconds": 7}')
+    (cell / "eval.json").unlink()
+    monkeypatch.setattr(sweep, "run_logged", lambda cmd, log, threads: open(cell / "eval.json.tmp", "w").close())
+    real_write_text = Path.write_text
+
+    def disk_full(path, text, **kw):  # half the text reaches the disk, then the write fails
+        real_write_text(path, text[:len(text) // 2], **kw)
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    args = argparse.Namespace(stage="eval", eval_tasks="blimp", eval_modes="causal", pll_k="1", eval_limit=1,
+                              eval_data_dir=None)
+    with pytest.raises(OSError):
+        sweep.run_cell(cell, "config/sweep_cpu.py", 1.0, 0.5, args, [], 1)
+    assert json.loads((cell / "cell.json").read_text()) == {"train_done": True, "train_seconds": 7}  # intact
