@@ -255,9 +255,90 @@ def test_prefix_equals_causal_on_blimp(tiny, tok, shared_data, tmp_path):
 
 def test_long_sequences_keep_bos_and_cut_the_context_from_the_left():
     ids = np.arange(10)
-    cut, start, truncated = ev.fit_to_block(ids, start=7, max_len=6)
-    assert cut.tolist() == [0, 5, 6, 7, 8, 9] and start == 3 and truncated
-    assert ev.fit_to_block(ids, 7, 10)[2] is False
+    [(cut, start)] = ev.rolling_windows(ids, start=7, max_len=6)
+    assert cut.tolist() == [0, 5, 6, 7, 8, 9] and start == 3
+    [(whole, start)] = ev.rolling_windows(ids, 7, 10)
+    assert whole is ids and start == 7
+
+
+def with_window(model, block_size):
+    """The same weights with a shorter window (block_size), to make sequences outgrow it."""
+    short = M.DualLM(M.ModelConfig(**{**vars(model.config), "block_size": block_size}))
+    short.load_state_dict(model.state_dict())
+    return short.eval()
+
+
+def test_rolling_windows_score_every_token_once_with_half_a_window_of_context():
+    ids = np.arange(100)
+    for start, max_len in [(30, 20), (95, 20), (2, 9), (60, 61), (1, 3)]:
+        windows = ev.rolling_windows(ids, start, max_len)
+        scored = []
+        for window, first in windows:
+            assert len(window) <= max_len and window[0] == 0 and 1 <= first < len(window)
+            assert np.array_equal(window[1:], np.arange(window[1], window[-1] + 1))  # contiguous text
+            for j in window[first:]:
+                left = j - window[1]  # tokens before j in the window, <s> not counted
+                assert left >= min(j - 1, max_len - 1 - max_len // 2)
+            scored += window[first:].tolist()
+        assert scored == list(range(start, 100))  # every continuation token once, in order
+
+
+def ref_rolling(ids, P, M):
+    """rolling_windows written out from its rule: pieces of M // 2 continuation tokens, each scored in
+    a window that ends with it and holds <s> + as many tokens before its end as fit."""
+    if len(ids) <= M:
+        return [(ids, P)]
+    out = []
+    for a in range(P, len(ids), M // 2):
+        b = min(a + M // 2, len(ids))
+        body = ids[max(1, b - (M - 1)):b]
+        out.append(([ids[0]] + body, 1 + len(body) - (b - a)))
+    return out
+
+
+def test_rolling_scores_equal_window_by_window_references(tiny, tok):
+    """A sequence longer than the window, in every mode: the sum of the mode's one-sequence reference
+    over the windows (MC: the variances add); and with a window large enough, one window whose score
+    is the full-context reference."""
+    short = with_window(tiny, 24)
+    ids, P = joint_ids(tok, "Goal: dry a cup after washing it in the sink\nAnswer:",
+                       " wipe it with a clean towel, then put it upside down on the rack to drain")
+    assert len(ids) - P > 24  # the continuation alone outgrows the window
+    seqs, seed = [(np.array(ids), P)], 5
+    for mode, k in [("causal", 1), ("prefix", 1), ("pll", 1), ("pll", 3), ("mc", 1)]:
+        ll, stderr, truncated = ev.sequence_logliks(short, seqs, mode, k=k, n_samples=3, seeds=[seed])
+        limit = ev.max_length(mode, 24, k)
+        windows = ref_rolling(ids, P, limit)
+        assert len(windows) >= 3 and truncated.tolist() == [True]
+        if mode == "mc":
+            refs = [ref_mc(short, w, p, 3, seed if n == 0 else [seed, n]) for n, (w, p) in enumerate(windows)]
+            assert ll[0] == pytest.approx(sum(m for m, _ in refs), rel=1e-5, abs=1e-3)
+            assert stderr[0] == pytest.approx(math.sqrt(sum(se ** 2 for _, se in refs)), rel=1e-4)
+        else:
+            ref = sum(ref_pll(short, w, p, k) if mode == "pll" else ref_causal(short, w, p, mode) for w, p in windows)
+            assert ll[0] == pytest.approx(ref, rel=1e-5, abs=1e-3)
+        full, _, cut = ev.sequence_logliks(tiny, seqs, mode, k=k, n_samples=3, seeds=[seed])  # window 256
+        assert not cut[0]
+        if mode != "mc":
+            ref = ref_pll(tiny, ids, P, k) if mode == "pll" else ref_causal(tiny, ids, P, mode)
+            assert full[0] == pytest.approx(ref, rel=1e-5, abs=1e-3) and abs(full[0] - ll[0]) > 1e-3
+
+
+def test_answers_that_differ_after_the_window_no_longer_tie(tiny, tok, shared_data):
+    """PIQA item 142: both answers share their first 128+ tokens, so cutting a continuation at a
+    128-token window gave both the same score; over rolling windows the difference counts."""
+    item = ev.load_task("piqa", str(shared_data))[142]
+    seqs = [joint_ids(tok, item.context, c) for c in item.continuations]
+    (a, P), (b, _) = seqs
+    first_difference = ev.common_prefix_len(a, b)
+    assert first_difference - P > 128 and len(a) > 129  # they differ only after continuation token 128
+    short = with_window(tiny, 128)
+    for mode in ("causal", "prefix", "pll", "mc"):
+        ll, _, truncated = ev.sequence_logliks(short, [(np.array(i), p) for i, p in seqs], mode, n_samples=2,
+                                               seeds=[1, 1])
+        assert truncated.all() and abs(ll[0] - ll[1]) > 1e-3, mode
+    results = ev.evaluate(short, tok, {"piqa": [item]}, ("causal",), progress=False)
+    assert results["tasks"]["piqa"]["causal"]["truncated"] == 2
 
 
 # -----------------------------------------------------------------------------
