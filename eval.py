@@ -1141,7 +1141,8 @@ def parse_args(argv):
                    help="prepend MMLU's subject line at 0 shots (OLMES v0.1: on)")
     p.add_argument("--olmes_subsample", action="store_true",
                    help="OLMES's Random(1234) 1000-item subsample of ARC-E, HellaSwag, PIQA, SIQA")
-    p.add_argument("--out", help="write the results JSON here")
+    p.add_argument("--out", help="write the results JSON here, after every (task, mode) pair; rerun with the same "
+                                 "--out to reuse the pairs it holds (same checkpoint and scoring settings)")
     p.add_argument("--dump", help="write one JSON line per (item, choice, mode) here")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],

@@ -341,6 +341,76 @@ def test_answers_that_differ_after_the_window_no_longer_tie(tiny, tok, shared_da
     assert results["tasks"]["piqa"]["causal"]["truncated"] == 2
 
 
+def test_interrupted_eval_keeps_finished_pairs_and_a_rerun_reuses_them(tiny, tok, shared_data, tmp_path,
+                                                                        monkeypatch, capsys):
+    """Stopped during its second (task, mode) pair, evaluate() has the first in --out; the same call
+    again reuses it, says so in one line, scores only the rest and gives what one whole run gives.
+    Another checkpoint or another scoring setting reuses nothing."""
+    tasks = {"piqa": load_items(shared_data, "piqa", 3), "csqa": load_items(shared_data, "csqa", 2)}
+    out = tmp_path / "results.json"
+    scored, real = [], ev.evaluate_mode
+
+    def stop_at_second(model, task, items, req, mode, *args):
+        if scored:
+            raise KeyboardInterrupt
+        scored.append((task, mode))
+        return real(model, task, items, req, mode, *args)
+
+    monkeypatch.setattr(ev, "evaluate_mode", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate(tiny, tok, tasks, ("causal", "prefix"), out=str(out), batch_size=4)
+    kept = json.loads(out.read_text())
+    assert list(kept["tasks"]) == ["piqa"] and list(kept["tasks"]["piqa"]) == ["causal"] and not kept["complete"]
+    assert "eval.py: piqa causal: accuracy" in capsys.readouterr().out  # printed once it finished
+
+    def counting(model, task, items, req, mode, *args):
+        scored.append((task, mode))
+        return real(model, task, items, req, mode, *args)
+
+    monkeypatch.setattr(ev, "evaluate_mode", counting)
+    scored.clear()
+    resumed = ev.evaluate(tiny, tok, tasks, ("causal", "prefix"), out=str(out), batch_size=8)  # batching differs
+    said = capsys.readouterr().out
+    assert scored == [("piqa", "prefix"), ("csqa", "causal"), ("csqa", "prefix")]
+    assert [line for line in said.splitlines() if "reusing" in line] == [
+        f"eval.py: reusing from {out} (same checkpoint and settings): piqa causal"]
+    assert resumed["tasks"]["piqa"]["causal"] == kept["tasks"]["piqa"]["causal"] and resumed["complete"]
+    assert json.loads(out.read_text()) == json.loads(json.dumps(resumed))
+    whole = ev.evaluate(tiny, tok, tasks, ("causal", "prefix"), progress=False)
+    for task in tasks:
+        for mode in ("causal", "prefix"):
+            assert resumed["tasks"][task][mode]["accuracy"] == whole["tasks"][task][mode]["accuracy"]
+    assert resumed["average"] == pytest.approx(whole["average"])
+
+    scored.clear()  # everything there: nothing to score
+    ev.evaluate(tiny, tok, tasks, ("causal", "prefix"), out=str(out), progress=False)
+    assert scored == []
+    scored.clear()  # another scoring setting
+    ev.evaluate(tiny, tok, tasks, ("causal",), out=str(out), per_char_space=False, progress=False)
+    assert scored == [("piqa", "causal"), ("csqa", "causal")]
+    assert "differs in: per_char_space" in capsys.readouterr().out
+    other = with_window(tiny, tiny.config.block_size)
+    with torch.no_grad():
+        other.lm_head.weight[0, 0] += 1
+    scored.clear()  # other weights
+    ev.evaluate(other, tok, tasks, ("causal",), out=str(out), per_char_space=False, progress=False)
+    assert scored == [("piqa", "causal"), ("csqa", "causal")]
+    assert "differs in: checkpoint weights" in capsys.readouterr().out
+
+
+def test_whole_run_progress(tiny, tok, shared_data, capsys):
+    """Every pass's progress line ends with the whole run's share of work and ETA, and each pair's
+    result line with the share done so far: rising, 100% at the end."""
+    tasks = {"piqa": load_items(shared_data, "piqa", 2), "blimp": load_items(shared_data, "blimp", 2)}
+    ev.evaluate(tiny, tok, tasks, ("causal", "pll"), pll_k=(1, 2))
+    captured = capsys.readouterr()
+    results = [line for line in captured.out.splitlines() if line.startswith("eval.py: ")]
+    assert [line.split(":")[1] for line in results] == [" piqa causal", " piqa pll", " blimp causal", " blimp pll"]
+    shares = [int(line.split("whole run ")[1].split("%")[0]) for line in results]
+    assert shares == sorted(shares) and 0 < shares[0] < 100 and shares[-1] == 100 and "ETA" in results[0]
+    assert "piqa pll k=2: 2/2 items" in captured.err and "; whole run " in captured.err
+
+
 # -----------------------------------------------------------------------------
 # Tasks: label decoding and prompts on the real release files
 
@@ -575,6 +645,12 @@ def test_cli(tiny_checkpoint, shared_data, tmp_path):
     assert results["run"]["lam"] == 0.5 and results["run"]["repetitions"] == 1.0
     assert results["tasks"]["csqa"]["prefix"]["n_items"] == 2 and "csqa" in stdout
     assert "csqa prefix: 2/2 items (" in stderr and "items/s" in stderr  # the progress line
+    assert "eval.py: csqa causal: accuracy" in stdout and "; whole run " in stderr
+    again = start_cli(*ok, "--limit", "2", "--out", out)  # the same command: nothing left to score
+    stdout_again, stderr_again = again.communicate(timeout=120)
+    assert again.returncode == 0 and "items/s" not in stderr_again, stderr_again
+    assert f"eval.py: reusing from {out} (same checkpoint and settings): csqa causal, csqa prefix" in stdout_again
+    assert json.loads(out.read_text())["tasks"] == results["tasks"]
     import gp_fit  # the file is what gp_fit.py --results reads
     runs = gp_fit.read_runs(results_paths=[str(out)])
     assert (runs["lambda"][0], runs["repetitions"][0]) == (0.5, 1.0)
