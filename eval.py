@@ -641,6 +641,9 @@ def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="a
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     limit = max_length(mode, model.config.block_size, k, tail=tail)
+    if limit < 3:  # <s>, one token of context and one to score
+        raise ValueError(f"pll_k={k} leaves no room in the model's window of {model.config.block_size} tokens; "
+                         f"use a smaller k")
     windows, owner, number = scoring_windows(seqs, limit)
     truncated = np.array([len(ids) > limit for ids, _ in seqs], dtype=bool)
     n = len(windows)
