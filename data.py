@@ -563,10 +563,12 @@ def check_out_dir(out_dir):
         raise ValueError(f"--out_dir {out_dir}: no permission to write in {existing}; choose another --out_dir")
 
 
-def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe", doc_split="file",
+def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe", doc_split=None,
             workers=1, seed=0, tokenizer_train_bytes=None, sources=None, chunk_chars=1 << 20):
     """Prepare a dataset folder from input files/folders (see the module docstring); returns meta.
-    tokenizer: "bpe" (train one), "gpt2" (tiktoken), or a tokenizer file / prepared folder to reuse."""
+    tokenizer: "bpe" (train one), "gpt2" (tiktoken), or a tokenizer file / prepared folder to reuse.
+    doc_split: "file", "blank_line", or None: "file", unless that makes the whole corpus a single
+    document (one plain-text file), which is then split at blank lines."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"--val_fraction must be in (0, 1), got {val_fraction}; train.py needs a validation split")
     if workers < 1 or seed < 0:
@@ -580,10 +582,20 @@ def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe"
     if tokenizer != "bpe":  # a tokenizer that cannot load should fail before any long pass
         tok, tokenizer_rule = load_given_tokenizer(tokenizer)
     files = list_input_files(inputs)
+    chosen, doc_split = doc_split, doc_split or "file"
     scan = scan_corpus(files, doc_split, seed)
     if scan.documents == 0:
         raise ValueError(f"empty input corpus: no non-empty document in {len(files)} input file(s) "
                          f"({', '.join(map(str, inputs))}); give files that contain text")
+    if chosen is None and scan.min_hash == scan.max_hash and not all(is_jsonl(path) for path in files):
+        # one plain-text file (nanoGPT's usual input) would leave nothing to hold out for validation
+        doc_split = "blank_line"
+        scan = scan_corpus(files, doc_split, seed)
+        print(f"the input is a single document, so it is split into documents at blank lines: "
+              f"{scan.documents:,} documents (--doc_split file keeps one document per file)", flush=True)
+        if scan.min_hash == scan.max_hash:
+            raise ValueError("the corpus holds a single distinct document even when split at blank lines, so none "
+                             "can be held out for validation; give more text, or more files")
     threshold, threshold_note = val_threshold(val_fraction, scan)
     if tokenizer == "bpe":
         tok, tokenizer_rule = train_tokenizer(files, doc_split, seed, threshold, scan, vocab_size,
@@ -845,8 +857,8 @@ def main(argv=None):
     parser.add_argument("--url", help=f"download this text file instead of the default corpus ({DEFAULT_URL})")
     parser.add_argument("--doc_split", choices=["file", "blank_line"], default=None,
                         help="how plain text becomes documents: 'file' = one document per file (default with "
-                             "--input), 'blank_line' = documents separated by one or more blank lines (default "
-                             "for a download)")
+                             "--input, except that a single plain-text file is split at blank lines), 'blank_line' "
+                             "= documents separated by one or more blank lines (default for a download)")
     parser.add_argument("--tokenizer", default="bpe",
                         help="'bpe' trains a byte-level BPE on the training documents; 'gpt2' uses tiktoken's gpt2 "
                              "(its files must be cached, see TIKTOKEN_CACHE_DIR); or a path to a tokenizer.json or "
@@ -870,7 +882,7 @@ def main(argv=None):
     if args.input:
         if args.url or not args.out_dir:
             raise ValueError("with --input, give --out_dir and no --url (--url replaces --input)")
-        prepare(args.input, args.out_dir, doc_split=args.doc_split or "file", **settings)
+        prepare(args.input, args.out_dir, doc_split=args.doc_split, **settings)
     else:
         url, out_dir = args.url or DEFAULT_URL, args.out_dir or "data_shakespeare"
         check_out_dir(out_dir)  # before downloading into it

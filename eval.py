@@ -24,6 +24,7 @@ scorer shared by all modes, the four modes, task scores, evaluate(), the command
 import argparse
 import csv
 import glob
+import hashlib
 import json
 import math
 import os
@@ -37,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from progress import Progress
+from progress import Progress, format_seconds
 
 # where task files are looked for when --data_dir is not given (README: "Evaluation data")
 DEFAULT_DATA_DIR = os.environ.get("NANODUAL_EVAL_DATA", "eval_data")
@@ -456,14 +457,23 @@ def encode_pairs(tokenizer, pairs, bos_id):
     return ids, starts, prefix_ok
 
 
-def fit_to_block(ids, start, max_len):
-    """Cut the context from the left, keeping <s> (spec §1.5). Only if the continuation alone does not
-    fit is its end cut as well. Returns (ids, start, truncated)."""
+def rolling_windows(ids, start, max_len):
+    """[(window ids, start)]: the windows in which a sequence is scored, each at most max_len tokens.
+
+    A sequence that fits is its own window. A longer one is scored with rolling windows, as
+    lm-evaluation-harness scores long documents: the continuation is cut into pieces of max_len // 2
+    tokens, and each piece is scored in a window that ends with it and is filled up with the tokens
+    before it, <s> kept first (the context is cut from the left, spec §1.5). Every continuation token
+    is thus scored exactly once, with at least half a window of left context; none is dropped."""
     if len(ids) <= max_len:
-        return ids, start, False
-    drop = min(len(ids) - max_len, start - 1)
-    ids = np.concatenate([ids[:1], ids[1 + drop:]])[:max_len]
-    return ids, start - drop, True
+        return [(ids, start)]
+    piece = max(1, max_len // 2)
+    windows = []
+    for first in range(start, len(ids), piece):
+        end = min(first + piece, len(ids))
+        left = max(1, end - max_len + 1)  # the first token after <s> that still fits
+        windows.append((np.concatenate([ids[:1], ids[left:end]]), first - left + 1))
+    return windows
 
 
 # -----------------------------------------------------------------------------
@@ -612,6 +622,27 @@ def max_length(mode, block_size, k=1, right_context="visible", tail="append"):
     return block_size
 
 
+def scoring_windows(seqs, limit):
+    """Every window the sequences are scored in (rolling_windows with windows of `limit` tokens), and
+    for each the sequence it belongs to and its number within that sequence."""
+    windows, owner, number = [], [], []
+    for i, (ids, start) in enumerate(seqs):
+        for w, window in enumerate(rolling_windows(ids, start, limit)):
+            windows.append(window)
+            owner.append(i)
+            number.append(w)
+    return windows, np.array(owner, dtype=np.int64), np.array(number, dtype=np.int64)
+
+
+def window_work(windows, mode, n_samples=128):
+    """Rows per window and row tokens per window: the work estimate behind progress and ETA. MC
+    shares one pass between identical mask patterns, of which n tokens have at most 2^n - 1."""
+    lengths = np.array([len(ids) for ids, _ in windows])
+    cont = lengths - np.array([start for _, start in windows])
+    rows = {"pll": cont, "mc": np.minimum(n_samples, 2.0 ** np.minimum(cont, 60) - 1)}.get(mode, np.ones(len(windows)))
+    return rows, rows * lengths
+
+
 def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="append", n_samples=128,
                      mc_masking="count", seeds=None, batch_size=64, batch_tokens=None, autocast=False,
                      on_progress=None, chunk_cells=1 << 23):
@@ -619,43 +650,43 @@ def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="a
 
     seqs: [(ids, start)], ids = [<s>] + context + continuation tokens, continuation from `start`.
     Returns (ll, stderr, truncated) arrays; stderr is the MC standard error (zeros for the exact
-    modes). Sequences too long for the model are cut by fit_to_block and flagged in `truncated`.
+    modes). A sequence longer than the model's window is scored over rolling windows
+    (rolling_windows), each window in `mode` as a sequence of its own, and the window estimates add
+    up (MC: their variances too); `truncated` flags these sequences, whose context was cut.
     Work goes chunk by chunk (at most `chunk_cells` row x position cells) so memory stays bounded.
     on_progress(fraction) is called after every forward pass with the share of the work done (row
     tokens, estimated up front), so that a progress bar's rate and ETA hold from the first batch."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
-    limit = max_length(mode, model.config.block_size, k, right_context, tail)
-    fitted = [fit_to_block(ids, start, limit) for ids, start in seqs]
-    n = len(fitted)
-    ll, stderr = np.zeros(n), np.zeros(n)
-    truncated = np.array([t for _, _, t in fitted], dtype=bool)
+    limit = max_length(mode, model.config.block_size, k, tail=tail)
+    if limit < 3:  # <s>, one token of context and one to score
+        raise ValueError(f"pll_k={k} leaves no room in the model's window of {model.config.block_size} tokens; "
+                         f"use a smaller k")
+    windows, owner, number = scoring_windows(seqs, limit)
+    truncated = np.array([len(ids) > limit for ids, _ in seqs], dtype=bool)
+    n = len(windows)
+    ll, variance = np.zeros(n), np.zeros(n)
     attention = {"causal": "causal", "prefix": "prefix"}.get(mode, "bidirectional")
     scorer = Scorer(model, attention, batch_size, batch_tokens, autocast)
     device = next(model.parameters()).device
-    lengths = np.array([len(ids) for ids, _, _ in fitted])
-    cont_lengths = lengths - np.array([s for _, s, _ in fitted])
-    # rows per sequence; MC shares one pass between identical mask patterns, of which a continuation
-    # of n tokens has at most 2^n - 1
-    rows_per_seq = {"pll": cont_lengths,
-                    "mc": np.minimum(n_samples, 2.0 ** np.minimum(cont_lengths, 60) - 1)}.get(mode, np.ones(n))
-    work = rows_per_seq * lengths  # row tokens per sequence, the progress estimate
+    lengths = np.array([len(ids) for ids, _ in windows])
+    rows_per_window, work = window_work(windows, mode, n_samples)
     work_total, work_before = max(float(work.sum()), 1.0), 0.0
     order = np.argsort(-lengths, kind="stable")
     first = 0
     while first < n:
         width = int(lengths[order[first]]) + k + 1
         last, cells = first, 0
-        while last < n and (last == first or cells + rows_per_seq[order[last]] * width <= chunk_cells):
-            cells += rows_per_seq[order[last]] * width
+        while last < n and (last == first or cells + rows_per_window[order[last]] * width <= chunk_cells):
+            cells += rows_per_window[order[last]] * width
             last += 1
         chunk = order[first:last]
         first = last
         L = lengths[chunk]
-        P = np.array([fitted[i][1] for i in chunk])
+        P = np.array([windows[i][1] for i in chunk])
         table = np.full((len(chunk), width), model.config.pad_id, dtype=np.int64)
         for r, i in enumerate(chunk):
-            table[r, :lengths[i]] = fitted[i][0]
+            table[r, :lengths[i]] = windows[i][0]
         if mode in ("causal", "prefix"):
             rows = causal_rows(L, P)
         elif mode == "pll":
@@ -663,7 +694,9 @@ def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="a
         else:
             patterns, inverses, weights = [], [], []
             for i, p, n_tok in zip(chunk, P, L):
-                pattern, weight = mc_mask_patterns(seeds[i], int(n_tok - p), n_samples, mc_masking)
+                # the first window keeps the sequence's seed; later ones get their own stream from it
+                seed = seeds[owner[i]] if number[i] == 0 else [seeds[owner[i]], int(number[i])]
+                pattern, weight = mc_mask_patterns(seed, int(n_tok - p), n_samples, mc_masking)
                 unique, inverse = np.unique(pattern, axis=0, return_inverse=True)
                 patterns.append(unique)
                 inverses.append(inverse.reshape(-1))
@@ -688,8 +721,10 @@ def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="a
                 # sample j's estimate: its weight (L_c / n_j) times the sum of log p over its masked tokens (spec §4.5)
                 values = weights[r] * row_sums[inverses[r]]
                 ll[i] = values.mean()
-                stderr[i] = values.std(ddof=1) / math.sqrt(n_samples)
-    return ll, stderr, truncated
+                variance[i] = values.var(ddof=1) / n_samples
+    # a sequence's estimate is the sum over its windows; independent MC estimates add their variances
+    return (np.bincount(owner, ll, minlength=len(seqs)), np.sqrt(np.bincount(owner, variance, minlength=len(seqs))),
+            truncated)
 
 
 # -----------------------------------------------------------------------------
@@ -823,10 +858,14 @@ def score_task(task, items, req, mode_name, ll, stderr, truncated, settings, dum
 
 
 def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_DATA_DIR, dump=None,
-             checkpoint=None, progress=True, autocast=None, **options):
+             checkpoint=None, progress=True, autocast=None, out=None, **options):
     """Evaluate `model` on `tasks` ("all", names, or {name: [Item]}) in `modes`; returns the results
     dict that eval.py writes (README: "Results JSON"). `options` are the fields of Settings; `dump`
-    a path for the per-(item, choice) JSONL audit lines; autocast defaults to bf16 on CUDA."""
+    a path for the per-(item, choice) JSONL audit lines; autocast defaults to bf16 on CUDA.
+
+    `out`: a path the results are written to, atomically, after every (task, mode) pair, so that an
+    interrupted run keeps what it finished. A (task, mode) result already there from a run of the
+    same model weights and tokenizer (`fingerprint`) with the same scoring settings is reused."""
     settings = Settings(**options)
     modes = parse_names(modes, MODES, "mode")
     given = tasks if isinstance(tasks, dict) else {name: None for name in parse_names(tasks, TASKS, "task")}
@@ -836,84 +875,210 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
     cfg = model.config
     if (tokenizer.bos_id, tokenizer.mask_id, tokenizer.pad_id) != (cfg.bos_id, cfg.mask_id, cfg.pad_id):
         raise ValueError("the tokenizer's <s>/<mask>/<pad> ids differ from the model's; use the checkpoint's own tokenizer")
-    results = {"checkpoint": checkpoint, "run": run_info(model),
+    results = {"checkpoint": checkpoint, "fingerprint": fingerprint(model, tokenizer), "run": run_info(model),
                "settings": {"tasks": list(given), "modes": modes, "data_dir": data_dir, "device": str(device),
                             "autocast_bf16": autocast, **asdict(settings)},
-               "tasks": {}, "average": {}, "skipped": {}}
+               "complete": False, "tasks": {}, "average": {}, "skipped": {}}
+    # read every task first, so a malformed file fails before any model time is spent
+    loaded = {}
+    for name, items in given.items():
+        if items is None:
+            try:
+                if settings.source == "hf":
+                    items = load_task_hf(name, settings.limit, settings.olmes_subsample, settings.mmlu_description)
+                else:
+                    items = load_task(name, data_dir, settings.limit, settings.olmes_subsample,
+                                      settings.mmlu_description, settings.task_files.get(name))
+            except FileNotFoundError as e:
+                results["skipped"][name] = str(e)
+                print(f"eval.py: skipping {name}: not found ({e})", flush=True)
+                continue
+        if not items:
+            raise ValueError(f"task {name} has no items to evaluate")
+        loaded[name] = items
+    done = reusable_results(out, results, {name: modes for name in loaded}, dump)
+    todo = [(name, mode) for name in loaded for mode in modes if mode not in done.get(name, {})]
+    requests = {name: build_requests(tokenizer, name, loaded[name], settings.seed, cfg.bos_id)
+                for name in dict.fromkeys(name for name, _ in todo)}
+    for name, req in requests.items():
+        if req["prefix_mismatches"]:
+            print(f"eval.py: {name}: {req['prefix_mismatches']} of {len(req['seqs'])} sequences break the "
+                  f"tokenisation prefix property; their boundary token is scored as continuation", flush=True)
+    run = RunProgress({(name, mode, k): pass_work(requests[name]["seqs"], mode, k, cfg.block_size, settings)
+                       for name, mode in todo for k in mode_ks(mode, settings)})
     dump_file = open(dump, "w", encoding="utf-8") if dump else None
     try:
-        # read every task first, so a malformed file fails before any model time is spent
-        loaded = {}
-        for name, items in given.items():
-            if items is None:
-                try:
-                    if settings.source == "hf":
-                        items = load_task_hf(name, settings.limit, settings.olmes_subsample, settings.mmlu_description)
-                    else:
-                        items = load_task(name, data_dir, settings.limit, settings.olmes_subsample,
-                                          settings.mmlu_description, settings.task_files.get(name))
-                except FileNotFoundError as e:
-                    results["skipped"][name] = str(e)
-                    print(f"eval.py: skipping {name}: not found ({e})", flush=True)
-                    continue
-            if not items:
-                raise ValueError(f"task {name} has no items to evaluate")
-            loaded[name] = items
-        for name, items in loaded.items():
-            results["tasks"][name] = evaluate_task(model, tokenizer, name, items, modes, settings, autocast,
-                                                   dump_file, progress)
+        for name in loaded:
+            for mode in modes:
+                if mode in done.get(name, {}):
+                    entry = done[name][mode]
+                else:
+                    entry = evaluate_mode(model, name, loaded[name], requests[name], mode, settings, autocast,
+                                          dump_file, run if progress else None)
+                    if progress:
+                        print(f"eval.py: {name} {mode}: {describe_entry(entry)}; {run.line()}", flush=True)
+                results["tasks"].setdefault(name, {})[mode] = entry
+                results["average"] = average_scores(results["tasks"], modes)
+                if out and mode not in done.get(name, {}):
+                    write_results(out, results)
     finally:
         if dump_file:
             dump_file.close()
-    for mode in modes:
-        scores = [r[mode]["normalized"] for r in results["tasks"].values()]
-        if scores:
-            results["average"][mode] = float(np.mean(scores))
+    results["complete"] = True
+    if out and results["tasks"]:
+        write_results(out, results)
     return results
 
 
-def evaluate_task(model, tokenizer, task, items, modes, settings, autocast, dump, progress):
-    req = build_requests(tokenizer, task, items, settings.seed, model.config.bos_id)
-    if req["prefix_mismatches"]:
-        print(f"eval.py: {task}: {req['prefix_mismatches']} of {len(req['seqs'])} sequences break the "
-              f"tokenisation prefix property; their boundary token is scored as continuation", flush=True)
-    out = {}
+def mode_ks(mode, settings):
+    """The mask counts a mode runs: every k of --pll_k for pll, one pass otherwise."""
+    return settings.pll_k if mode == "pll" else (1,)
+
+
+def pass_work(seqs, mode, k, block_size, settings):
+    """Row tokens one (task, mode, k) pass will run: the unit of the whole-run progress and ETA."""
+    windows, _, _ = scoring_windows(seqs, max_length(mode, block_size, k, tail=settings.pll_tail))
+    return float(window_work(windows, mode, settings.mc_samples)[1].sum())
+
+
+class RunProgress:
+    """The whole run's share of work done, elapsed time and ETA, over every (task, mode, k) pass
+    still to run; the work of a pass is its row tokens (pass_work), counted as it goes."""
+
+    def __init__(self, work):
+        self.work, self.done = work, {}
+        self.start = time.time()
+
+    def advance(self, key, fraction):
+        self.done[key] = fraction * self.work[key]
+
+    def line(self):
+        total = max(sum(self.work.values()), 1.0)
+        done, elapsed = sum(self.done.values()), time.time() - self.start
+        text = f"whole run {100 * done / total:.0f}% of the work, elapsed {format_seconds(elapsed)}"
+        return text + (f", ETA {format_seconds(elapsed * (total - done) / done)}" if 0 < done < total else "")
+
+
+class PassProgress(Progress):
+    """The progress line of one (task, mode, k) pass, followed by the whole run's."""
+
+    def __init__(self, run, key, total, desc):
+        super().__init__(total, desc=desc, unit="items")
+        self.run, self.key = run, key
+
+    def line(self):
+        return f"{super().line()}; {self.run.line()}"
+
+
+def describe_entry(entry):
+    text = f"accuracy {entry['accuracy']:.1f}% (normalised {entry['normalized']:.1f})"
+    if "best_k" in entry:
+        text += f", best k={entry['best_k']}"
+    return text + f", {entry['seconds']:.1f}s"
+
+
+def average_scores(task_results, modes):
+    """Mean normalised score per mode over the tasks evaluated in that mode so far."""
+    average = {}
     for mode in modes:
-        variants = [(k, f"{task} {mode} k={k}") for k in settings.pll_k] if mode == "pll" else [(1, f"{task} {mode}")]
-        per_k = {}
-        for k, desc in variants:
-            bar = Progress(len(items), desc=desc, unit="items") if progress else None
+        scores = [r[mode]["normalized"] for r in task_results.values() if mode in r]
+        if scores:
+            average[mode] = float(np.mean(scores))
+    return average
 
-            def advance(fraction):  # items' worth of the work done, so items/s and ETA hold throughout
-                if bar is not None:
-                    bar.update(int(fraction * len(items)) - bar.count)
 
-            start = time.time()
-            ll, stderr, truncated = sequence_logliks(
-                model, req["seqs"], mode, k=k, right_context=settings.pll_right_context, tail=settings.pll_tail,
-                n_samples=settings.mc_samples, mc_masking=settings.mc_masking, seeds=req["seeds"],
-                batch_size=settings.batch_size, batch_tokens=settings.batch_tokens, autocast=autocast,
-                on_progress=advance)
+def fingerprint(model, tokenizer):
+    """sha256 of the model's weights and the tokenizer: what makes two evaluations of a checkpoint
+    comparable, whatever its path or file time."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps(tokenizer.to_spec(), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+# settings that change how the work is batched, not the scores; tasks and modes say what to run
+NOT_SCORING = ("tasks", "modes", "batch_size", "batch_tokens")
+
+
+def reusable_results(out, results, wanted, dump=None):
+    """{task: {mode: entry}} of `wanted` already in `out` from a run with the same fingerprint and
+    scoring settings; says in one line what it reuses, or why an existing file is not reused."""
+    if not out or not os.path.exists(out):
+        return {}
+    try:
+        with open(out, encoding="utf-8") as f:
+            previous = json.load(f)
+        old, new = (json.loads(json.dumps({k: v for k, v in r["settings"].items() if k not in NOT_SCORING}))
+                    for r in (previous, results))
+        found = previous["tasks"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        print(f"eval.py: {out} is not an eval.py results file; it will be overwritten", flush=True)
+        return {}
+    differ = ["checkpoint weights"] if previous.get("fingerprint") != results["fingerprint"] else []
+    differ += [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if differ:
+        print(f"eval.py: {out} holds results of another evaluation (differs in: {', '.join(differ)}); "
+              f"scoring everything again and overwriting it", flush=True)
+        return {}
+    reused = {task: {m: found[task][m] for m in modes if isinstance(found.get(task), dict) and m in found[task]}
+              for task, modes in wanted.items()}
+    reused = {task: entries for task, entries in reused.items() if entries}
+    if reused:
+        pairs = ", ".join(f"{task} {mode}" for task, entries in reused.items() for mode in entries)
+        note = "; --dump gets only the pairs scored now" if dump else ""
+        print(f"eval.py: reusing from {out} (same checkpoint and settings): {pairs}{note}", flush=True)
+    return reused
+
+
+def write_results(path, results):
+    """Atomically: a results file that exists is whole."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, path)
+
+
+def evaluate_mode(model, task, items, req, mode, settings, autocast, dump, run=None):
+    """One (task, mode) pair: its results entry. `run`: the whole run's progress, None for silence."""
+    per_k = {}
+    for k in mode_ks(mode, settings):
+        key = (task, mode, k)
+        desc = f"{task} {mode}" + (f" k={k}" if mode == "pll" else "")
+        bar = PassProgress(run, key, len(items), desc) if run is not None else None
+
+        def advance(fraction):  # items' worth of the work done, so items/s and ETA hold throughout
             if bar is not None:
-                bar.close()
-            per_k[k] = score_task(task, items, req, mode, ll, stderr, truncated, settings, dump,
-                                  k if mode == "pll" else None)
-            per_k[k]["seconds"] = time.time() - start
-        best = max(per_k, key=lambda k: per_k[k]["normalized"])  # per-task max over k (spec §4.4)
-        entry = {"accuracy": per_k[best]["accuracy"], "normalized": per_k[best]["normalized"],
-                 "random_baseline": per_k[best]["random_baseline"], "n_items": len(items),
-                 "prefix_mismatches": req["prefix_mismatches"], "truncated": int(truncated.sum()),
-                 "seconds": sum(r["seconds"] for r in per_k.values())}
-        if "subtasks" in per_k[best]:
-            entry["subtasks"] = per_k[best]["subtasks"]
-        if mode == "pll":
-            entry["best_k"] = best
-            entry["k"] = {str(k): {"accuracy": r["accuracy"], "normalized": r["normalized"]} for k, r in per_k.items()}
-        if mode == "mc":
-            entry["stderr"] = {"samples": settings.mc_samples, "mean": float(stderr.mean()),
-                               "median": float(np.median(stderr)), "max": float(stderr.max())}
-        out[mode] = entry
-    return out
+                run.advance(key, fraction)
+                bar.update(int(fraction * len(items)) - bar.count)
+
+        start = time.time()
+        ll, stderr, truncated = sequence_logliks(
+            model, req["seqs"], mode, k=k, right_context=settings.pll_right_context, tail=settings.pll_tail,
+            n_samples=settings.mc_samples, mc_masking=settings.mc_masking, seeds=req["seeds"],
+            batch_size=settings.batch_size, batch_tokens=settings.batch_tokens, autocast=autocast,
+            on_progress=advance)
+        if bar is not None:
+            run.advance(key, 1.0)
+            bar.close()
+        per_k[k] = score_task(task, items, req, mode, ll, stderr, truncated, settings, dump,
+                              k if mode == "pll" else None)
+        per_k[k]["seconds"] = time.time() - start
+    best = max(per_k, key=lambda k: per_k[k]["normalized"])  # per-task max over k (spec §4.4)
+    entry = {"accuracy": per_k[best]["accuracy"], "normalized": per_k[best]["normalized"],
+             "random_baseline": per_k[best]["random_baseline"], "n_items": len(items),
+             "prefix_mismatches": req["prefix_mismatches"], "truncated": int(truncated.sum()),
+             "seconds": sum(r["seconds"] for r in per_k.values())}
+    if "subtasks" in per_k[best]:
+        entry["subtasks"] = per_k[best]["subtasks"]
+    if mode == "pll":
+        entry["best_k"] = best
+        entry["k"] = {str(k): {"accuracy": r["accuracy"], "normalized": r["normalized"]} for k, r in per_k.items()}
+    if mode == "mc":
+        entry["stderr"] = {"samples": settings.mc_samples, "mean": float(stderr.mean()),
+                           "median": float(np.median(stderr)), "max": float(stderr.max())}
+    return entry
 
 
 def run_info(model):
@@ -997,7 +1162,8 @@ def parse_args(argv):
                    help="prepend MMLU's subject line at 0 shots (OLMES v0.1: on)")
     p.add_argument("--olmes_subsample", action="store_true",
                    help="OLMES's Random(1234) 1000-item subsample of ARC-E, HellaSwag, PIQA, SIQA")
-    p.add_argument("--out", help="write the results JSON here")
+    p.add_argument("--out", help="write the results JSON here, after every (task, mode) pair; rerun with the same "
+                                 "--out to reuse the pairs it holds (same checkpoint and scoring settings)")
     p.add_argument("--dump", help="write one JSON line per (item, choice, mode) here")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
@@ -1046,15 +1212,10 @@ def main(argv=None):
                        mc_samples=args.mc_samples, mc_masking=args.mc_masking, random_baseline=args.random_baseline,
                        seed=args.seed, per_char_space=args.per_char_space,
                        mmlu_description=args.mmlu_description, olmes_subsample=args.olmes_subsample,
-                       source=args.source, task_files=dict(args.task_file))
+                       source=args.source, task_files=dict(args.task_file), out=args.out)
     if not results["tasks"]:
         raise FileNotFoundError(f"none of the tasks were found under {args.data_dir} (looked for "
                                 f"{'; '.join(results['skipped'].values())}); see README: Evaluation data")
-    if args.out:  # atomically: a results file that exists is complete
-        tmp = f"{args.out}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, args.out)
     print(format_table(results))
     return results
 

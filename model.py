@@ -529,7 +529,7 @@ def hf_state_dict(model):
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in out.items()}
 
 
-def hf_config(cfg):
+def hf_config(cfg, eos_id=None):
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.n_embd, "intermediate_size": cfg.intermediate_size,
@@ -538,32 +538,59 @@ def hf_config(cfg):
         "max_position_embeddings": cfg.block_size, "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
         "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-        "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": cfg.bos_id, "pad_token_id": cfg.pad_id,
-        "torch_dtype": "float32",
+        "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": cfg.bos_id, "eos_token_id": eos_id,
+        "pad_token_id": cfg.pad_id, "torch_dtype": "float32",
     }
 
 
+def hf_tokenizer_files(spec, bos_id, block_size):
+    """tokenizer.json and tokenizer_config.json for AutoTokenizer: the checkpoint's BPE with a
+    post-processor that puts <s> first, as every training document starts (data.py), so that
+    tokenizer(text).input_ids is exactly what eval.py and sample.py feed the model; literal "<s>" in
+    text stays text (split_special_tokens), as in data.Tokenizer."""
+    import tokenizers
+    bpe = tokenizers.Tokenizer.from_str(spec["json"])
+    bpe.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B:1", special_tokens=[("<s>", bos_id)])
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size,
+              "add_bos_token": True, "add_eos_token": False, "split_special_tokens": True,
+              "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+              "mask_token": "<mask>"}
+    return {"tokenizer.json": bpe.to_str(), "tokenizer_config.json": json.dumps(config, indent=2)}
+
+
 def export_hf(model, out_dir):
-    """Write config.json + model.safetensors (+ tokenizer.json and tokenizer_config.json when the
-    checkpoint carries a BPE tokenizer) so that transformers.LlamaForCausalLM.from_pretrained(out_dir)
-    loads the model and AutoTokenizer.from_pretrained(out_dir) its tokenizer."""
+    """Write config.json, generation_config.json and model.safetensors (+ tokenizer.json and
+    tokenizer_config.json when the checkpoint carries a BPE tokenizer), all readable by everyone, so
+    that transformers.LlamaForCausalLM.from_pretrained(out_dir) loads the model,
+    AutoTokenizer.from_pretrained(out_dir) its tokenizer, and generate() never produces a token
+    that sample.py never samples (the special tokens: suppress_tokens)."""
     try:
         from safetensors.torch import save_file
     except ImportError:
         raise ValueError("export needs the safetensors package: pip install safetensors") from None
+    import data  # the tokenizer, and sample.py's rule for the ids never generated
+    from sample import special_ids
+    cfg, spec = model.config, getattr(model, "meta", {}).get("tokenizer")
+    tok = data.Tokenizer.from_spec(spec) if isinstance(spec, dict) else None
+    banned = sorted(special_ids(model, tok)) if tok else sorted({cfg.bos_id, cfg.pad_id, cfg.mask_id})
+    eos_id = tok.eos_id if tok else None
+    # Documents carry no </s>, so generation runs until max_new_tokens, as in sample.py: </s> is
+    # suppressed like every special token and can never end a text early.
+    generation = {"bos_token_id": cfg.bos_id, "eos_token_id": eos_id, "pad_token_id": cfg.pad_id,
+                  "suppress_tokens": banned}
+    files = {"config.json": json.dumps(hf_config(cfg, eos_id), indent=2),
+             "generation_config.json": json.dumps(generation, indent=2)}
+    if tok is not None and spec.get("kind") == "bpe":
+        files.update(hf_tokenizer_files(spec, cfg.bos_id, cfg.block_size))
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_config(model.config), f, indent=2)
-    save_file(hf_state_dict(model), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-    spec = getattr(model, "meta", {}).get("tokenizer")
-    if isinstance(spec, dict) and spec.get("kind") == "bpe":
-        with open(os.path.join(out_dir, "tokenizer.json"), "w") as f:
-            f.write(spec["json"])
-        # so that AutoTokenizer knows the special tokens (data.py's names); text starts with <s> in training
-        with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
-            json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.config.block_size,
-                       "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
-                       "mask_token": "<mask>"}, f, indent=2)
+    for name, text in files.items():
+        with open(os.path.join(out_dir, name), "w") as f:
+            f.write(text)
+    weights = os.path.join(out_dir, "model.safetensors")
+    save_file(hf_state_dict(model), weights, metadata={"format": "pt"})
+    for name in list(files) + ["model.safetensors"]:  # safetensors writes through a private (0600) temp file
+        os.chmod(os.path.join(out_dir, name), 0o644)
     return out_dir
 
 
@@ -571,7 +598,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Inspect a nanodual checkpoint or export it to the "
                                                  "Hugging Face Llama format.")
     parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
-    parser.add_argument("--export_hf", metavar="DIR", help="write config.json + model.safetensors to DIR")
+    parser.add_argument("--export_hf", metavar="DIR", help="write the model, its tokenizer and a generation config "
+                                                          "to DIR (Hugging Face Llama format)")
     args = parser.parse_args(argv)
     model = load_checkpoint(args.ckpt)
     cfg = model.config

@@ -496,9 +496,25 @@ def test_cli_tokenizer_without_special_tokens(tmp_path):
     assert_one_line_error(result, "plain.json", "<unk>", "<mask>")
 
 
+def test_cli_one_text_file_without_flags_is_split_at_blank_lines(tmp_path):
+    """nanoGPT's usual input, one plain-text file, works with no flags: a single document would leave
+    nothing for validation, so it is split at blank lines, in one log line."""
+    (tmp_path / "one.txt").write_text("ROMEO:\nBut soft!\n\nJULIET:\nAy me!\n\n\nROMEO:\nShe speaks.\n")
+    result = run_cli("--input", tmp_path / "one.txt", "--out_dir", tmp_path / "out", "--vocab_size", "300")
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stdout.splitlines() if "split into documents at blank lines" in line]
+    assert said == ["the input is a single document, so it is split into documents at blank lines: 3 documents "
+                    "(--doc_split file keeps one document per file)"]
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["doc_split"] == "blank_line" and meta["train_documents"] + meta["val_documents"] == 3
+
+
 def test_cli_single_document_cannot_be_split(tmp_path):
-    (tmp_path / "one.txt").write_text("one\n\ntwo\n")
+    (tmp_path / "one.txt").write_text("one paragraph\nwith no blank line\n")
     assert_one_line_error(run_cli("--input", tmp_path / "one.txt", "--out_dir", tmp_path / "out"),
+                          "single distinct document even when split at blank lines")
+    (tmp_path / "two.txt").write_text("one\n\ntwo\n")  # asked for one document per file: no automatic split
+    assert_one_line_error(run_cli("--input", tmp_path / "two.txt", "--out_dir", tmp_path / "out", "--doc_split", "file"),
                           "single distinct document", "--doc_split blank_line")
 
 def test_cli_out_dir_that_is_a_file_fails_before_any_work(tmp_path, corpus_files, monkeypatch):

@@ -256,9 +256,160 @@ def test_prefix_equals_causal_on_blimp(tiny, tok, shared_data, tmp_path):
 
 def test_long_sequences_keep_bos_and_cut_the_context_from_the_left():
     ids = np.arange(10)
-    cut, start, truncated = ev.fit_to_block(ids, start=7, max_len=6)
-    assert cut.tolist() == [0, 5, 6, 7, 8, 9] and start == 3 and truncated
-    assert ev.fit_to_block(ids, 7, 10)[2] is False
+    [(cut, start)] = ev.rolling_windows(ids, start=7, max_len=6)
+    assert cut.tolist() == [0, 5, 6, 7, 8, 9] and start == 3
+    [(whole, start)] = ev.rolling_windows(ids, 7, 10)
+    assert whole is ids and start == 7
+
+
+def with_window(model, block_size):
+    """The same weights with a shorter window (block_size), to make sequences outgrow it."""
+    short = M.DualLM(M.ModelConfig(**{**vars(model.config), "block_size": block_size}))
+    short.load_state_dict(model.state_dict())
+    return short.eval()
+
+
+def test_rolling_windows_score_every_token_once_with_half_a_window_of_context():
+    ids = np.arange(100)
+    for start, max_len in [(30, 20), (95, 20), (2, 9), (60, 61), (1, 3)]:
+        windows = ev.rolling_windows(ids, start, max_len)
+        scored = []
+        for window, first in windows:
+            assert len(window) <= max_len and window[0] == 0 and 1 <= first < len(window)
+            assert np.array_equal(window[1:], np.arange(window[1], window[-1] + 1))  # contiguous text
+            for j in window[first:]:
+                left = j - window[1]  # tokens before j in the window, <s> not counted
+                assert left >= min(j - 1, max_len - 1 - max_len // 2)
+            scored += window[first:].tolist()
+        assert scored == list(range(start, 100))  # every continuation token once, in order
+
+
+def ref_rolling(ids, P, M):
+    """rolling_windows written out from its rule: pieces of M // 2 continuation tokens, each scored in
+    a window that ends with it and holds <s> + as many tokens before its end as fit."""
+    if len(ids) <= M:
+        return [(ids, P)]
+    out = []
+    for a in range(P, len(ids), M // 2):
+        b = min(a + M // 2, len(ids))
+        body = ids[max(1, b - (M - 1)):b]
+        out.append(([ids[0]] + body, 1 + len(body) - (b - a)))
+    return out
+
+
+def test_rolling_scores_equal_window_by_window_references(tiny, tok):
+    """A sequence longer than the window, in every mode: the sum of the mode's one-sequence reference
+    over the windows (MC: the variances add); and with a window large enough, one window whose score
+    is the full-context reference."""
+    short = with_window(tiny, 24)
+    ids, P = joint_ids(tok, "Goal: dry a cup after washing it in the sink\nAnswer:",
+                       " wipe it with a clean towel, then put it upside down on the rack to drain")
+    assert len(ids) - P > 24  # the continuation alone outgrows the window
+    seqs, seed = [(np.array(ids), P)], 5
+    for mode, k in [("causal", 1), ("prefix", 1), ("pll", 1), ("pll", 3), ("mc", 1)]:
+        ll, stderr, truncated = ev.sequence_logliks(short, seqs, mode, k=k, n_samples=3, seeds=[seed])
+        limit = ev.max_length(mode, 24, k)
+        windows = ref_rolling(ids, P, limit)
+        assert len(windows) >= 3 and truncated.tolist() == [True]
+        if mode == "mc":
+            refs = [ref_mc(short, w, p, 3, seed if n == 0 else [seed, n]) for n, (w, p) in enumerate(windows)]
+            assert ll[0] == pytest.approx(sum(m for m, _ in refs), rel=1e-5, abs=1e-3)
+            assert stderr[0] == pytest.approx(math.sqrt(sum(se ** 2 for _, se in refs)), rel=1e-4)
+        else:
+            ref = sum(ref_pll(short, w, p, k) if mode == "pll" else ref_causal(short, w, p, mode) for w, p in windows)
+            assert ll[0] == pytest.approx(ref, rel=1e-5, abs=1e-3)
+        full, _, cut = ev.sequence_logliks(tiny, seqs, mode, k=k, n_samples=3, seeds=[seed])  # window 256
+        assert not cut[0]
+        if mode != "mc":
+            ref = ref_pll(tiny, ids, P, k) if mode == "pll" else ref_causal(tiny, ids, P, mode)
+            assert full[0] == pytest.approx(ref, rel=1e-5, abs=1e-3) and abs(full[0] - ll[0]) > 1e-3
+
+
+def test_answers_that_differ_after_the_window_no_longer_tie(tiny, tok, shared_data):
+    """PIQA item 142: both answers share their first 128+ tokens, so cutting a continuation at a
+    128-token window gave both the same score; over rolling windows the difference counts."""
+    item = ev.load_task("piqa", str(shared_data))[142]
+    seqs = [joint_ids(tok, item.context, c) for c in item.continuations]
+    (a, P), (b, _) = seqs
+    first_difference = ev.common_prefix_len(a, b)
+    assert first_difference - P > 128 and len(a) > 129  # they differ only after continuation token 128
+    short = with_window(tiny, 128)
+    for mode in ("causal", "prefix", "pll", "mc"):
+        ll, _, truncated = ev.sequence_logliks(short, [(np.array(i), p) for i, p in seqs], mode, n_samples=2,
+                                               seeds=[1, 1])
+        assert truncated.all() and abs(ll[0] - ll[1]) > 1e-3, mode
+    results = ev.evaluate(short, tok, {"piqa": [item]}, ("causal",), progress=False)
+    assert results["tasks"]["piqa"]["causal"]["truncated"] == 2
+
+
+def test_interrupted_eval_keeps_finished_pairs_and_a_rerun_reuses_them(tiny, tok, shared_data, tmp_path,
+                                                                        monkeypatch, capsys):
+    """Stopped during its second (task, mode) pair, evaluate() has the first in --out; the same call
+    again reuses it, says so in one line, scores only the rest and gives what one whole run gives.
+    Another checkpoint or another scoring setting reuses nothing."""
+    tasks = {"piqa": load_items(shared_data, "piqa", 3), "csqa": load_items(shared_data, "csqa", 2)}
+    out = tmp_path / "results.json"
+    scored, real = [], ev.evaluate_mode
+
+    def stop_at_second(model, task, items, req, mode, *args):
+        if scored:
+            raise KeyboardInterrupt
+        scored.append((task, mode))
+        return real(model, task, items, req, mode, *args)
+
+    monkeypatch.setattr(ev, "evaluate_mode", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate(tiny, tok, tasks, ("causal", "prefix"), out=str(out), batch_size=4)
+    kept = json.loads(out.read_text())
+    assert list(kept["tasks"]) == ["piqa"] and list(kept["tasks"]["piqa"]) == ["causal"] and not kept["complete"]
+    assert "eval.py: piqa causal: accuracy" in capsys.readouterr().out  # printed once it finished
+
+    def counting(model, task, items, req, mode, *args):
+        scored.append((task, mode))
+        return real(model, task, items, req, mode, *args)
+
+    monkeypatch.setattr(ev, "evaluate_mode", counting)
+    scored.clear()
+    resumed = ev.evaluate(tiny, tok, tasks, ("causal", "prefix"), out=str(out), batch_size=8)  # batching differs
+    said = capsys.readouterr().out
+    assert scored == [("piqa", "prefix"), ("csqa", "causal"), ("csqa", "prefix")]
+    assert [line for line in said.splitlines() if "reusing" in line] == [
+        f"eval.py: reusing from {out} (same checkpoint and settings): piqa causal"]
+    assert resumed["tasks"]["piqa"]["causal"] == kept["tasks"]["piqa"]["causal"] and resumed["complete"]
+    assert json.loads(out.read_text()) == json.loads(json.dumps(resumed))
+    whole = ev.evaluate(tiny, tok, tasks, ("causal", "prefix"), progress=False)
+    for task in tasks:
+        for mode in ("causal", "prefix"):
+            assert resumed["tasks"][task][mode]["accuracy"] == whole["tasks"][task][mode]["accuracy"]
+    assert resumed["average"] == pytest.approx(whole["average"])
+
+    scored.clear()  # everything there: nothing to score
+    ev.evaluate(tiny, tok, tasks, ("causal", "prefix"), out=str(out), progress=False)
+    assert scored == []
+    scored.clear()  # another scoring setting
+    ev.evaluate(tiny, tok, tasks, ("causal",), out=str(out), per_char_space=False, progress=False)
+    assert scored == [("piqa", "causal"), ("csqa", "causal")]
+    assert "differs in: per_char_space" in capsys.readouterr().out
+    other = with_window(tiny, tiny.config.block_size)
+    with torch.no_grad():
+        other.lm_head.weight[0, 0] += 1
+    scored.clear()  # other weights
+    ev.evaluate(other, tok, tasks, ("causal",), out=str(out), per_char_space=False, progress=False)
+    assert scored == [("piqa", "causal"), ("csqa", "causal")]
+    assert "differs in: checkpoint weights" in capsys.readouterr().out
+
+
+def test_whole_run_progress(tiny, tok, shared_data, capsys):
+    """Every pass's progress line ends with the whole run's share of work and ETA, and each pair's
+    result line with the share done so far: rising, 100% at the end."""
+    tasks = {"piqa": load_items(shared_data, "piqa", 2), "blimp": load_items(shared_data, "blimp", 2)}
+    ev.evaluate(tiny, tok, tasks, ("causal", "pll"), pll_k=(1, 2))
+    captured = capsys.readouterr()
+    results = [line for line in captured.out.splitlines() if line.startswith("eval.py: ")]
+    assert [line.split(":")[1] for line in results] == [" piqa causal", " piqa pll", " blimp causal", " blimp pll"]
+    shares = [int(line.split("whole run ")[1].split("%")[0]) for line in results]
+    assert shares == sorted(shares) and 0 < shares[0] < 100 and shares[-1] == 100 and "ETA" in results[0]
+    assert "piqa pll k=2: 2/2 items" in captured.err and "; whole run " in captured.err
 
 
 # -----------------------------------------------------------------------------
@@ -535,6 +686,12 @@ def test_cli(tiny_checkpoint, shared_data, tmp_path):
     assert results["run"]["lam"] == 0.5 and results["run"]["repetitions"] == 1.0
     assert results["tasks"]["csqa"]["prefix"]["n_items"] == 2 and "csqa" in stdout
     assert "csqa prefix: 2/2 items (" in stderr and "items/s" in stderr  # the progress line
+    assert "eval.py: csqa causal: accuracy" in stdout and "; whole run " in stderr
+    again = start_cli(*ok, "--limit", "2", "--out", out)  # the same command: nothing left to score
+    stdout_again, stderr_again = again.communicate(timeout=120)
+    assert again.returncode == 0 and "items/s" not in stderr_again, stderr_again
+    assert f"eval.py: reusing from {out} (same checkpoint and settings): csqa causal, csqa prefix" in stdout_again
+    assert json.loads(out.read_text())["tasks"] == results["tasks"]
     import gp_fit  # the file is what gp_fit.py --results reads
     runs = gp_fit.read_runs(results_paths=[str(out)])
     assert (runs["lambda"][0], runs["repetitions"][0]) == (0.5, 1.0)

@@ -447,15 +447,68 @@ def test_hf_export_gives_the_same_causal_logits(tmp_path, tie):
     assert (ours - theirs).abs().max() <= 1e-4, (ours - theirs).abs().max()
 
 
-def test_hf_export_carries_the_tokenizer(tmp_path, tiny_checkpoint):
+def sharp_checkpoint(path, tiny_checkpoint):
+    """The tiny checkpoint (tokenizer included) with weights whose predictions depend strongly on the
+    context, so that greedy decoding is far from ties."""
+    ckpt = torch.load(str(tiny_checkpoint), weights_only=True)
+    gen = torch.Generator().manual_seed(3)
+    for name, p in ckpt["model"].items():
+        if p.dim() == 2:
+            ckpt["model"][name] = torch.randn(p.shape, generator=gen) * (2.0 / math.sqrt(p.shape[1]))
+    M.save_checkpoint(str(path), ckpt)
+    return path
+
+
+def test_hf_export_tokenizer_puts_bos_first(tmp_path, tiny_checkpoint):
+    """AutoTokenizer gives exactly what eval.py and sample.py feed the model: <s>, then the text's ids
+    (literal "<s>" in the text stays text); lm-evaluation-harness's default relies on this."""
     transformers = pytest.importorskip("transformers")
     import data
-    M.export_hf(M.load_checkpoint(str(tiny_checkpoint)), str(tmp_path))
-    ours = data.Tokenizer.from_spec(M.load_checkpoint(str(tiny_checkpoint)).meta["tokenizer"])
+    m = M.load_checkpoint(str(tiny_checkpoint))
+    M.export_hf(m, str(tmp_path))
+    ours = data.Tokenizer.from_spec(m.meta["tokenizer"])
     theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
-    text = "ROMEO: What light through yonder window breaks?"
-    assert theirs(text)["input_ids"] == ours.encode(text)
-    assert (theirs.bos_token_id, theirs.pad_token_id, theirs.mask_token_id) == (ours.bos_id, ours.pad_id, ours.mask_id)
+    for text in ["ROMEO: What light through yonder window breaks?", "a <s> b </s> <unk> <mask>", ""]:
+        assert theirs(text)["input_ids"] == [ours.bos_id] + ours.encode(text), text
+        assert theirs(text, add_special_tokens=False)["input_ids"] == ours.encode(text)
+    assert (theirs.bos_token_id, theirs.eos_token_id, theirs.pad_token_id, theirs.mask_token_id) == (
+        ours.bos_id, ours.eos_id, ours.pad_id, ours.mask_id)
+
+
+def test_hf_generate_equals_sample_greedy(tmp_path, tiny_checkpoint):
+    """transformers' plain generate(do_sample=False) from the tokenizer's ids gives sample.py's greedy
+    tokens, 50 of them: generation_config.json suppresses the special tokens sample.py never samples,
+    and </s> (never in the training documents) cannot end the text early. Every file is 0644."""
+    transformers = pytest.importorskip("transformers")
+    import data
+    import sample
+    ckpt = sharp_checkpoint(tmp_path / "ckpt.pt", tiny_checkpoint)
+    out = tmp_path / "hf"
+    run = subprocess.run([sys.executable, str(REPO / "model.py"), "--ckpt", str(ckpt), "--export_hf", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
+                                                     "tokenizer.json", "tokenizer_config.json"]
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in out.iterdir())
+    m = M.load_checkpoint(str(ckpt))
+    tok = data.Tokenizer.from_spec(m.meta["tokenizer"])
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    for n, prompt in enumerate(["ROMEO:", "First Citizen:\nBefore we proceed"]):
+        ours = sample.generate_ar(m, tok.encode(prompt), 50, temperature=0, banned_ids=sample.special_ids(m, tok))
+        inputs = hf_tok(prompt, return_tensors="pt")
+        if n == 1:  # a model that wants <s> mid-text, as trained models do: <s> outscores the most
+            # frequent greedy token wherever that one wins, and every other logit stays as it was
+            favourite = torch.bincount(ours[0, inputs.input_ids.size(1):]).argmax()
+            with torch.no_grad():
+                hf.lm_head.weight[tok.bos_id] = 1.01 * hf.lm_head.weight[favourite]
+        with torch.no_grad():
+            theirs = hf.generate(**inputs, do_sample=False, max_new_tokens=50)
+        assert theirs[0].tolist() == ours[0].tolist(), prompt
+    hf.generation_config.suppress_tokens = None  # the test can fail: without the suppression <s> comes out
+    with torch.no_grad():
+        free = hf.generate(**inputs, do_sample=False, max_new_tokens=50)
+    assert tok.bos_id in free[0, 1:].tolist()
 
 
 def test_cli_errors_are_one_line(tmp_path):
