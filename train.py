@@ -271,7 +271,7 @@ def main(argv):
     # --- out_dir: checked and locked before any work (only rank 0 writes to it) ---------------
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     if master:
-        lock = claim_out_dir(ckpt_path)  # noqa: F841 (held until the process exits)
+        lock = claim_out_dir(ckpt_path)  # noqa: F841 (the lock is held while this file stays open)
         for path in modeling.remove_stale_temporaries(ckpt_path):
             log(f"removed {path}, left by a run killed while writing a checkpoint")
 
