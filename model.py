@@ -525,7 +525,7 @@ def read_checkpoint(path, map_location="cpu"):
             asks = f" (it asks for {refused.group(1)})" if refused.group(1) else ""
             raise ValueError(f"checkpoint {path} holds objects other than tensors and plain data{asks}, so it "
                              f"was not loaded; load it only if its source is trusted") from None
-        raise ValueError(f"checkpoint {path} is corrupt or not a checkpoint (its pickle cannot be read); "
+        raise ValueError(f"checkpoint {path} is corrupt or truncated (its pickle cannot be read); "
                          f"use an intact copy or retrain") from None
     except Exception as e:  # truncated zip, not a checkpoint at all, ...
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
