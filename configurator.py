@@ -9,14 +9,16 @@ argv)` then runs each config file given on the command line as plain Python insi
 applies every `--key=value` override, parsing the value with `ast.literal_eval` (never `eval`).
 
 Mistakes fail loudly with one line each: an unknown key (with the closest known key suggested), a
-value of the wrong type, a missing config file. `--help` (or `-h`) lists every setting with its
-value and the comment on its line of the script, then exits.
+value of the wrong type, a missing config file, an error inside a config file (with its file:line).
+`--help` (or `-h`) lists every setting with its value and the comment on its line of the script,
+then exits.
 """
 import ast
 import difflib
 import os
 import re
 import sys
+import traceback
 import types
 
 # Types a setting may have; a setting whose default is None accepts any of them.
@@ -61,10 +63,11 @@ def configure(namespace, argv):
             before = set(namespace)
             scope = {"include": make_include(namespace, os.path.dirname(arg))}
             namespace.update(scope)
-            with open(arg) as f:
-                exec(compile(f.read(), arg, "exec"), namespace)
-            for name in scope:
-                namespace.pop(name, None)
+            try:
+                run_config_file(arg, namespace)
+            finally:
+                for name in scope:
+                    namespace.pop(name, None)
             for name in set(namespace) - before:  # names the file introduced
                 if isinstance(namespace[name], (types.ModuleType, types.FunctionType, type)) or name.startswith("_"):
                     continue  # imports and helpers are fine
@@ -96,8 +99,7 @@ def make_include(namespace, folder):
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             raise ValueError(f"included config file {path} does not exist")
-        with open(path) as f:
-            exec(compile(f.read(), path, "exec"), namespace)
+        run_config_file(path, namespace)
     return include
 
 
@@ -130,3 +132,28 @@ def help_text(namespace, changed=()):
             out.append(f"  {section}")
         out.append(f"    {key + ' = ' + repr(namespace[key]):<{width}}  {comment}".rstrip())
     return "\n".join(out)
+
+
+class ConfigFileError(ValueError):
+    """An error inside a config file, already located at its file:line."""
+
+
+def run_config_file(path, namespace):
+    """Run a config file in `namespace`. Any error in it (a syntax error, an undefined name, a failed
+    include) becomes one line that points at the file and line where it happened."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path} cannot be read ({getattr(e, 'strerror', None) or e}); "
+                         f"a config file is Python source in UTF-8") from None
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except ConfigFileError:
+        raise  # from an included file: it already names its file and line
+    except SyntaxError as e:
+        raise ConfigFileError(f"config file {e.filename}:{e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:
+        line = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path][-1]
+        message = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        raise ConfigFileError(f"config file {path}:{line}: {message}") from None

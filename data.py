@@ -680,6 +680,10 @@ def load_meta(data_dir):
         meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{data_dir / 'meta.json'} is not valid JSON ({e}); {fix}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{data_dir / 'meta.json'} is not UTF-8 text (a damaged file); {fix}") from None
+    except OSError as e:
+        raise ValueError(f"{data_dir / 'meta.json'} cannot be read ({e.strerror}); fix its permissions") from None
     needed = ["vocab_size", "dtype", "train_tokens", "val_tokens", "bos_id", "pad_id", "mask_id"]
     if not isinstance(meta, dict) or any(key not in meta for key in needed):
         raise ValueError(f"{data_dir / 'meta.json'} is not a data.py description (it needs {', '.join(needed)}); {fix}")

@@ -1085,10 +1085,15 @@ def run_info(model):
     """What gp_fit.py and the sweep need to place this checkpoint: lambda, repetitions, tokens seen."""
     meta = getattr(model, "meta", None) or {}
     config = meta.get("config") or {}
-    info = {"lam": config.get("lam"), "repetitions": config.get("repetitions"),
+    # segments: the stretches of steps that ran with different settings (a resume with a new lam, say);
+    # `config` holds the last one's, so lam or repetitions that changed during the run are not the run's
+    segments = meta.get("segments") or []
+    varied = set().union(*(s.get("settings", {}) for s in segments)) if segments else set()
+    info = {"lam": None if "lam" in varied else config.get("lam"),
+            "repetitions": None if "repetitions" in varied else config.get("repetitions"),
             "tokens_seen": meta.get("tokens_seen"), "iter_num": meta.get("iter_num"),
             "n_params": model.num_params(), "n_params_non_embedding": model.num_params(non_embedding=True),
-            "model_config": asdict(model.config)}
+            "model_config": asdict(model.config), "segments": segments}
     info["config"] = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool, type(None)))}
     return info
 

@@ -21,6 +21,9 @@ import json
 import math
 import numbers
 import os
+import pickle
+import re
+import shutil
 import sys
 from dataclasses import asdict, dataclass, fields
 
@@ -442,7 +445,8 @@ def save_checkpoint(path, ckpt):
     """Write atomically: a temporary file in the same folder, flushed to disk, then renamed over
     `path`. A crash (even SIGKILL) at any moment leaves either the old or the new file, never a
     half-written one. `ckpt` must hold only what torch.load(weights_only=True) accepts: tensors,
-    numbers, strings, lists and dicts."""
+    numbers, strings, lists and dicts. A failed write (a full disk, ...) raises OSError(errno,
+    strerror, path) and leaves `path` as it was."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
@@ -451,9 +455,40 @@ def save_checkpoint(path, ckpt):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except RuntimeError as e:  # torch's zip writer hides the error of a failed write behind its own
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        if not isinstance(cause, OSError):
+            raise
+        raise OSError(cause.errno, cause.strerror, path) from None
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def remove_stale_temporaries(path):
+    """Delete the temporary files that save_checkpoint(path) left behind in processes that died
+    mid-write (SIGKILL, power loss): `.NAME.tmpPID` whose PID no longer runs. Returns their paths."""
+    folder, name = os.path.split(os.path.abspath(path))
+    prefix, removed = f".{name}.tmp", []
+    for entry in os.listdir(folder):
+        pid = entry[len(prefix):]
+        if not entry.startswith(prefix) or not pid.isdigit():
+            continue
+        if int(pid) != os.getpid():  # our own PID cannot be writing yet: a dead process had it before
+            try:
+                os.kill(int(pid), 0)
+                continue  # still running (maybe another program that reuses the PID): leave it
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # running, under another user
+        os.remove(os.path.join(folder, entry))
+        removed.append(os.path.join(folder, entry))
+    return removed
 
 
 def parse_device(name):
@@ -484,7 +519,15 @@ def read_checkpoint(path, map_location="cpu"):
         raise ValueError(f"checkpoint {path} is not readable by this user; fix its permissions")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, not a checkpoint at all, unpickling refused, ...
+    except pickle.UnpicklingError as e:  # torch's text suggests weights_only=False: never quoted
+        refused = re.search(r"GLOBAL (\S+)|unrecognized function|Can only (create|build)", str(e))
+        if refused:  # the pickle asks to import or call something: code, not data
+            asks = f" (it asks for {refused.group(1)})" if refused.group(1) else ""
+            raise ValueError(f"checkpoint {path} holds objects other than tensors and plain data{asks}, so it "
+                             f"was not loaded; load it only if its source is trusted") from None
+        raise ValueError(f"checkpoint {path} is corrupt or truncated (its pickle cannot be read); "
+                         f"use an intact copy or retrain") from None
+    except Exception as e:  # truncated zip, not a checkpoint at all, ...
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"checkpoint {path} is corrupt or truncated ({first_line[:200]}); "
                          f"use an intact copy or retrain") from None
@@ -494,11 +537,36 @@ def read_checkpoint(path, map_location="cpu"):
     return ckpt
 
 
+def num_weights(cfg):
+    """The number of values in DualLM(cfg).state_dict(), from the config alone (a tied LM head is
+    listed, and counted, twice there too)."""
+    E, V, I = cfg.n_embd, cfg.vocab_size, cfg.intermediate_size
+    return 2 * V * E + E + cfg.n_layer * (4 * E * E + 3 * E * I + 2 * E)
+
+
+def check_size(path, cfg, weights):
+    """A model_config that does not match its weights is refused before the model is built, so a
+    damaged or hostile one (n_layer=10**9) allocates nothing. The rotary tables, the one buffer
+    that no weight bounds, may take at most the size of the weights or 1 GiB, whichever is larger."""
+    if not isinstance(weights, dict) or not all(isinstance(w, torch.Tensor) for w in weights.values()):
+        raise ValueError(f"checkpoint {path}: 'model' is not a dict of tensors; pass the ckpt.pt that train.py wrote")
+    have, want = sum(w.numel() for w in weights.values()), num_weights(cfg)
+    if have != want:
+        raise ValueError(f"checkpoint {path}: the weights do not fit its model_config ({want:,} values "
+                         f"expected, {have:,} found); pass the ckpt.pt that train.py wrote")
+    rope_bytes = 2 * cfg.block_size * (cfg.n_embd // cfg.n_head // 2) * 4
+    if rope_bytes > max(4 * have, 1 << 30):
+        raise ValueError(f"checkpoint {path}: model_config block_size={cfg.block_size:,} would need "
+                         f"{rope_bytes / 2**30:.1f} GiB of rotary tables; the file is damaged")
+
+
 def load_checkpoint(path, device="cpu"):
     """The model of a train.py checkpoint, in eval mode. The rest of the checkpoint (run config,
     tokenizer spec, iteration, tokens seen) is attached as `model.meta` for eval/sample scripts."""
     ckpt = read_checkpoint(path)
-    model = DualLM(ModelConfig.from_dict(ckpt["model_config"]))
+    cfg = ModelConfig.from_dict(ckpt["model_config"])
+    check_size(path, cfg, ckpt["model"])
+    model = DualLM(cfg)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:  # missing/unexpected keys or wrong shapes: weights and config disagree
@@ -559,16 +627,50 @@ def hf_tokenizer_files(spec, bos_id, block_size):
     return {"tokenizer.json": bpe.to_str(), "tokenizer_config.json": json.dumps(config, indent=2)}
 
 
+def check_export_dir(out_dir):
+    """Refuse, before any work, an export folder that export_hf could not fill: a file, a folder
+    that already holds something (export never mixes its files with others), a missing parent."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"export folder {out_dir} is a file; choose a folder name")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise ValueError(f"export folder {out_dir} is not empty; choose a new folder or remove this one")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    if not os.path.isdir(parent):
+        raise ValueError(f"export folder {out_dir}: its parent folder {parent} does not exist; create it first")
+
+
 def export_hf(model, out_dir):
     """Write config.json, generation_config.json and model.safetensors (+ tokenizer.json and
     tokenizer_config.json when the checkpoint carries a BPE tokenizer), all readable by everyone, so
     that transformers.LlamaForCausalLM.from_pretrained(out_dir) loads the model,
     AutoTokenizer.from_pretrained(out_dir) its tokenizer, and generate() never produces a token
-    that sample.py never samples (the special tokens: suppress_tokens)."""
+    that sample.py never samples (the special tokens: suppress_tokens). The files are written
+    into a temporary folder beside out_dir that is renamed to out_dir once complete, so a failure
+    (a full disk, a kill) never leaves a half-written export."""
     try:
-        from safetensors.torch import save_file
+        from safetensors import SafetensorError
     except ImportError:
         raise ValueError("export needs the safetensors package: pip install safetensors") from None
+    check_export_dir(out_dir)
+    out_dir = os.path.normpath(out_dir)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(out_dir)), f".{os.path.basename(out_dir)}.tmp{os.getpid()}")
+    try:
+        os.makedirs(tmp)
+        write_hf(model, tmp)
+        os.chmod(tmp, 0o755)  # mkdir's mode follows the umask; the export is meant to be shared
+        os.replace(tmp, out_dir)  # onto a missing or empty folder: atomic
+    except (OSError, SafetensorError) as e:  # a full disk, a folder we may not write, ...
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise OSError(f"could not write the export {out_dir} ({reason}); nothing was exported") from None
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def write_hf(model, out_dir):
+    """export_hf's files, written into the existing folder out_dir."""
+    from safetensors.torch import save_file
     import data  # the tokenizer, and sample.py's rule for the ids never generated
     from sample import special_ids
     cfg, spec = model.config, getattr(model, "meta", {}).get("tokenizer")
@@ -583,12 +685,10 @@ def export_hf(model, out_dir):
              "generation_config.json": json.dumps(generation, indent=2)}
     if tok is not None and spec.get("kind") == "bpe":
         files.update(hf_tokenizer_files(spec, cfg.bos_id, cfg.block_size))
-    os.makedirs(out_dir, exist_ok=True)
     for name, text in files.items():
         with open(os.path.join(out_dir, name), "w") as f:
             f.write(text)
-    weights = os.path.join(out_dir, "model.safetensors")
-    save_file(hf_state_dict(model), weights, metadata={"format": "pt"})
+    save_file(hf_state_dict(model), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     for name in list(files) + ["model.safetensors"]:  # safetensors writes through a private (0600) temp file
         os.chmod(os.path.join(out_dir, name), 0o644)
     return out_dir
@@ -601,6 +701,8 @@ def main(argv=None):
     parser.add_argument("--export_hf", metavar="DIR", help="write the model, its tokenizer and a generation config "
                                                           "to DIR (Hugging Face Llama format)")
     args = parser.parse_args(argv)
+    if args.export_hf:
+        check_export_dir(args.export_hf)
     model = load_checkpoint(args.ckpt)
     cfg = model.config
     print(f"{args.ckpt}: {cfg.n_layer} layers, width {cfg.n_embd}, {cfg.n_head} heads, vocab {cfg.vocab_size}; "

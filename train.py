@@ -19,12 +19,13 @@ micro-batches either way. So N ranks compute what one process with the same G co
 Resuming is exact for the same reason: everything random is a function of (seed, step, micro-batch),
 and the checkpoint holds the model, the optimizer and the step.
 """
+import fcntl
 import json
 import math
 import os
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from fractions import Fraction
 
@@ -47,6 +48,7 @@ eval_interval = 100             # evaluate, log metrics and checkpoint every thi
 eval_iters = 8                  # validation batches (of batch_size windows) per objective
 log_interval = 10
 resume = False                  # continue the run whose checkpoint is out_dir/ckpt.pt
+overwrite = False               # a fresh run may replace the checkpoint and metrics already in out_dir
 seed = 1337
 wandb_log = False               # also send every evaluation's metrics to Weights & Biases (pip install wandb)
 wandb_project = "nanodual"      # the W&B project of the run
@@ -197,6 +199,62 @@ def check_settings():
             raise ValueError(f"{key}={globals()[key]!r} is not one of {allowed}")
     if compile not in (None, True, False):
         raise ValueError(f"compile={compile!r} must be True, False or None (None: on for CUDA, off for CPU)")
+    if resume and overwrite:
+        raise ValueError("resume=True continues the checkpoint in out_dir and overwrite=True replaces it; pick one")
+
+
+def claim_out_dir(ckpt_path):
+    """Check out_dir before any work and lock it for this process: two runs writing one out_dir would
+    interleave their metrics and keep whichever checkpoint came last. The lock is an advisory flock,
+    which the kernel releases when the process dies, so even a SIGKILL leaves no stale lock. Returns
+    the lock file, which must stay open for the whole run."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"out_dir={out_dir} is a file, not a folder; choose another out_dir")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        lock = open(os.path.join(out_dir, "train.lock"), "a+")  # "a+": do not erase the holder's PID
+    except OSError as e:
+        raise ValueError(f"out_dir={out_dir} cannot be created or written ({e.strerror}); "
+                         f"choose another out_dir") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        raise ValueError(f"out_dir={out_dir} is in use by another train.py (PID {holder}); wait for it to "
+                         f"finish or choose another out_dir") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    if os.path.exists(ckpt_path) and not resume and not overwrite:
+        raise ValueError(f"out_dir={out_dir} already holds a checkpoint ({ckpt_path}); resume it with "
+                         f"--resume=True, or choose another out_dir, or pass --overwrite=True")
+    return lock
+
+
+@contextmanager
+def stop_if_write_fails(path, ckpt_path):
+    """Turn a failed write (a full disk, a lost mount) into one line that says what survived."""
+    try:
+        yield
+    except OSError as e:
+        kept = (f"the previous checkpoint {ckpt_path} was kept; continue with --resume=True once it is fixed"
+                if os.path.exists(ckpt_path) else "no checkpoint had been written yet")
+        raise OSError(f"could not write {path} ({e.strerror or e}); {kept}") from None
+
+
+def next_segments(segments, old_config, config, iter_num):
+    """The checkpoint's record of how its model was trained: one segment per stretch of steps
+    [from_iter, to_iter) run with the same settings. Each segment lists the settings that differ
+    between segments, so a resume with lam 0.5 -> 1.0 shows exactly how many steps ran at each."""
+    changed = [k for k in config if k in old_config and old_config[k] != config[k] and k not in ("resume", "overwrite")]
+    if not changed:
+        return segments
+    for segment in segments:  # a newly changed setting held its old value in every earlier segment
+        for k in changed:
+            segment["settings"].setdefault(k, old_config[k])
+    keys = segments[-1]["settings"]
+    return segments + [{"from_iter": iter_num, "to_iter": iter_num, "settings": {k: config[k] for k in keys}}]
 
 
 def main(argv):
@@ -242,6 +300,13 @@ def main(argv):
         if master:
             print(*args, flush=True)
 
+    # --- out_dir: checked and locked before any work (only rank 0 writes to it) ---------------
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    if master:
+        lock = claim_out_dir(ckpt_path)  # noqa: F841 (the lock is held while this file stays open)
+        for path in modeling.remove_stale_temporaries(ckpt_path):
+            log(f"removed {path}, left by a run killed while writing a checkpoint")
+
     # --- data: a random subset of T/r tokens of whole documents, r times over (paper §5.1) ---
     meta = data.load_meta(data_dir)
     tokenizer = data.Tokenizer.load(data_dir)
@@ -262,8 +327,8 @@ def main(argv):
         f"= {epochs:.2f} epochs; {len(val_x)} validation windows")
 
     # --- model and optimizer -----------------------------------------------------------------
-    ckpt_path = os.path.join(out_dir, "ckpt.pt")
     ckpt = None
+    segments = [{"from_iter": 0, "to_iter": 0, "settings": {}}]
     if resume:
         if not os.path.isfile(ckpt_path):
             raise ValueError(f"resume=True but there is no checkpoint at {ckpt_path}; run without --resume=True")
@@ -284,9 +349,12 @@ def main(argv):
                 raise ValueError(f"{key}={config[key]} differs from the checkpoint's {ckpt['config'].get(key)}; "
                                  f"resume with the configuration the run started with")
         changed = [f"{k} {ckpt['config'][k]!r} -> {config[k]!r}" for k in config
-                   if k in ckpt["config"] and ckpt["config"][k] != config[k] and k != "resume"]
+                   if k in ckpt["config"] and ckpt["config"][k] != config[k] and k not in ("resume", "overwrite")]
         if changed:  # allowed (e.g. a longer max_iters), but the run is then not the one that was started
             log(f"note: resuming with changed settings: {', '.join(changed)}")
+        # a checkpoint from before segments were recorded: one segment, whatever happened in it
+        segments = ckpt.get("segments") or [{"from_iter": 0, "to_iter": ckpt["iter_num"], "settings": {}}]
+        segments = next_segments(segments, ckpt["config"], config, ckpt["iter_num"])
     model_config = modeling.ModelConfig(
         vocab_size=meta["vocab_size"], block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
         intermediate_size=intermediate_size, rope_theta=rope_theta, tie_embeddings=tie_embeddings,
@@ -313,9 +381,10 @@ def main(argv):
     # --- metrics -----------------------------------------------------------------------------
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
     if master:
-        os.makedirs(out_dir, exist_ok=True)
-        if not resume and os.path.exists(metrics_path):
-            os.remove(metrics_path)  # a fresh run starts a fresh log
+        if not resume:  # a fresh run starts a fresh log (and, with overwrite=True, drops the old checkpoint)
+            for path in (metrics_path, ckpt_path):
+                if os.path.exists(path):
+                    os.remove(path)
         elif os.path.exists(metrics_path):  # resuming: drop what was logged after the checkpoint
             def logged_before_checkpoint(line):
                 try:
@@ -324,8 +393,10 @@ def main(argv):
                     return False
             with open(metrics_path) as f:
                 kept = [line for line in f if logged_before_checkpoint(line)]
-            with open(metrics_path, "w") as f:
-                f.writelines(kept)
+            with stop_if_write_fails(metrics_path, ckpt_path):  # rewritten atomically: the log is never lost
+                with open(metrics_path + ".tmp", "w") as f:
+                    f.writelines(kept)
+                os.replace(metrics_path + ".tmp", metrics_path)
     curves_path = os.path.join(out_dir, "curves.png")
     draw_curves = master
     if master:
@@ -392,7 +463,7 @@ def main(argv):
             train_sums.zero_()
             train_counts.zero_()
             if master:
-                with open(metrics_path, "a") as f:
+                with stop_if_write_fails(metrics_path, ckpt_path), open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 if draw_curves:
                     plot_curves(history, curves_path)
@@ -403,14 +474,18 @@ def main(argv):
                     + (f" | train ar {means[0]:.4f}" if means[0] is not None else "")
                     + (f" md {means[1]:.4f}" if means[1] is not None else "")
                     + (f" | OVERFITTING: {', '.join(flags)} (val loss rising while train loss falls)" if flags else ""))
-                modeling.save_checkpoint(ckpt_path, {
-                    "model": raw_model.state_dict(), "model_config": asdict(model_config),
-                    "optimizer": opt.state_dict(), "config": config, "iter_num": iter_num,
-                    "tokens_seen": tokens_seen, "lam": lam, "history": history, "tokenizer": tokenizer.to_spec(),
-                    "data": {"data_dir": os.path.abspath(data_dir), "vocab_size": meta["vocab_size"],
-                             "unique_tokens": windows.unique_tokens, "n_windows": windows.n_windows,
-                             "params": n_params, "non_embedding_params": raw_model.num_params(True),
-                             "total_tokens": total_windows * block_size, "epochs": epochs}})
+                segments[-1]["to_iter"] = iter_num
+                # "config" is the latest segment's; "lam" is None when segments ran at different lam
+                with stop_if_write_fails(ckpt_path, ckpt_path):
+                    modeling.save_checkpoint(ckpt_path, {
+                        "model": raw_model.state_dict(), "model_config": asdict(model_config),
+                        "optimizer": opt.state_dict(), "config": config, "iter_num": iter_num,
+                        "tokens_seen": tokens_seen, "lam": None if "lam" in segments[0]["settings"] else lam,
+                        "segments": segments, "history": history, "tokenizer": tokenizer.to_spec(),
+                        "data": {"data_dir": os.path.abspath(data_dir), "vocab_size": meta["vocab_size"],
+                                 "unique_tokens": windows.unique_tokens, "n_windows": windows.n_windows,
+                                 "params": n_params, "non_embedding_params": raw_model.num_params(True),
+                                 "total_tokens": total_windows * block_size, "epochs": epochs}})
         if iter_num >= max_iters:
             break
 
@@ -475,8 +550,21 @@ def main(argv):
         dist.destroy_process_group()
 
 
+def last_checkpoint():
+    """Where a stopped run can be continued from: the checkpoint in out_dir, if there is one."""
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    if os.path.isfile(ckpt_path):
+        return f"the last checkpoint is {ckpt_path}; continue with --resume=True"
+    return f"no checkpoint had been written to {out_dir} yet"
+
+
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except BrokenPipeError:  # the reader of stdout went away (`train.py ... | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        sys.exit(f"train.py: stopped: its output was closed; {last_checkpoint()}")
+    except (ValueError, OSError, FloatingPointError) as e:  # OSError: a failed write, a missing file
         sys.exit(f"train.py: error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(f"train.py: interrupted (Ctrl-C); {last_checkpoint()}")

@@ -105,3 +105,38 @@ def test_help_lists_the_settings_in_script_order_with_comments_and_sections(tmp_
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "    lam = 0.25" in out and "(with the arguments before --help applied)" in out
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ("lam = 0.5\nmax_iters = 10 *\n", 2, "syntax error: invalid syntax"),
+    ("lam = 0.5\n\nmax_iters = steps * 2\n", 3, "NameError: name 'steps' is not defined"),
+    ("max_iters = 1 // 0\n", 1, "ZeroDivisionError: integer division or modulo by zero"),
+])
+def test_an_error_inside_a_config_file_names_its_file_and_line(tmp_path, text, line, message):
+    path = tmp_path / "bad.py"
+    path.write_text(text)
+    with pytest.raises(ValueError) as e:
+        configure(namespace(), [str(path)])
+    assert str(e.value) == f"config file {path}:{line}: {message}"
+
+
+def test_an_error_in_an_included_file_names_the_included_file(tmp_path):
+    (tmp_path / "base.py").write_text("lam = 0.25\nmax_iters = undefined\n")
+    (tmp_path / "run.py").write_text("# a recipe\ninclude('base.py')\n")
+    with pytest.raises(ValueError) as e:
+        configure(namespace(), [str(tmp_path / "run.py")])
+    assert str(e.value) == f"config file {tmp_path / 'base.py'}:2: NameError: name 'undefined' is not defined"
+    ns = namespace()
+    (tmp_path / "run.py").write_text("\ninclude('absent.py')\n")
+    with pytest.raises(ValueError) as e:
+        configure(ns, [str(tmp_path / "run.py")])
+    assert str(e.value) == f"config file {tmp_path / 'run.py'}:2: included config file {tmp_path / 'absent.py'} " \
+                           f"does not exist"
+    assert "include" not in ns  # the helper does not leak into the settings, even after an error
+
+
+def test_a_config_file_that_is_not_utf8_text_fails_in_one_line(tmp_path):
+    path = tmp_path / "binary.py"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match=f"config file {path} cannot be read .*; a config file is Python source"):
+        configure(namespace(), [str(path)])

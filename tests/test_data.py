@@ -7,6 +7,7 @@ a random subset of whole documents, every token of it once per epoch, re-packed 
 import gzip
 import hashlib
 import json
+import os
 import random
 import re
 import subprocess
@@ -726,6 +727,24 @@ def test_missing_or_empty_data_folder(tmp_path):
     with pytest.raises(ValueError) as error:
         data.load_meta(folder)
     assert "holds 12 bytes" in one_line(error)
+
+
+def test_a_meta_json_of_random_bytes_or_unreadable_names_the_file(tmp_path):
+    folder = fake_dataset(tmp_path / "d", np.arange(50), np.arange(10))
+    (folder / "meta.json").write_bytes(bytes(random.Random(0).randrange(128, 256) for _ in range(64)))
+    with pytest.raises(ValueError) as error:
+        data.load_meta(folder)
+    assert one_line(error).startswith(f"{folder / 'meta.json'} is not UTF-8 text (a damaged file); prepare it with")
+    (folder / "meta.json").write_text("{}")
+    (folder / "meta.json").chmod(0)
+    try:
+        if os.access(folder / "meta.json", os.R_OK):
+            pytest.skip("running as a user who reads any file (root)")
+        with pytest.raises(ValueError) as error:
+            data.load_meta(folder)
+        assert one_line(error) == f"{folder / 'meta.json'} cannot be read (Permission denied); fix its permissions"
+    finally:
+        (folder / "meta.json").chmod(0o644)
 
 
 def test_block_size_or_token_budget_too_large_for_the_data(tmp_path):

@@ -1,7 +1,9 @@
 """model.py against independent references: a hand-written forward pass with explicit masks and a
 plain softmax, Hugging Face's LlamaForCausalLM, and exact expectations computed by enumeration."""
+import errno
 import itertools
 import math
+import os
 import subprocess
 import sys
 from dataclasses import asdict
@@ -427,8 +429,75 @@ def test_checkpoint_round_trip_and_bad_files(tmp_path):
         M.load_checkpoint(str(tmp_path / "other.pt"))
     M.save_checkpoint(str(tmp_path / "mismatch.pt"), {"model": m.state_dict(),
                                                       "model_config": asdict(tiny_config(n_layer=3))})
-    with pytest.raises(ValueError, match="weights do not fit its model_config .*blocks.2"):
+    with pytest.raises(ValueError, match=r"weights do not fit its model_config \(27,936 values expected, 19,936"):
         M.load_checkpoint(str(tmp_path / "mismatch.pt"))
+    renamed = {k.replace("blocks.1.", "blocks.2."): v for k, v in m.state_dict().items()}  # same size, other names
+    M.save_checkpoint(str(tmp_path / "renamed.pt"), {"model": renamed, "model_config": asdict(m.config)})
+    with pytest.raises(ValueError, match="weights do not fit its model_config .*blocks.1"):
+        M.load_checkpoint(str(tmp_path / "renamed.pt"))
+
+
+def test_num_weights_counts_what_the_model_holds():
+    for kw in [{}, {"tie_embeddings": True}, {"n_layer": 3, "intermediate_size": 40}]:
+        m = tiny_model(**kw)
+        assert M.num_weights(m.config) == sum(w.numel() for w in m.state_dict().values())
+
+
+def test_an_absurd_model_config_is_refused_before_the_model_is_built(tmp_path, monkeypatch):
+    m = tiny_model()
+    monkeypatch.setattr(M, "DualLM", None)  # building any model from here on fails the test
+    for absurd, message in [({"n_layer": 10**9}, r"weights do not fit its model_config \(\d[\d,]+ values expected"),
+                            ({"n_embd": 2**20, "n_head": 2**10}, "weights do not fit its model_config"),
+                            ({"block_size": 10**13}, "block_size=10,000,000,000,000 would need .* GiB of rotary "
+                                                     "tables; the file is damaged")]:
+        path = tmp_path / "absurd.pt"
+        M.save_checkpoint(str(path), {"model": m.state_dict(), "model_config": {**asdict(m.config), **absurd}})
+        with pytest.raises(ValueError, match=message):
+            M.load_checkpoint(str(path))
+
+
+def test_a_pickle_that_asks_to_run_code_is_refused_with_its_own_message(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"model": Payload(), "model_config": {}}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError) as e:
+        M.load_checkpoint(str(tmp_path / "evil.pt"))
+    assert str(e.value) == (f"checkpoint {tmp_path / 'evil.pt'} holds objects other than tensors and plain data "
+                            f"(it asks for {os.system.__module__}.system), so it was not loaded; load it only if its "
+                            f"source is trusted")
+    assert "weights_only" not in str(e.value) and not marker.exists()
+
+
+def test_a_failed_checkpoint_write_names_the_path_and_keeps_the_old_file(tmp_path):
+    # a real failed write inside torch.save: the file size limit makes the kernel refuse it (EFBIG),
+    # as a full disk would (ENOSPC), and torch wraps that OSError in a RuntimeError of its own
+    path = tmp_path / "ckpt.pt"
+    M.save_checkpoint(str(path), {"w": torch.ones(10)})
+    before = path.read_bytes()
+    script = ("import resource, signal, sys, torch\nsys.path.insert(0, %r)\nimport model\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))\n"
+              "try:\n    model.save_checkpoint(%r, {'w': torch.ones(100_000)})\n"
+              "except OSError as e:\n    print(e.errno, e.filename)\n" % (str(REPO), str(path)))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.stdout.split() == [str(errno.EFBIG), str(path)], run.stderr
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["ckpt.pt"]  # no temporary file left
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = tmp_path / "ckpt.pt"
+    stale, live, other = (tmp_path / f".ckpt.pt.tmp{dead.pid}", tmp_path / f".ckpt.pt.tmp{os.getppid()}",
+                          tmp_path / f".other.pt.tmp{dead.pid}")
+    for p in (stale, live, other):
+        p.write_bytes(b"x")
+    assert M.remove_stale_temporaries(str(path)) == [str(stale)]
+    assert not stale.exists() and live.exists() and other.exists()
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -511,13 +580,39 @@ def test_hf_generate_equals_sample_greedy(tmp_path, tiny_checkpoint):
     assert tok.bos_id in free[0, 1:].tolist()
 
 
+def test_hf_export_on_a_full_disk_leaves_no_folder(tmp_path, monkeypatch):
+    pytest.importorskip("safetensors")
+    import safetensors.torch
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half")
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    out = tmp_path / "hf"
+    with pytest.raises(OSError) as e:
+        M.export_hf(tiny_model(), str(out))
+    assert str(e.value).startswith(f"could not write the export {out} (Error while serializing: I/O error: No space "
+                                   f"left on device (os error 28)); nothing was exported")
+    assert os.listdir(tmp_path) == []  # neither the folder nor its temporary twin
+
+
 def test_cli_errors_are_one_line(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     write_checkpoint(tmp_path / "good.pt", tiny_model())
     (tmp_path / "a_file").write_text("")
-    for args in [["--ckpt", tmp_path / "missing.pt"], ["--ckpt", tmp_path / "bad.pt"],
-                 ["--ckpt", tmp_path / "good.pt", "--export_hf", tmp_path / "a_file"]]:  # not a folder
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    for args, message in [(["--ckpt", tmp_path / "missing.pt"], "does not exist"),
+                          (["--ckpt", tmp_path / "bad.pt"], "corrupt"),
+                          (["--ckpt", tmp_path / "good.pt", "--export_hf", tmp_path / "a_file"], "is a file"),
+                          # checked before the checkpoint is even read
+                          (["--ckpt", tmp_path / "bad.pt", "--export_hf", tmp_path / "full"], "is not empty"),
+                          (["--ckpt", tmp_path / "bad.pt", "--export_hf", tmp_path / "no" / "hf"], "does not exist")]:
         run = subprocess.run([sys.executable, str(REPO / "model.py")] + [str(a) for a in args],
                              capture_output=True, text=True)
         assert run.returncode != 0
         assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+        assert message in run.stderr, run.stderr
+    assert os.listdir(tmp_path / "full") == ["notes.txt"]

@@ -404,3 +404,158 @@ def test_resume_errors_vocab_mismatch_and_corrupt_checkpoint(tiny_dataset, tmp_p
     (out / "ckpt.pt").write_bytes(good[: len(good) // 3])
     run = run_train(base + [f"--data_dir={tiny_dataset}", "--resume=True", "--max_iters=4"], check=False)
     assert_one_line_error(run, "corrupt or truncated")
+
+
+# -----------------------------------------------------------------------------
+# one run per out_dir, failed writes, interruptions, honest checkpoints (issue 14)
+
+def train_driver(prelude, args, go=None):
+    """`python -c` that imports train.py's dependencies, runs `prelude` (a patch), waits for the file
+    `go` if given, and then runs train.py as __main__ with `args`: the slow imports happen before the
+    moment that matters."""
+    return (f"import os, runpy, sys, time\nsys.path.insert(0, {str(REPO)!r})\nimport torch, data, model\n"
+            f"{prelude}\n"
+            f"while {str(go)!r} != 'None' and not os.path.exists({str(go)!r}):\n    time.sleep(0.02)\n"
+            f"sys.argv = ['train.py', *{[str(a) for a in args]!r}]\n"
+            f"runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')\n")
+
+
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_second_run_on_the_same_out_dir_exits_at_once_and_the_first_finishes_intact(tiny_dataset, tmp_path):
+    out, go = tmp_path / "out", tmp_path / "go"
+    args = [f"--data_dir={tiny_dataset}", f"--out_dir={out}", *SMALL, "--gradient_accumulation_steps=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    second = subprocess.Popen([sys.executable, "-c", train_driver("", args + ["--max_iters=4", "--lam=1.0"], go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args, "--max_iters=200", "--eval_interval=50"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while not (out / "train.lock").exists() or (out / "train.lock").read_text().strip() != str(first.pid):
+        assert time.time() < deadline and first.poll() is None, first.stderr.read()
+        time.sleep(0.02)
+    go.touch()
+    t0 = time.time()
+    _, err = second.communicate(timeout=60)
+    assert time.time() - t0 < 10 and first.poll() is None  # refused within seconds, while the first runs
+    assert second.returncode != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"out_dir={out} is in use by another train.py (PID {first.pid})" in err
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr
+    assert [r["iter"] for r in read_metrics(out)] == [0, 50, 100, 150, 200]
+    ckpt = M.read_checkpoint(str(out / "ckpt.pt"))
+    assert ckpt["iter_num"] == 200 and ckpt["config"]["lam"] == 0.5
+    # the kernel drops the lock with its holder: the out_dir is free again, even after a SIGKILL
+    killed = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args, "--max_iters=100000",
+                               "--resume=True"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while (out / "train.lock").read_text().strip() != str(killed.pid):
+        assert time.time() < deadline and killed.poll() is None
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    run_train(args + ["--max_iters=202", "--eval_interval=2", "--resume=True"])
+
+
+def test_a_full_disk_while_checkpointing_stops_in_one_line_and_keeps_the_previous_checkpoint(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    # the second fsync of a checkpoint fails as on a full disk: the first checkpoint (step 0) is on disk
+    prelude = ("import errno\nreal_fsync, calls = os.fsync, []\n"
+               "def fsync(fd):\n    calls.append(fd)\n"
+               "    if len(calls) > 1:\n        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+               "    real_fsync(fd)\nos.fsync = fsync")
+    args = [f"--data_dir={tiny_dataset}", f"--out_dir={out}", *SMALL, "--gradient_accumulation_steps=2",
+            "--max_iters=6", "--eval_interval=2", "--lam=1.0"]
+    run = subprocess.run([sys.executable, "-c", train_driver(prelude, args)], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert_one_line_error(run, f"could not write {out / 'ckpt.pt'} (No space left on device); the previous "
+                               f"checkpoint {out / 'ckpt.pt'} was kept")
+    assert M.read_checkpoint(str(out / "ckpt.pt"))["iter_num"] == 0
+    assert sorted(os.listdir(out)) == ["ckpt.pt", "metrics.jsonl", "train.lock"]  # no temporary file left
+    run_train(args + ["--resume=True"])  # and the run continues from it
+    assert [r["iter"] for r in read_metrics(out)] == [0, 2, 4, 6]
+
+
+def test_a_fresh_run_refuses_a_trained_out_dir_unless_told_and_clears_stale_temporaries(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    base = [f"--data_dir={tiny_dataset}", f"--out_dir={out}", *SMALL, "--gradient_accumulation_steps=2",
+            "--max_iters=2", "--eval_interval=2"]
+    run_train(base)
+    before = (out / "ckpt.pt").read_bytes()
+    assert_one_line_error(run_train(base + ["--lam=1.0"], check=False),
+                          f"out_dir={out} already holds a checkpoint ({out / 'ckpt.pt'}); resume it with "
+                          f"--resume=True, or choose another out_dir, or pass --overwrite=True")
+    assert (out / "ckpt.pt").read_bytes() == before
+    assert_one_line_error(run_train(base + ["--resume=True", "--overwrite=True"], check=False), "pick one")
+    stale, live = out / f".ckpt.pt.tmp{dead_pid()}", out / f".ckpt.pt.tmp{os.getpid()}"
+    stale.write_bytes(b"half a checkpoint")  # a run killed mid-write left it
+    live.write_bytes(b"being written")  # a process that still runs: not ours to remove
+    run = run_train(base + ["--lam=1.0", "--overwrite=True"])
+    assert f"removed {stale}" in run.stdout
+    assert not stale.exists() and live.exists()
+    assert M.read_checkpoint(str(out / "ckpt.pt"))["config"]["lam"] == 1.0
+    assert [r["iter"] for r in read_metrics(out)] == [0, 2]
+
+
+def test_a_resume_with_a_new_lam_is_recorded_in_segments(tiny_dataset, tmp_path):
+    import eval as evaluation
+    out = tmp_path / "out"
+    base = [f"--data_dir={tiny_dataset}", f"--out_dir={out}", *SMALL, "--gradient_accumulation_steps=2",
+            "--eval_interval=2"]
+    run_train(base + ["--max_iters=4", "--lam=0.5"])
+    ckpt = M.read_checkpoint(str(out / "ckpt.pt"))
+    assert ckpt["segments"] == [{"from_iter": 0, "to_iter": 4, "settings": {}}] and ckpt["lam"] == 0.5
+    run_train(base + ["--max_iters=6", "--lam=1.0", "--resume=True"])
+    run_train(base + ["--max_iters=10", "--lam=1.0", "--resume=True"])
+    ckpt = M.read_checkpoint(str(out / "ckpt.pt"))
+    assert ckpt["segments"] == [
+        {"from_iter": 0, "to_iter": 4, "settings": {"lam": 0.5, "max_iters": 4}},
+        {"from_iter": 4, "to_iter": 6, "settings": {"lam": 1.0, "max_iters": 6}},
+        {"from_iter": 6, "to_iter": 10, "settings": {"lam": 1.0, "max_iters": 10}}]
+    assert ckpt["lam"] is None and ckpt["config"]["lam"] == 1.0  # no single lam, and config is the last segment's
+    # eval.py's run block (eval.run_info) carries the segments and claims no single lam either
+    run = evaluation.run_info(M.load_checkpoint(str(out / "ckpt.pt")))
+    assert run["segments"] == ckpt["segments"] and run["lam"] is None and run["repetitions"] == 0.0
+
+
+def test_ctrl_c_and_a_closed_stdout_stop_in_one_line(tiny_dataset, tmp_path):
+    out = tmp_path / "out"
+    args = [sys.executable, str(REPO / "train.py"), f"--data_dir={tiny_dataset}", *SMALL,
+            "--gradient_accumulation_steps=2", "--max_iters=100000", "--eval_interval=4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args + [f"--out_dir={out}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.time() + 120
+    while not (out / "ckpt.pt").exists():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"train.py: interrupted (Ctrl-C); the last checkpoint is {out / 'ckpt.pt'}; continue with " \
+           f"--resume=True" in err
+    M.read_checkpoint(str(out / "ckpt.pt"))
+    # `train.py ... | head -3`: the reader goes away after three lines
+    proc = subprocess.Popen(args + [f"--out_dir={tmp_path / 'piped'}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    for _ in range(3):
+        proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "train.py: stopped: its output was closed; " in err
+
+
+def test_out_dir_that_is_a_file_and_broken_config_files_fail_before_any_work(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    # the data folder does not exist either: the out_dir is checked first
+    run = run_train([f"--out_dir={tmp_path / 'a_file'}", f"--data_dir={tmp_path / 'nowhere'}", *SMALL], check=False)
+    assert_one_line_error(run, f"out_dir={tmp_path / 'a_file'} is a file, not a folder; choose another out_dir")
+    (tmp_path / "broken.py").write_text("lam = 0.5\nmax_iters = 10 *\n")
+    assert_one_line_error(run_train([str(tmp_path / "broken.py")], check=False),
+                          f"config file {tmp_path / 'broken.py'}:2: syntax error")
