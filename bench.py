@@ -1,33 +1,51 @@
 """
-How fast are the model, the optimizer and a dual training step? Two measurements, each taken side
-by side in one run (variants interleaved round by round, median reported), because only ratios
-measured together mean anything on a shared machine:
+How fast is nanodual? One entry point, one subcommand per concern. Every comparison is measured side
+by side in one run (variants interleaved round by round), because on a shared machine only ratios
+measured together mean anything. docs/bench.md holds the figures.
 
-1. forward+backward tokens/s of the model in every attention mode, and the Muon+AdamW step time
-   next to the forward+backward time;
-2. a full training step (forward, backward, optimizer) for pure AR (λ=1), pure masked diffusion
-   (λ=0) and λ=0.5: tokens/s, MFU on known GPUs, and the dual/AR cost ratio.
+    python bench.py model     # forward+backward tokens/s per attention mode; the optimizer step
+    python bench.py train     # training steps AR / MD / dual: tokens/s, MFU (known GPUs), peak memory
+    python bench.py eval      # eval.py: batched PLL against a one-sequence loop; items/s per mode
+    python bench.py sample    # sample.py: AR with and without the KV cache; diffusion sampling
+    python bench.py gp        # gp_fit.py against scikit-learn on the same work
+    python bench.py nanogpt ../shared/anchors/nanoGPT   # train.py against nanoGPT's train.py
 
-    python bench.py                                  # ~14M-parameter model on CPU
-    python bench.py --size 125m --device cuda --compile   # on a GPU: bf16 autocast, MFU
+    python bench.py train --device cuda --size 125m --compile    # on a GPU: bf16 autocast, MFU
+    python bench.py nanogpt PATH --device cuda --compile         # both trainers compiled, bf16
+
+`python bench.py SUBCOMMAND -h` lists each one's options.
 """
 import argparse
+import os
+import pickle
+import re
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, redirect_stdout
 
+import numpy as np
 import torch
 
+import data
 import model as modeling
 from muon import MuonAdamW
-from train import peak_flops
 
-SIZES = {  # n_layer, n_head, n_embd, intermediate_size
-    "10m": (6, 6, 384, 1024),
-    "125m": (12, 12, 768, 2048),
-    "470m": (24, 16, 1024, 3554),
+REPO = os.path.dirname(os.path.abspath(__file__))
+SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
+
+SIZES = {  # n_layer, n_head, n_embd, intermediate_size; default vocab_size, block_size, batch_size
+    "10m": (6, 6, 384, 1024, 4096, 256, 8),
+    "125m": (12, 12, 768, 2048, 51200, 1024, 16),
+    "470m": (24, 16, 1024, 3554, 51200, 2048, 16),
 }
 
+
+# -----------------------------------------------------------------------------
+# Timing helpers
 
 def sync(dev):
     if dev.type == "cuda":
@@ -58,38 +76,44 @@ def interleaved(variants, dev, rounds, repeats):
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", default="10m", choices=list(SIZES))
-    p.add_argument("--vocab_size", type=int, default=4096)
-    p.add_argument("--block_size", type=int, default=256)
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=2)
-    args = p.parse_args()
+def peak_memory(dev):
+    """Peak memory of this process so far: allocated GPU memory, or the resident set on the CPU."""
+    if dev.type == "cuda":
+        return f"peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB"
+    return f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
 
-    dev = torch.device(args.device)
+
+def model_setup(args):
+    """A DualLM of --size with random weights and random batches (speed does not depend on either)."""
+    dev = modeling.parse_device(args.device)
     torch.manual_seed(0)
-    n_layer, n_head, n_embd, hidden = SIZES[args.size]
-    cfg = modeling.ModelConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=n_layer,
-                               n_head=n_head, n_embd=n_embd, intermediate_size=hidden)
+    n_layer, n_head, n_embd, hidden, vocab, block, batch = SIZES[args.size]
+    vocab, T, B = args.vocab_size or vocab, args.block_size or block, args.batch_size or batch
+    cfg = modeling.ModelConfig(vocab_size=vocab, block_size=T, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                               intermediate_size=hidden)
     raw = modeling.DualLM(cfg).to(dev)
     net = torch.compile(raw) if args.compile else raw
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext()
-    opt = MuonAdamW(raw, lr=1e-3)
-    B, T = args.batch_size, args.block_size
-    x = torch.randint(5, cfg.vocab_size, (B, T), device=dev)
-    y = torch.randint(5, cfg.vocab_size, (B, T), device=dev)
-    prefix_len = torch.randint(1, T, (B,), device=dev)
-    doc_ids = torch.cumsum(torch.rand(B, T, device=dev) < 4 / T, dim=1).int()  # ~4 documents per row
-    tokens = B * T
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    batch = {"x": torch.randint(5, vocab, (B, T), device=dev), "y": torch.randint(5, vocab, (B, T), device=dev),
+             "prefix_len": torch.randint(1, T, (B,), device=dev),
+             "doc_ids": torch.cumsum(torch.rand(B, T, device=dev) < 4 / T, dim=1).int()}  # ~4 documents a row
     print(f"model {args.size}: {raw.num_params() / 1e6:.1f}M parameters ({raw.num_params(True) / 1e6:.1f}M "
-          f"non-embedding), batch {B} x {T} tokens, device {dev}, threads {torch.get_num_threads()}, "
+          f"non-embedding), batch {B} x {T} tokens, vocab {vocab}, device {dev}, threads {torch.get_num_threads()}, "
           f"compile {args.compile}")
+    return dev, raw, net, autocast, batch
 
-    # 1. forward+backward per attention mode, and the optimizer step
+
+# -----------------------------------------------------------------------------
+# bench.py model: forward+backward per attention mode, and the optimizer step
+
+def bench_model(args):
+    dev, raw, net, autocast, b = model_setup(args)
+    x, y = b["x"], b["y"]
+    opt = MuonAdamW(raw, lr=1e-3)
+    tokens = x.numel()
+
     def fwd_bwd(mode, **kw):
         def run():
             with autocast:
@@ -103,9 +127,9 @@ def main():
     times = interleaved({
         "causal": fwd_bwd("causal"),
         "bidirectional": fwd_bwd("bidirectional"),
-        "prefix": fwd_bwd("prefix", prefix_len=prefix_len),
-        "causal + documents": fwd_bwd("causal", doc_ids=doc_ids),
-        "bidirectional + documents": fwd_bwd("bidirectional", doc_ids=doc_ids),
+        "prefix": fwd_bwd("prefix", prefix_len=b["prefix_len"]),
+        "causal + documents": fwd_bwd("causal", doc_ids=b["doc_ids"]),
+        "bidirectional + documents": fwd_bwd("bidirectional", doc_ids=b["doc_ids"]),
         "optimizer step (Muon + AdamW)": opt_step,
     }, dev, args.rounds, args.repeats)
     base = times["causal"]
@@ -116,31 +140,394 @@ def main():
     print(f"Muon+AdamW step = {times['optimizer step (Muon + AdamW)'] / base:.2f} x one causal forward+backward "
           f"of {tokens} tokens")
 
-    # 2. full training steps: two micro-batches per step, as train.py runs them
+
+# -----------------------------------------------------------------------------
+# bench.py train: full training steps (two micro-batches, as train.py runs them)
+
+def bench_train(args):
+    from train import peak_flops
+    dev, raw, net, autocast, b = model_setup(args)
+    x, y, docs = b["x"], b["y"], b["doc_ids"]
+    opt = MuonAdamW(raw, lr=1e-3)
     generator = torch.Generator(device=dev).manual_seed(0)
 
-    def train_step(objectives):
+    def train_step(objectives, doc_ids=None):
         def run():
             for objective in objectives:
                 with autocast:
                     if objective == "ar":
-                        loss, zl = modeling.ar_loss(net, x, y)
+                        loss, zl = modeling.ar_loss(net, x, y, doc_ids)
                     else:
-                        loss, zl = modeling.md_loss(net, x, y, generator=generator)
+                        loss, zl = modeling.md_loss(net, x, y, doc_ids, generator=generator)
                 ((loss + 1e-4 * zl) / len(objectives)).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         return run
 
     steps = interleaved({"AR (λ=1)": train_step(["ar", "ar"]), "MD (λ=0)": train_step(["md", "md"]),
-                         "dual (λ=0.5)": train_step(["ar", "md"])}, dev, args.rounds, args.repeats)
+                         "dual (λ=0.5)": train_step(["ar", "md"]),
+                         "AR + documents": train_step(["ar", "ar"], docs),
+                         "dual + documents": train_step(["ar", "md"], docs)}, dev, args.rounds, args.repeats)
     peak = peak_flops(dev)
-    flops = raw.flops_per_token(T) * 2 * tokens
+    tokens = 2 * x.numel()
+    flops = raw.flops_per_token(x.size(1)) * tokens
     print(f"\n{'training step (2 micro-batches)':<32} {'tokens/s':>10} {'MFU':>6} {'cost vs AR':>11}")
     for name, t in steps.items():
         mfu = f"{100 * flops / t / peak:>5.1f}%" if peak else f"{'-':>6}"
-        print(f"{name:<32} {2 * tokens / t:>10,.0f} {mfu} {t / steps['AR (λ=1)']:>10.3f}x")
+        print(f"{name:<32} {tokens / t:>10,.0f} {mfu} {t / steps['AR (λ=1)']:>10.3f}x")
+    print(peak_memory(dev) + ("" if peak else "; MFU is printed on known GPUs (train.PEAK_FLOPS)"))
+
+
+# -----------------------------------------------------------------------------
+# bench.py eval: the batched semi-autoregressive PLL against a one-sequence loop, then every mode
+#
+# The loop is what an evaluator without batching does: one forward pass per (sequence, target
+# position), each projecting every position through the LM head. The batched scorer packs rows of
+# many sequences into each pass, sorts them by length to cut padding, and projects only the one hidden
+# state per row that is scored. Every PLL row is still a full-length bidirectional pass, so batching
+# saves only the loop's fixed cost per pass: on a CPU the speed-up is largest for short sequences
+# (BLiMP) and shrinks as they grow. The model is tiny, with random weights (speed does not depend on
+# them); its tokenizer is a 512-token BPE trained in a second on Tiny Shakespeare.
+
+def pll_loop(model, seqs, k):
+    """PLL with k masks (spec §4.4; right context visible, masks appended at the tail), one masked
+    input per forward pass, read exactly as the spec writes it."""
+    cfg, out = model.config, []
+    with torch.inference_mode():
+        for ids, start in seqs:
+            ids, total = list(ids), 0.0
+            for j in range(start, len(ids)):
+                x = ids[:j] + [cfg.mask_id] * k + ids[j + k:]
+                logits = model(torch.tensor([x]), mode="bidirectional")[0]
+                total += torch.log_softmax(logits[j - 1].float(), dim=-1)[ids[j]].item()
+            out.append(total)
+    return np.array(out)
+
+
+def bench_eval(args):
+    import eval as ev
+    tasks = ev.parse_names(args.tasks, ev.TASKS, "task")
+    text_path = os.path.join(args.data_dir, "corpus", "tinyshakespeare", "input.txt")
+    if not os.path.isfile(text_path):
+        raise FileNotFoundError(f"{text_path} does not exist; pass --data_dir (the shared data folder)")
+    text = open(text_path, encoding="utf-8").read()[:200_000]
+    tok = data.train_bpe(text.split("\n\n"), 512)
+    cfg = modeling.ModelConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=args.n_layer, n_head=4,
+                               n_embd=args.n_embd, intermediate_size=int(args.n_embd * 8 / 3 + 1) // 2 * 2,
+                               bos_id=tok.bos_id, pad_id=tok.pad_id, mask_id=tok.mask_id)
+    torch.manual_seed(0)
+    model = modeling.DualLM(cfg).eval()
+    print(f"model: {cfg.n_layer} layers, width {cfg.n_embd}, vocab {cfg.vocab_size}, random weights, "
+          f"{torch.get_num_threads()} thread(s)")
+    for task in tasks:
+        items = ev.load_task(task, args.data_dir)[:args.items]
+        seqs = ev.build_requests(tok, task, items, seed=0, bos_id=cfg.bos_id)["seqs"]
+        n_tokens = sum(len(ids) - start for ids, start in seqs)
+        mean_len = np.mean([len(ids) for ids, _ in seqs])
+        print(f"\n{task}: {len(items)} items, {len(seqs)} sequences of {mean_len:.0f} tokens on average, "
+              f"{n_tokens} continuation tokens (= PLL passes per k)")
+        ev.sequence_logliks(model, seqs[:4], "pll", k=args.k)  # warm-up: first calls allocate and pick kernels
+        t0 = time.perf_counter()
+        loop = pll_loop(model, seqs, args.k)
+        loop_s, t0 = time.perf_counter() - t0, time.perf_counter()
+        batched = ev.sequence_logliks(model, seqs, "pll", k=args.k)[0]
+        batched_s = time.perf_counter() - t0
+        diff = float(np.max(np.abs(loop - batched)))
+        if not np.allclose(loop, batched, rtol=1e-5, atol=1e-3):
+            raise ValueError(f"{task}: batched PLL differs from the loop by up to {diff:.2e}")
+        print(f"  PLL k={args.k} on the same sequences, max |score difference| {diff:.1e}:")
+        print(f"    one-sequence loop  {loop_s:7.2f} s  {len(items) / loop_s:8.1f} items/s")
+        print(f"    batched            {batched_s:7.2f} s  {len(items) / batched_s:8.1f} items/s   "
+              f"speed-up {loop_s / batched_s:.1f}x")
+        print(f"  evaluate(), every mode (pll = k 1 and 6 together; mc N = {args.mc_samples}):")
+        results = ev.evaluate(model, tok, {task: items}, ev.MODES, progress=False, mc_samples=args.mc_samples)
+        for mode in ev.MODES:
+            seconds = results["tasks"][task][mode]["seconds"]
+            print(f"    {mode:<7} {seconds:7.2f} s  {len(items) / seconds:8.1f} items/s")
+
+
+# -----------------------------------------------------------------------------
+# bench.py sample: AR generation with and without the KV cache, and diffusion at several step counts
+#
+# The model has the tiny CPU config's shape (4 layers, width 128, vocab 2048) with random weights, its
+# window widened to --window so that <s> + 1024 new tokens fit (the window costs nothing by itself;
+# with --window 128 AR generation slides its window every 64 tokens and the cost per token stops
+# growing). One sample, prompt <s>, temperature 1; each timing is the best of --repeats runs. Without
+# the cache every new token reruns the whole sequence, so the cache's advantage grows with the length;
+# a diffusion step is one forward pass over the whole canvas.
+
+def bench_sample(args):
+    from sample import generate_ar, generate_diffusion, timed as timed_call
+    lengths = [int(n) for n in args.lengths.split(",")]
+    steps_list = [int(s) for s in args.diffusion_steps.split(",")]
+    device = modeling.parse_device(args.device)
+    if args.repeats < 1:
+        raise ValueError(f"--repeats={args.repeats} must be at least 1")
+    if args.diffusion_tokens >= args.window:
+        raise ValueError(f"--diffusion_tokens={args.diffusion_tokens} must stay below --window={args.window} "
+                         f"(<s> takes one position)")
+    cfg = modeling.ModelConfig(vocab_size=2048, block_size=args.window, n_layer=4, n_head=4, n_embd=128,
+                               intermediate_size=344)
+    torch.manual_seed(0)
+    model = modeling.DualLM(cfg).to(device).eval()
+    gen = lambda: torch.Generator(device).manual_seed(0)
+
+    def tokens_per_s(fn, n_tokens):
+        return n_tokens / min(timed_call(fn, device)[1] for _ in range(args.repeats))
+
+    print(f"model: tiny_cpu shape (4 layers, width 128, vocab 2048), window {args.window}, "
+          f"{model.num_params() / 1e6:.2f}M parameters, random weights; device {device}, "
+          f"{torch.get_num_threads()} threads, best of {args.repeats}")
+    generate_ar(model, [], 16, generator=gen())  # warm-up: first calls allocate and pick kernels
+    print("\nautoregressive, 1 sample, prompt <s>")
+    print(f"{'new tokens':>10} {'cache tok/s':>12} {'no-cache tok/s':>15} {'speed-up':>9}")
+    for n in lengths:
+        cached = tokens_per_s(lambda: generate_ar(model, [], n, generator=gen()), n)
+        uncached = tokens_per_s(lambda: generate_ar(model, [], n, generator=gen(), use_cache=False), n)
+        print(f"{n:>10} {cached:>12.1f} {uncached:>15.1f} {cached / uncached:>8.1f}x", flush=True)
+    n = args.diffusion_tokens
+    print(f"\nmasked diffusion, 1 sample, prompt <s>, {n} tokens in one canvas")
+    print(f"{'sampler':>10} {'steps':>6} {'tok/s':>10}")
+    for sampler in ("ancestral", "confidence"):
+        for steps in steps_list:
+            speed = tokens_per_s(lambda: generate_diffusion(model, [], n, steps, sampler, generator=gen()), n)
+            print(f"{sampler:>10} {steps:>6} {speed:>10.1f}", flush=True)
+
+
+# -----------------------------------------------------------------------------
+# bench.py gp: gp_fit.py against scikit-learn on the same work, in one run: fit a GP to 50 synthetic
+# runs with L-BFGS-B restarts, then draw joint posterior samples on a 101-point λ grid at each of 8
+# repetition levels and take every sample's argmax (the optimal-λ distribution of §5.2).
+#
+# Both sides get the same data, kernel, bounds, first start and number of restarts; the restart points
+# differ (each library draws its own). scikit-learn's sample_y samples noisy observations (its
+# covariance includes the white noise) where gp_fit samples the noise-free function; the cost is the
+# same. BLAS runs on one thread by default: these problems are far too small to gain from threads, and
+# on busy cores OpenBLAS threads that spin while waiting slow both programs down several-fold.
+
+def bench_gp(args):
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn (requirements-dev.txt)
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+    from sklearn.preprocessing import StandardScaler
+    from gp_fit import BOUNDS, START, features, fit_gp, optimal_lambda, synthetic_runs
+
+    def ours(X, y, levels, grid, restarts, samples, seed):
+        fit = fit_gp(X, y, nu=2.5, restarts=restarts, seed=seed)
+        result = optimal_lambda(fit, levels, grid=grid, samples=samples, seed=seed)
+        return fit.log_marginal_likelihood, [level["mean"] for level in result]
+
+    def sklearn(X, y, levels, grid, restarts, samples, seed):
+        bounds, start = np.exp(BOUNDS), np.exp(START)
+        kernel = (ConstantKernel(start[0], tuple(bounds[0]))
+                  * Matern(start[1:3], [tuple(bounds[1]), tuple(bounds[2])], nu=2.5)
+                  + WhiteKernel(start[3], tuple(bounds[3])))
+        scaler = StandardScaler().fit(features(X))
+        gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=restarts, random_state=seed)
+        gp.fit(scaler.transform(features(X)), y)
+        rng = np.random.RandomState(seed)
+        means = []
+        for r in levels:
+            grid_x = scaler.transform(features(np.column_stack([np.full_like(grid, r), grid])))
+            draws = gp.sample_y(grid_x, samples, rng)
+            means.append(grid[np.argmax(draws, axis=0)].mean())
+        return gp.log_marginal_likelihood_value_, means
+
+    if args.blas_threads:
+        threadpool_limits(limits=args.blas_threads, user_api="blas")
+    runs = synthetic_runs(n=50, noise=0.3, seed=0)
+    X, y = np.column_stack([runs["repetitions"], runs["lambda"]]), runs["score"]
+    levels, grid = 2.0 ** np.arange(8), np.arange(101) / 100
+    work = (X, y, levels, grid, args.restarts, args.samples, 0)
+    times = {"gp_fit": [], "sklearn": []}
+    for _ in range(args.repeat):  # the two programs take turns; best of --repeat each
+        for name, run in (("gp_fit", ours), ("sklearn", sklearn)):
+            t0 = time.perf_counter()
+            lml, means = run(*work)
+            times[name].append(time.perf_counter() - t0)
+            if len(times[name]) == 1:
+                print(f"{name:>8}: log marginal likelihood {lml:.4f}, mean optimal λ per level "
+                      + " ".join(f"{m:.3f}" for m in means))
+    best = {name: min(t) for name, t in times.items()}
+    print(f"50 runs, {args.restarts} restarts, {args.samples:,} samples x {len(levels)} levels x {len(grid)} λ "
+          f"(best of {args.repeat}, BLAS threads: {args.blas_threads or 'default'}): "
+          f"gp_fit {best['gp_fit']:.3f} s, scikit-learn {best['sklearn']:.3f} s, "
+          f"scikit-learn / gp_fit = {best['sklearn'] / best['gp_fit']:.1f}x")
+
+
+# -----------------------------------------------------------------------------
+# bench.py nanogpt PATH: nanodual's train.py against nanoGPT's own, unmodified train.py
+#
+# Both train the same shape (6 layers, 6 heads, width 384, context 256, 8 x 2 micro-batches of 256
+# tokens per step, AdamW, vocabulary 2048; nanodual's SwiGLU width 1024 gives the same 10.6M block
+# parameters as nanoGPT's 4x GELU MLP) on the same tokens: one Tiny Shakespeare preparation by
+# data.py, which nanoGPT reads as its dataset folder (train.bin / val.bin of uint16, plus the meta.pkl
+# it wants). Each trainer runs in its own process and logs every step; the runs take turns, round by
+# round, and the first --warmup steps of every run are dropped. nanoGPT runs from its own folder (its
+# train.py reads configurator.py from the working directory) and writes only to a temporary folder.
+
+NANOGPT_LINE = re.compile(r"^iter (\d+): loss \S+, time ([\d.]+)ms")
+NANODUAL_LINE = re.compile(r"^iter (\d+)/\d+ \|.*\| ([\d,]+) tok/s")
+SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8, gradient_accumulation_steps=2)
+
+
+def prepare_shared_tokens(folder, text_path, vocab_size):
+    """One token folder for both trainers: data.py's output, plus nanoGPT's meta.pkl."""
+    if not os.path.isfile(text_path):
+        raise FileNotFoundError(f"{text_path} does not exist; pass --input (a text file, e.g. Tiny Shakespeare)")
+    with open(os.devnull, "w") as quiet, redirect_stdout(quiet):
+        meta = data.prepare([text_path], folder, vocab_size=vocab_size, doc_split="blank_line")
+    if meta["dtype"] != "uint16":
+        raise ValueError(f"nanoGPT reads uint16 tokens; use --vocab_size <= 65536, not {vocab_size}")
+    with open(os.path.join(folder, "meta.pkl"), "wb") as f:
+        pickle.dump({"vocab_size": meta["vocab_size"]}, f)
+    return meta
+
+
+def run_trainer(cmd, cwd, pattern, tokens_per_step, warmup, env):
+    """Run one trainer to the end; seconds per step of its logged steps after the warm-up."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["(no output)"]
+        raise RuntimeError(f"{' '.join(cmd[:2])} failed (exit {proc.returncode}): {tail[0][:300]}")
+    seconds = {}
+    for line in proc.stdout.splitlines():
+        match = pattern.match(line)
+        if match:
+            step, value = int(match.group(1)), float(match.group(2).replace(",", ""))
+            seconds[step] = value / 1000 if pattern is NANOGPT_LINE else tokens_per_step / value
+    kept = [s for step, s in sorted(seconds.items())][warmup:]
+    if not kept:
+        raise RuntimeError(f"{' '.join(cmd[:2])} logged no step after the warm-up; raise --steps")
+    return kept
+
+
+def bench_nanogpt(args):
+    nanogpt = os.path.abspath(args.path)
+    if not os.path.isfile(os.path.join(nanogpt, "train.py")) or not os.path.isfile(os.path.join(nanogpt, "model.py")):
+        raise FileNotFoundError(f"{args.path} is not a nanoGPT checkout (no train.py / model.py); pass its folder")
+    if args.rounds < 2 or args.steps < 1 or args.warmup < 0:
+        raise ValueError("need --rounds >= 2, --steps >= 1 and --warmup >= 0")
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        modeling.parse_device(args.device)
+    dtype = "bfloat16" if cuda else "float32"
+    tokens_per_step = SHAPE["batch_size"] * SHAPE["gradient_accumulation_steps"] * SHAPE["block_size"]
+    n_iters = args.warmup + args.steps
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    common = {**SHAPE, "device": args.device, "dtype": dtype, "compile": args.compile, "max_iters": n_iters,
+              "eval_iters": 1, "log_interval": 1, "learning_rate": 6e-4, "weight_decay": 0.1, "grad_clip": 1.0}
+    with tempfile.TemporaryDirectory(prefix="bench_nanogpt_") as tmp:
+        tokens = os.path.join(tmp, "tokens")
+        meta = prepare_shared_tokens(tokens, args.input, args.vocab_size)
+        flags = lambda d: [f"--{k}={v}" for k, v in d.items()]
+        # nanoGPT: eval_interval beyond the run, so it evaluates once at step 0 and saves no checkpoint
+        trainers = {"nanoGPT": ([sys.executable, os.path.join(nanogpt, "train.py")] + flags({
+            **common, "dataset": tokens, "out_dir": os.path.join(tmp, "out_nanogpt"), "eval_interval": 10 ** 9,
+            "dropout": 0.0, "bias": False, "decay_lr": False, "init_from": "scratch"}), nanogpt, NANOGPT_LINE)}
+        for name, extra in (("nanodual, doc masking off", {"lam": 1.0, "doc_masking": False}),
+                            ("nanodual, doc masking on", {"lam": 1.0, "doc_masking": True}),
+                            ("nanodual, dual λ=0.5 (masking on)", {"lam": 0.5, "doc_masking": True})):
+            trainers[name] = ([sys.executable, os.path.join(REPO, "train.py")] + flags({
+                **common, **extra, "data_dir": tokens, "out_dir": os.path.join(tmp, "out_nanodual"),
+                "intermediate_size": 1024, "optimizer": "adamw", "eval_interval": n_iters,
+                "lr_schedule": "wsd", "decay_frac": 0.0}), REPO, NANODUAL_LINE)
+        print(f"shape: {SHAPE['n_layer']} layers, {SHAPE['n_head']} heads, width {SHAPE['n_embd']}, context "
+              f"{SHAPE['block_size']}, {SHAPE['gradient_accumulation_steps']} x {SHAPE['batch_size']} sequences per "
+              f"step, vocab {meta['vocab_size']}, AdamW, {dtype}, compile {args.compile}, device {args.device}; "
+              f"{args.threads} thread(s) per trainer; {args.rounds} rounds x {args.steps} steps (after "
+              f"{args.warmup} warm-up) each", flush=True)
+        seconds = {name: [] for name in trainers}
+        for r in range(args.rounds):
+            for name, (cmd, cwd, pattern) in trainers.items():
+                kept = run_trainer(cmd, cwd, pattern, tokens_per_step, args.warmup, env)
+                seconds[name] += kept
+                print(f"  round {r + 1}: {name:<36} {tokens_per_step / statistics.median(kept):>10,.0f} tok/s",
+                      flush=True)
+
+    # achieved FLOP/s = (6 x matmul weights + attention) per token x tokens/s, with one formula for both
+    L, d, T, V = SHAPE["n_layer"], SHAPE["n_embd"], SHAPE["block_size"], meta["vocab_size"]
+    attention = 12 * L * d * T
+    flops = {"nanoGPT": 6 * (12 * L * d * d + V * d) + attention}  # qkv, proj, 4x MLP; LM head (tied)
+    nanodual = 6 * (L * (4 * d * d + 3 * d * 1024) + V * d) + attention  # q, k, v, o, gate, up, down; LM head
+    speed = {name: tokens_per_step / statistics.median(s) for name, s in seconds.items()}
+    print(f"\n{'trainer':<36} {'tokens/s':>10} {'GFLOP/s':>9} {'vs nanoGPT':>11}")
+    for name, tps in speed.items():
+        achieved = tps * flops.get(name, nanodual)
+        ratio = achieved / (speed["nanoGPT"] * flops["nanoGPT"])
+        print(f"{name:<36} {tps:>10,.0f} {achieved / 1e9:>9.2f} {ratio:>10.3f}x")
+    off, on, dual = (speed[k] for k in list(speed)[1:])
+    print(f"document masking costs {off / on - 1:+.1%} (time per token, on vs off); "
+          f"the dual step runs at {dual / on:.3f}x the AR step's tokens/s")
+    print(f"(medians over {args.rounds} x {args.steps} steps per trainer; FLOPs per token: nanoGPT "
+          f"{flops['nanoGPT'] / 1e6:.1f}M, nanodual {nanodual / 1e6:.1f}M, counted the same way for AR and MD)")
+
+
+# -----------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{model,train,eval,sample,gp,nanogpt}")
+
+    def model_options(p):
+        p.add_argument("--size", default="10m", choices=list(SIZES))
+        p.add_argument("--vocab_size", type=int, help="default: 4096 for 10m, 51200 for 125m and 470m")
+        p.add_argument("--block_size", type=int, help="default: 256 / 1024 / 2048 by size")
+        p.add_argument("--batch_size", type=int, help="default: 8 / 16 / 16 by size")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+        p.add_argument("--rounds", type=int, default=5)
+        p.add_argument("--repeats", type=int, default=2)
+
+    model_options(sub.add_parser("model", help="forward+backward per attention mode; the optimizer step"))
+    model_options(sub.add_parser("train", help="training steps AR / MD / dual: tokens/s, MFU, peak memory"))
+
+    p = sub.add_parser("eval", help="batched PLL vs a one-sequence loop; items/s of every scoring mode")
+    p.add_argument("--data_dir", default=SHARED_DATA, help="the shared data folder (tasks and Tiny Shakespeare)")
+    p.add_argument("--tasks", default="arc_easy,blimp", help="comma list of tasks, each benchmarked on its own")
+    p.add_argument("--items", type=int, default=40, help="items per task (the first ones of the file)")
+    p.add_argument("--k", type=int, default=6, help="masks for the PLL comparison")
+    p.add_argument("--mc_samples", type=int, default=32)
+    p.add_argument("--n_layer", type=int, default=2)
+    p.add_argument("--n_embd", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (1: stable timings on shared cores)")
+
+    p = sub.add_parser("sample", help="tokens/s of AR (cache vs no cache) and diffusion sampling")
+    p.add_argument("--lengths", default="256,1024", help="AR: new tokens per run")
+    p.add_argument("--diffusion_tokens", type=int, default=256, help="diffusion: tokens in the canvas")
+    p.add_argument("--diffusion_steps", default="16,64,256", help="diffusion: step counts")
+    p.add_argument("--window", type=int, default=2048, help="the model's block_size")
+    p.add_argument("--repeats", type=int, default=2, help="best of this many runs per timing")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (0: PyTorch's default)")
+
+    p = sub.add_parser("gp", help="gp_fit.py against scikit-learn on the same work")
+    p.add_argument("--restarts", type=int, default=10)
+    p.add_argument("--samples", type=int, default=10000)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--blas_threads", type=int, default=1, help="0: leave BLAS threads as the libraries set them")
+
+    p = sub.add_parser("nanogpt", help="train.py against nanoGPT's train.py: tokens/s and achieved FLOP/s")
+    p.add_argument("path", help="a nanoGPT checkout (its train.py runs unmodified, from its own folder)")
+    p.add_argument("--input", default=os.path.join(SHARED_DATA, "corpus", "tinyshakespeare", "input.txt"),
+                   help="text both trainers train on (prepared once by data.py)")
+    p.add_argument("--vocab_size", type=int, default=2048)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", action="store_true", help="torch.compile both trainers (bf16 on CUDA)")
+    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each trainer (they run one at a time)")
+    p.add_argument("--rounds", type=int, default=2, help="every trainer runs once per round (at least 2)")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per run")
+    p.add_argument("--warmup", type=int, default=2, help="first steps of every run, not timed")
+    args = parser.parse_args(argv)
+
+    if getattr(args, "threads", 0) and args.command in ("eval", "sample"):
+        torch.set_num_threads(args.threads)
+    {"model": bench_model, "train": bench_train, "eval": bench_eval, "sample": bench_sample, "gp": bench_gp,
+     "nanogpt": bench_nanogpt}[args.command](args)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"bench.py: error: {e}")

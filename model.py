@@ -156,6 +156,26 @@ def apply_rope(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
+class RMSNormFunction(torch.autograd.Function):
+    """y = x / rms(x) * weight with a hand-written backward. On the CPU F.rms_norm is a composite of
+    elementwise ops, and autograd's backward through it took 1.5x as long as this one (16 vs 11 ms for
+    8 x 256 x 384 on one thread); under torch.compile both fuse alike."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        r = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, r)
+        return x * r * weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, r = ctx.saved_tensors
+        x_hat = x * r
+        g = grad * weight
+        dx = r * (g - x_hat * (g * x_hat).mean(-1, keepdim=True))
+        return dx, (grad * x_hat).flatten(0, -2).sum(0), None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps):
         super().__init__()
@@ -164,7 +184,32 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         # normalise in fp32 as Llama does; under bf16 autocast this keeps the statistics exact
-        return F.rms_norm(x.float(), (x.size(-1),), self.weight.float(), self.eps).type_as(x)
+        return RMSNormFunction.apply(x.float(), self.weight.float(), self.eps).type_as(x)
+
+
+class WeightedCrossEntropy(torch.autograd.Function):
+    """(sum_i w_i * CE_i, mean of logsumexp_i^2 over the rows with w_i != 0) of logits (N, V), with one
+    exp over the logits each way. Autograd's backward through logsumexp and gather makes several more
+    passes over the N x V floats: on one CPU thread the loss cost 88 ms beyond the LM-head matmul for
+    2048 x 2048 logits, this 7 ms. Rows with w_i = 0 (padding, ignored targets) cost nothing."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, w):
+        lse = torch.logsumexp(logits, dim=-1)
+        loss = ((lse - logits.gather(1, targets.unsqueeze(1)).squeeze(1)) * w).sum()
+        counted = (w != 0).float()
+        n_counted = counted.sum().clamp(min=1)
+        ctx.save_for_backward(logits, targets, w, lse, counted, n_counted)
+        return loss, (lse.square() * counted).sum() / n_counted
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_z):
+        logits, targets, w, lse, counted, n_counted = ctx.saved_tensors
+        # d loss / d logits = w * (softmax - onehot); d z / d logits = 2 lse * counted / n * softmax
+        row = grad_loss * w + grad_z * 2 * lse * counted / n_counted
+        grad = torch.exp(logits - lse.unsqueeze(1)).mul_(row.unsqueeze(1))
+        grad.scatter_add_(1, targets.unsqueeze(1), (-grad_loss * w).unsqueeze(1))
+        return grad, None, None
 
 
 class Attention(nn.Module):
@@ -372,14 +417,10 @@ class DualLM(nn.Module):
         h, targets, w = h.flatten(0, 1), targets.flatten(), target_weights.flatten()
         if not torch.compiler.is_compiling():
             keep = w != 0
-            h, targets, w = h[keep], targets[keep], w[keep]
+            if int(keep.sum()) < 0.9 * keep.numel():  # MD scores about half the positions: project only
+                h, targets, w = h[keep], targets[keep], w[keep]  # those (AR ignores a few: not worth a copy)
         logits = self.lm_head(h).float()  # cross-entropy in fp32 even under bf16 autocast
-        lse = torch.logsumexp(logits, dim=-1)
-        target_logit = logits.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
-        loss = ((lse - target_logit) * w).sum()
-        counted = (w != 0).float()
-        z_loss = (lse.square() * counted).sum() / counted.sum().clamp(min=1)
-        return loss, z_loss
+        return WeightedCrossEntropy.apply(logits, targets.clamp(min=0), w)
 
 
 # -----------------------------------------------------------------------------

@@ -139,6 +139,31 @@ def noise_seed(step, g):
     return (seed * 1_000_003 + step * 4_099 + g) % (1 << 62)
 
 
+def validation_batch(val_x, val_y, val_docs, i, batch_size, noise):
+    """Validation batch i, padded to batch_size windows so that a compiled model sees one shape (a
+    shorter last batch would compile another graph). Padding rows have target -1, which both losses
+    ignore. Returns x, y, doc ids, the MD masking rates t (MDLM's stratified draw from `noise` for the
+    n real windows, so the padding changes no real window's t; 1 for the padding) and n."""
+    sl = slice(i * batch_size, (i + 1) * batch_size)
+    dev = noise.device
+    x, y, docs = val_x[sl].to(dev), val_y[sl].to(dev), val_docs[sl].to(dev)
+    n, pad = len(x), batch_size - len(x)
+    t = modeling.sample_t(n, noise, dev, antithetic=True)
+    if pad:
+        x = torch.cat([x, x[:1].expand(pad, -1)])
+        y = torch.cat([y, y.new_full((pad, y.size(1)), -1)])
+        docs = torch.cat([docs, docs[:1].expand(pad, -1)])
+        t = torch.cat([t, t.new_ones(pad)])
+    return x, y, docs, t, n
+
+
+def compiled_graphs():
+    """Graphs torch.compile has built in this process. A run needs four, each built once: the AR and
+    the MD step, and the two again without autograd for evaluation (no_grad is a different graph)."""
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
 def peak_flops(dev):
     if dev.type != "cuda":
         return None
@@ -414,18 +439,16 @@ def main(argv):
         stratified t, and always the ELBO weighting, so evaluations compare across runs and lam."""
         model.eval()
         sums = torch.zeros(3, device=dev)  # AR loss x scored targets, scored targets, MD loss x windows
-        n_batches = -(-len(val_x) // batch_size)  # the last one may hold fewer windows
+        n_batches = -(-len(val_x) // batch_size)  # the last one may hold fewer windows: it is padded
         for i in range(rank, n_batches, world):
-            sl = slice(i * batch_size, (i + 1) * batch_size)
-            x, y = val_x[sl].to(dev), val_y[sl].to(dev)
-            docs = val_docs[sl].to(dev) if doc_masking else None
-            with autocast:  # the AR loss is a mean over scored targets (not <s>), the MD loss over windows
+            noise = torch.Generator(device=dev).manual_seed(10_000 + i)
+            x, y, docs, t, n = validation_batch(val_x, val_y, val_docs, i, batch_size, noise)
+            docs = docs if doc_masking else None
+            with autocast:  # the AR loss is a mean over scored targets (not <s>, not padding), MD over windows
                 scored = ((y >= 0) & (y != tokenizer.bos_id)).sum()
                 sums[0] += modeling.ar_loss(model, x, y, docs)[0] * scored
                 sums[1] += scored
-                noise = torch.Generator(device=dev).manual_seed(10_000 + i)
-                sums[2] += modeling.md_loss(model, x, y, docs, generator=noise, antithetic=True,
-                                            weighting="elbo")[0] * len(x)
+                sums[2] += modeling.md_loss(model, x, y, docs, t=t, generator=noise, weighting="elbo")[0] * n
         if world > 1:
             dist.all_reduce(sums)
         model.train()
@@ -473,6 +496,7 @@ def main(argv):
                 log(f"eval {iter_num}: val ar {val_ar:.4f} md {val_md:.4f}"
                     + (f" | train ar {means[0]:.4f}" if means[0] is not None else "")
                     + (f" md {means[1]:.4f}" if means[1] is not None else "")
+                    + (f" | {compiled_graphs()} graphs compiled" if use_compile else "")
                     + (f" | OVERFITTING: {', '.join(flags)} (val loss rising while train loss falls)" if flags else ""))
                 segments[-1]["to_iter"] = iter_num
                 # "config" is the latest segment's; "lam" is None when segments ran at different lam
@@ -543,7 +567,7 @@ def main(argv):
                 f" | eta {format_seconds(eta)}")
 
     log(f"done: {iter_num} steps, {tokens_seen:,} tokens in {format_seconds(time.time() - t_start)}; "
-        f"checkpoint {ckpt_path}")
+        f"checkpoint {ckpt_path}" + (f"; {compiled_graphs()} graphs compiled" if use_compile else ""))
     if master and wandb:
         wandb.finish()
     if world > 1:

@@ -181,6 +181,27 @@ def test_validation_uses_every_held_out_window_even_in_a_partial_batch(tiny_data
     assert read_metrics(out)[-1]["val_ar_loss"] == pytest.approx(reference, abs=1e-5)
 
 
+
+def test_compiled_run_builds_each_graph_once(tiny_dataset, tmp_path):
+    """torch.compile needs four graphs (AR and MD, with and without autograd), each built once: a short
+    last validation batch is padded instead of compiling a fifth. The aot_eager backend guards and
+    recompiles exactly as inductor does, without inductor's C++ build."""
+    available = (data.load_meta(tiny_dataset)["val_tokens"] - 1) // 32
+    batch = available // 2 + 1  # so the last validation batch is short
+    script = ("import functools, sys, torch\n"
+              "torch.compile = functools.partial(torch.compile, backend='aot_eager')\n"
+              "import train\n"
+              "train.main(sys.argv[1:])\n")
+    args = [f"--data_dir={tiny_dataset}", f"--out_dir={tmp_path / 'out'}", *SMALL, "--compile=True",
+            "--max_iters=12", "--eval_interval=4", "--gradient_accumulation_steps=2", "--lam=0.5",
+            f"--batch_size={batch}"]
+    run = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    counts = [int(line.split(" graphs compiled")[0].rsplit(" ", 1)[-1]) for line in run.stdout.splitlines()
+              if "graphs compiled" in line]
+    assert counts == [2, 4, 4, 4, 4], run.stdout  # evals at 0 (eval graphs only), 4, 8, 12; the done line
+
 def test_sigkill_then_resume_is_bit_exact(tiny_dataset, tmp_path):
     common = [f"--data_dir={tiny_dataset}", *SMALL, "--max_iters=24", "--eval_interval=4",
               "--gradient_accumulation_steps=2", "--lam=0.5"]
