@@ -9,6 +9,7 @@ measured together mean anything. docs/bench.md holds the figures.
     python bench.py sample    # sample.py: AR with and without the KV cache; diffusion sampling
     python bench.py gp        # gp_fit.py against scikit-learn on the same work
     python bench.py nanogpt ../shared/anchors/nanoGPT   # train.py against nanoGPT's train.py
+    python bench.py data --data_dir data_novels_para   # the training loader against the one it replaced
 
     python bench.py train --device cuda --size 125m --compile    # on a GPU: bf16 autocast, MFU
     python bench.py nanogpt PATH --device cuda --compile         # both trainers compiled, bf16
@@ -16,6 +17,7 @@ measured together mean anything. docs/bench.md holds the figures.
 `python bench.py SUBCOMMAND -h` lists each one's options.
 """
 import argparse
+import ast
 import os
 import pickle
 import re
@@ -465,9 +467,87 @@ def bench_nanogpt(args):
 
 # -----------------------------------------------------------------------------
 
+# -----------------------------------------------------------------------------
+# data: the training loader against the fixed-window one it replaced (issue 11)
+
+
+class FixedWindows:
+    """The loader data.py had before documents were sampled (kept here only as a baseline): fixed
+    windows over the first unique_tokens tokens of train.bin, in a seeded order per epoch."""
+
+    def __init__(self, data_dir, block_size, unique_tokens, seed=0):
+        meta = data.load_meta(data_dir)
+        self.path, self.dtype, self.bos_id = os.path.join(data_dir, "train.bin"), np.dtype(meta["dtype"]), meta["bos_id"]
+        self.block_size, self.seed, self.n_windows = block_size, seed, unique_tokens // block_size
+        self.orders = {}
+
+    def batch(self, first_window, batch_size):
+        starts = []
+        for k in range(first_window, first_window + batch_size):
+            e = k // self.n_windows
+            if e not in self.orders:
+                self.orders = {e: torch.randperm(self.n_windows, generator=torch.Generator().manual_seed(
+                    data.epoch_seed(self.seed, e))).numpy()}
+            starts.append(int(self.orders[e][k % self.n_windows]) * self.block_size)
+        tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
+        return data.windows_to_batch(np.stack([tokens[s:s + self.block_size + 1] for s in starts]), self.bos_id)
+
+
+def data_worker(loader, data_dir, block_size, batch_size, batches, repetitions):
+    """One loader in its own process: windows/s over `batches` batches that walk every epoch, and the
+    peak resident memory, printed as a Python dict."""
+    meta = data.load_meta(data_dir)
+    unique = (meta["train_tokens"] - 1) // repetitions
+    t0 = time.perf_counter()
+    if loader == "documents":
+        windows = data.TrainWindows(data_dir, block_size, unique_tokens=unique)
+    else:
+        windows = FixedWindows(data_dir, block_size, unique)
+    setup = time.perf_counter() - t0
+    stride = max(1, windows.n_windows * 3 // (batches * batch_size))  # spread over about three epochs
+    t0 = time.perf_counter()
+    for i in range(batches):
+        windows.batch(i * stride * batch_size, batch_size)
+        if i == batches // 10:
+            rss_early = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(repr({"windows_per_s": batches * batch_size / seconds, "setup_s": setup, "peak_rss_mb": peak / 1024,
+                "rss_growth_mb": (peak - rss_early) / 1024}))
+
+
+def bench_data(args):
+    """Windows/s and peak memory of the document loader (sampled subset, re-packed every epoch) and of
+    the fixed-window loader it replaced, each in its own process, interleaved over rounds."""
+    shapes = [(128, 16), (2048, 8)]
+    data.load_meta(args.data_dir)  # a one-line error for a folder that is not a dataset
+    data_dir = os.path.abspath(args.data_dir)
+    print(f"data loader on {args.data_dir}: {args.rounds} interleaved rounds of {args.batches} batches per "
+          f"loader and shape, repetitions {args.repetitions}; median windows/s, peak RSS")
+    print(f"{'block x batch':>14} {'loader':>10} {'windows/s':>10} {'setup s':>8} {'peak MB':>8} {'growth MB':>9}")
+    for block_size, batch_size in shapes:
+        runs = {"fixed": [], "documents": []}
+        for _ in range(args.rounds):
+            for loader in runs:
+                code = (f"import bench; bench.data_worker({loader!r}, {data_dir!r}, {block_size}, "
+                        f"{batch_size}, {args.batches}, {args.repetitions})")
+                run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+                if run.returncode != 0:
+                    raise RuntimeError(f"the {loader} loader failed: {run.stderr.strip().splitlines()[-1]}")
+                runs[loader].append(ast.literal_eval(run.stdout.strip().splitlines()[-1]))
+        for loader, results in runs.items():
+            median = sorted(r["windows_per_s"] for r in results)[len(results) // 2]
+            print(f"{block_size:>8} x {batch_size:<3} {loader:>10} {median:>10,.0f} "
+                  f"{max(r['setup_s'] for r in results):>8.2f} {max(r['peak_rss_mb'] for r in results):>8.0f} "
+                  f"{max(r['rss_growth_mb'] for r in results):>9.1f}")
+        ratio = (sorted(r["windows_per_s"] for r in runs["documents"])[args.rounds // 2] /
+                 sorted(r["windows_per_s"] for r in runs["fixed"])[args.rounds // 2])
+        print(f"{'':>14} documents / fixed: {ratio:.2f}x windows/s")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{model,train,eval,sample,gp,nanogpt}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{model,train,eval,sample,gp,nanogpt,data}")
 
     def model_options(p):
         p.add_argument("--size", default="10m", choices=list(SIZES))
@@ -518,12 +598,18 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=2, help="every trainer runs once per round (at least 2)")
     p.add_argument("--steps", type=int, default=6, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=2, help="first steps of every run, not timed")
+    p = sub.add_parser("data", help="the training loader (document subsets, re-packed epochs) against the "
+                       "fixed-window loader it replaced: windows/s and peak memory")
+    p.add_argument("--data_dir", required=True, help="a folder prepared by data.py")
+    p.add_argument("--repetitions", type=int, default=1, help="unique subset = train tokens / repetitions")
+    p.add_argument("--batches", type=int, default=300, help="batches per loader and shape in each round")
+    p.add_argument("--rounds", type=int, default=5, help="every loader runs once per round, in its own process")
     args = parser.parse_args(argv)
 
     if getattr(args, "threads", 0) and args.command in ("eval", "sample"):
         torch.set_num_threads(args.threads)
     {"model": bench_model, "train": bench_train, "eval": bench_eval, "sample": bench_sample, "gp": bench_gp,
-     "nanogpt": bench_nanogpt}[args.command](args)
+     "nanogpt": bench_nanogpt, "data": bench_data}[args.command](args)
 
 
 if __name__ == "__main__":
