@@ -42,16 +42,6 @@ def command_id(command):
     return " ".join([command[0], *command[1]])[:80]
 
 
-def pending(command):
-    """README gives bench.py's subcommands, which arrive with issue 12's bench.py; strict, so the
-    mark fails as soon as they parse and must then be removed."""
-    script, args = command
-    if script == "bench.py" and args[:1] != ["--help"]:
-        return pytest.param(command, marks=pytest.mark.xfail(strict=True, reason="bench.py subcommands (issue 12)"),
-                            id=command_id(command))
-    return pytest.param(command, id=command_id(command))
-
-
 class Parsed(Exception):
     """Raised in place of running a script once its arguments parsed."""
 
@@ -99,7 +89,7 @@ def test_readme_has_commands_of_every_script():
                        "bench.py"}
 
 
-@pytest.mark.parametrize("command", [pending(c) for c in readme_commands()])
+@pytest.mark.parametrize("command", [pytest.param(c, id=command_id(c)) for c in readme_commands()])
 def test_readme_command_parses(command, parse_only, monkeypatch, capsys):
     script, args = command
     monkeypatch.chdir(REPO)  # README's paths are relative to the checkout
@@ -138,11 +128,7 @@ def links():
             name = f"{page.relative_to(REPO).as_posix()} -> {target}"
             if name in {p.id for p in found}:
                 continue
-            # docs/bench.md and docs/reproduction.md are written on other branches (issues 12 and 13);
-            # strict, so the mark fails, and goes, once they exist
-            later = path.endswith(("docs/bench.md", "docs/reproduction.md")) or path in ("bench.md", "reproduction.md")
-            marks = [pytest.mark.xfail(strict=True, reason="written on another branch")] if later else []
-            found.append(pytest.param(name, ok, marks=marks, id=name))
+            found.append(pytest.param(name, ok, id=name))
     return found
 
 
