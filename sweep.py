@@ -496,18 +496,20 @@ def claims(rows, fits, replicates, key="final_val_ar_loss"):
 
 
 def summary_table(rows):
-    """results.csv as a markdown table, for the README."""
+    """results.csv as a markdown table, for the README (BLiMP columns only where a cell has them)."""
     def num(v, fmt):
         return "" if v is None else format(v, fmt)
-    lines = ["| r | λ | unique tokens | final val AR | min val AR | final val MD | min val MD | BLiMP causal | "
-             "BLiMP PLL | overfit |", "|" + " --- |" * 10]
+    blimp = any(row.get("blimp_causal") is not None for row in rows)
+    lines = ["| r | λ | unique tokens | final val AR | min val AR | final val MD | min val MD | "
+             + ("BLiMP causal | BLiMP PLL | " if blimp else "") + "overfit |",
+             "|" + " --- |" * (10 if blimp else 8)]
     for row in sorted(rows, key=lambda row: (row["repetitions"], row["lambda"])):
         flags = [name for name in ("ar", "md") if row[f"overfit_{name}"]]
         lines.append(f"| {row['repetitions']:g} | {row['lambda']:g} | {num(row['unique_tokens'], ',.0f')} | "
                      f"{num(row['final_val_ar_loss'], '.3f')} | {num(row['min_val_ar_loss'], '.3f')} | "
                      f"{num(row['final_val_md_loss'], '.3f')} | {num(row['min_val_md_loss'], '.3f')} | "
-                     f"{num(row['blimp_causal'], '.1f')} | {num(row['blimp_pll'], '.1f')} | "
-                     f"{', '.join(flags) or '-'} |")
+                     + (f"{num(row['blimp_causal'], '.1f')} | {num(row['blimp_pll'], '.1f')} | " if blimp else "")
+                     + f"{', '.join(flags) or '-'} |")
     return lines
 
 
