@@ -433,7 +433,7 @@ def bench_nanogpt(args):
             trainers[name] = ([sys.executable, os.path.join(REPO, "train.py")] + flags({
                 **common, **extra, "data_dir": tokens, "out_dir": os.path.join(tmp, "out_nanodual"),
                 "intermediate_size": 1024, "optimizer": "adamw", "eval_interval": n_iters,
-                "lr_schedule": "wsd", "decay_frac": 0.0}), REPO, NANODUAL_LINE)
+                "lr_schedule": "wsd", "decay_frac": 0.0, "overwrite": True}), REPO, NANODUAL_LINE)
         print(f"shape: {SHAPE['n_layer']} layers, {SHAPE['n_head']} heads, width {SHAPE['n_embd']}, context "
               f"{SHAPE['block_size']}, {SHAPE['gradient_accumulation_steps']} x {SHAPE['batch_size']} sequences per "
               f"step, vocab {meta['vocab_size']}, AdamW, {dtype}, compile {args.compile}, device {args.device}; "
