@@ -181,7 +181,8 @@ def result_row(cell_dir, r, lam):
     history = read_metrics(cell_dir)
     record = read_record(cell_dir)
     evaluation = json.loads((cell_dir / "eval.json").read_text()) if (cell_dir / "eval.json").exists() else {}
-    run = torch.load(cell_dir / "ckpt.pt", map_location="cpu", weights_only=True, mmap=True)["data"]
+    ckpt_path = cell_dir / "ckpt.pt"
+    run = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)["data"] if ckpt_path.exists() else {}
     last = history[-1]
 
     def lowest(key):
@@ -236,13 +237,14 @@ def collect(cells, runs_dir, results_dir, args):
     rows, curves = [], []
     for r, lam in cells:
         cell_dir = runs_dir / cell_name(r, lam)
-        if finished(cell_dir, args):
-            try:
-                row, curve = result_row(cell_dir, r, lam)
-            except RuntimeError:  # an unreadable cell.json: run_cell reports that cell as failed
+        try:
+            if not finished(cell_dir, args):
                 continue
-            rows.append(row)
-            curves.extend(curve)
+            row, curve = result_row(cell_dir, r, lam)
+        except RuntimeError:  # an unreadable cell.json: run_cell reports that cell as failed
+            continue
+        rows.append(row)
+        curves.extend(curve)
     results_dir.mkdir(parents=True, exist_ok=True)
     write_csv(results_dir / "results.csv", RESULT_COLUMNS, rows)
     write_csv(results_dir / "curves.csv", CURVE_COLUMNS, curves)

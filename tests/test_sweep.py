@@ -3,6 +3,7 @@ the CSVs and draws the figures."""
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -81,7 +82,9 @@ def test_figures_from_the_csvs(sweep_dirs):
                  "gp_min/fit.json", "gp_blimp/fit.json", "summary.md"):
         assert (results / name).stat().st_size > 0
     assert "final validation AR loss at r=4" in out.stdout and "lowest validation AR loss at r=4" in out.stdout
-    assert (results / "summary.md").read_text().count("\n| 4 | ") == 2  # one table row per (4, λ) cell
+    summary = (results / "summary.md").read_text()
+    assert len(re.findall(r"^\| 4 \| [0-9.]+ \|", summary, re.M)) == 2  # one table row per (4, λ) cell
+    assert "| 5 | a mix beats pure MD at every r |" in summary  # and the table of the paper's claims
 
 
 @pytest.mark.parametrize("args, message", [
