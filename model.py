@@ -432,7 +432,12 @@ def ar_loss(model, x, y, doc_ids=None):
     the next document, which the last token of a document cannot know (the official code ignores
     these targets too; md_loss never scores <s> either)."""
     cfg = model.config if hasattr(model, "config") else model.module.config
-    return model(x, mode="causal", doc_ids=doc_ids, targets=y.masked_fill(y == cfg.bos_id, -1))
+    return model(x, mode="causal", doc_ids=doc_ids, targets=ar_targets(y, cfg.bos_id))
+
+
+def ar_targets(y, bos_id):
+    """The targets ar_loss scores: y with <s> (the next document's start) and padding set to -1."""
+    return y.masked_fill(y == bos_id, -1)
 
 
 def sample_t(batch_size, generator=None, device="cpu", antithetic=True, eps=1e-3):

@@ -445,7 +445,7 @@ def main(argv):
             x, y, docs, t, n = validation_batch(val_x, val_y, val_docs, i, batch_size, noise)
             docs = docs if doc_masking else None
             with autocast:  # the AR loss is a mean over scored targets (not <s>, not padding), MD over windows
-                scored = ((y >= 0) & (y != tokenizer.bos_id)).sum()
+                scored = (modeling.ar_targets(y, tokenizer.bos_id) >= 0).sum()
                 sums[0] += modeling.ar_loss(model, x, y, docs)[0] * scored
                 sums[1] += scored
                 sums[2] += modeling.md_loss(model, x, y, docs, t=t, generator=noise, weighting="elbo")[0] * n
