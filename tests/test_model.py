@@ -193,8 +193,9 @@ def test_ar_loss_ignores_targets_that_start_the_next_document():
 
 
 def test_hand_written_backwards_match_autograd():
-    """RMSNormFunction and WeightedCrossEntropy replace autograd's backward for speed: check them
-    against autograd's own (float64 finite differences), with ignored rows and both loss outputs."""
+    """RMSNormFunction, WeightedCrossEntropy, RoPEFunction and SwiGLUFunction replace autograd's
+    backward for speed: check them against finite differences (float64), with ignored rows and both
+    loss outputs."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
     w = torch.randn(8, dtype=torch.float64, requires_grad=True)
@@ -209,6 +210,15 @@ def test_hand_written_backwards_match_autograd():
         loss, z = M.WeightedCrossEntropy.apply(logits, targets, weights)
         return loss + 3.0 * z
     assert torch.autograd.gradcheck(both, (logits,))
+    # the rotary embedding (a rotation and its inverse) and the SwiGLU activation
+    q = torch.randn(2, 5, 3, 8, dtype=torch.float64, requires_grad=True)
+    cos, sin = M.rope_tables(*M.rope_cache(8, 5, 10000.0), n_head=3)
+    assert torch.autograd.gradcheck(lambda q: M.RoPEFunction.apply(q, cos.double(), sin.double()), (q,))
+    torch.testing.assert_close(M.rotate(M.rotate(q, cos.double(), sin.double()), cos.double(), sin.double(),
+                                        inverse=True), q)
+    g, u = (torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(M.SwiGLUFunction.apply, (g, u))
+    torch.testing.assert_close(M.SwiGLUFunction.apply(g, u), torch.nn.functional.silu(g) * u)
     loss, z = M.WeightedCrossEntropy.apply(logits, targets, weights)
     lse = logits.logsumexp(-1)
     torch.testing.assert_close(loss, ((lse - logits[torch.arange(6), targets]) * weights).sum())
