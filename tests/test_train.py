@@ -548,8 +548,11 @@ def test_ctrl_c_and_a_closed_stdout_stop_in_one_line(tiny_dataset, tmp_path):
     args = [sys.executable, str(REPO / "train.py"), f"--data_dir={tiny_dataset}", *SMALL,
             "--gradient_accumulation_steps=2", "--max_iters=100000", "--eval_interval=4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # a shell's background job (`pytest ... &`) ignores SIGINT, and so would train.py, which inherits
+    # that: give the child the default disposition, as a terminal's foreground job has
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
     proc = subprocess.Popen(args + [f"--out_dir={out}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=restore)
     deadline = time.time() + 120
     while not (out / "ckpt.pt").exists():
         assert time.time() < deadline and proc.poll() is None
