@@ -455,7 +455,8 @@ class DualLM(nn.Module):
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
         attn = self._attention_plan(mode, prefix_len, doc_ids, B, T, idx.device, cached)
-        cos, sin = rope_tables(self.rope_cos[cached:cached + T], self.rope_sin[cached:cached + T], self.config.n_head)
+        positions = slice(cached, cached + T)
+        cos, sin = rope_tables(self.rope_cos[positions], self.rope_sin[positions], self.config.n_head)
         x = self.tok_emb(idx)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, attn, kv_cache, i)

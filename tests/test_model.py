@@ -212,10 +212,9 @@ def test_hand_written_backwards_match_autograd():
     assert torch.autograd.gradcheck(both, (logits,))
     # the rotary embedding (a rotation and its inverse) and the SwiGLU activation
     q = torch.randn(2, 5, 3, 8, dtype=torch.float64, requires_grad=True)
-    cos, sin = M.rope_tables(*M.rope_cache(8, 5, 10000.0), n_head=3)
-    assert torch.autograd.gradcheck(lambda q: M.RoPEFunction.apply(q, cos.double(), sin.double()), (q,))
-    torch.testing.assert_close(M.rotate(M.rotate(q, cos.double(), sin.double()), cos.double(), sin.double(),
-                                        inverse=True), q)
+    cos, sin = (t.double() for t in M.rope_tables(*M.rope_cache(8, 5, 10000.0), n_head=3))
+    assert torch.autograd.gradcheck(lambda q: M.RoPEFunction.apply(q, cos, sin), (q,))
+    torch.testing.assert_close(M.rotate(M.rotate(q, cos, sin), cos, sin, inverse=True), q)
     g, u = (torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True) for _ in range(2))
     assert torch.autograd.gradcheck(M.SwiGLUFunction.apply, (g, u))
     torch.testing.assert_close(M.SwiGLUFunction.apply(g, u), torch.nn.functional.silu(g) * u)
