@@ -370,7 +370,6 @@ def bench_gp(args):
 
 NANOGPT_LINE = re.compile(r"^iter (\d+): loss \S+, time ([\d.]+)ms")
 NANODUAL_LINE = re.compile(r"^iter (\d+)/\d+ \|.*\| ([\d,]+) tok/s")
-SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=8, gradient_accumulation_steps=2)
 
 
 def prepare_shared_tokens(folder, text_path, vocab_size):
@@ -410,19 +409,27 @@ def bench_nanogpt(args):
         raise FileNotFoundError(f"{args.path} is not a nanoGPT checkout (no train.py / model.py); pass its folder")
     if args.rounds < 2 or args.steps < 1 or args.warmup < 0:
         raise ValueError("need --rounds >= 2, --steps >= 1 and --warmup >= 0")
+    L, H, d, T = args.n_layer, args.n_head, args.n_embd, args.block_size
+    if d % 3 or d % H or (d // H) % 2:
+        raise ValueError(f"--n_embd={d} must be a multiple of 3 (nanodual's SwiGLU of width 8d/3 then has "
+                         f"nanoGPT's MLP weights) and of 2 x --n_head={H} (RoPE rotates pairs of head dims)")
+    intermediate = 8 * d // 3  # gate, up, down: 3 x d x 8d/3 = nanoGPT's 2 x d x 4d
     cuda = args.device.startswith("cuda")
     if cuda:
         modeling.parse_device(args.device)
     dtype = "bfloat16" if cuda else "float32"
-    tokens_per_step = SHAPE["batch_size"] * SHAPE["gradient_accumulation_steps"] * SHAPE["block_size"]
+    G = 2  # micro-batches per step: the dual step runs one AR and one MD micro-batch
+    tokens_per_step = args.batch_size * G * T
     n_iters = args.warmup + args.steps
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    common = {**SHAPE, "device": args.device, "dtype": dtype, "compile": args.compile, "max_iters": n_iters,
-              "eval_iters": 1, "log_interval": 1, "learning_rate": 6e-4, "weight_decay": 0.1, "grad_clip": 1.0}
+    common = {"n_layer": L, "n_head": H, "n_embd": d, "block_size": T, "batch_size": args.batch_size,
+              "gradient_accumulation_steps": G, "device": args.device, "dtype": dtype, "compile": args.compile,
+              "max_iters": n_iters, "eval_iters": 1, "log_interval": 1, "learning_rate": 6e-4,
+              "weight_decay": 0.1, "grad_clip": 1.0}
     with tempfile.TemporaryDirectory(prefix="bench_nanogpt_") as tmp:
         tokens = os.path.join(tmp, "tokens")
         meta = prepare_shared_tokens(tokens, args.input, args.vocab_size)
-        flags = lambda d: [f"--{k}={v}" for k, v in d.items()]
+        flags = lambda opts: [f"--{k}={v}" for k, v in opts.items()]
         # nanoGPT: eval_interval beyond the run, so it evaluates once at step 0 and saves no checkpoint
         trainers = {"nanoGPT": ([sys.executable, os.path.join(nanogpt, "train.py")] + flags({
             **common, "dataset": tokens, "out_dir": os.path.join(tmp, "out_nanogpt"), "eval_interval": 10 ** 9,
@@ -432,37 +439,43 @@ def bench_nanogpt(args):
                             ("nanodual, dual λ=0.5 (masking on)", {"lam": 0.5, "doc_masking": True})):
             trainers[name] = ([sys.executable, os.path.join(REPO, "train.py")] + flags({
                 **common, **extra, "data_dir": tokens, "out_dir": os.path.join(tmp, "out_nanodual"),
-                "intermediate_size": 1024, "optimizer": "adamw", "eval_interval": n_iters,
+                "intermediate_size": intermediate, "optimizer": "adamw", "eval_interval": n_iters,
                 "lr_schedule": "wsd", "decay_frac": 0.0, "overwrite": True}), REPO, NANODUAL_LINE)
-        print(f"shape: {SHAPE['n_layer']} layers, {SHAPE['n_head']} heads, width {SHAPE['n_embd']}, context "
-              f"{SHAPE['block_size']}, {SHAPE['gradient_accumulation_steps']} x {SHAPE['batch_size']} sequences per "
-              f"step, vocab {meta['vocab_size']}, AdamW, {dtype}, compile {args.compile}, device {args.device}; "
-              f"{args.threads} thread(s) per trainer; {args.rounds} rounds x {args.steps} steps (after "
-              f"{args.warmup} warm-up) each", flush=True)
-        seconds = {name: [] for name in trainers}
+        print(f"shape: {L} layers, {H} heads, width {d} (nanodual's intermediate_size {intermediate}), context {T}, "
+              f"{G} x {args.batch_size} sequences per step, vocab {meta['vocab_size']}, AdamW, {dtype}, compile "
+              f"{args.compile}, device {args.device}; {args.threads} thread(s) per trainer; {args.rounds} rounds x "
+              f"{args.steps} steps (after {args.warmup} warm-up) each", flush=True)
+        speed = {name: [] for name in trainers}  # tokens/s of every round: the median of its timed steps
         for r in range(args.rounds):
             for name, (cmd, cwd, pattern) in trainers.items():
                 kept = run_trainer(cmd, cwd, pattern, tokens_per_step, args.warmup, env)
-                seconds[name] += kept
-                print(f"  round {r + 1}: {name:<36} {tokens_per_step / statistics.median(kept):>10,.0f} tok/s",
-                      flush=True)
+                speed[name].append(tokens_per_step / statistics.median(kept))
+                print(f"  round {r + 1}: {name:<36} {speed[name][-1]:>10,.0f} tok/s", flush=True)
 
-    # achieved FLOP/s = (6 x matmul weights + attention) per token x tokens/s, with one formula for both
-    L, d, T, V = SHAPE["n_layer"], SHAPE["n_embd"], SHAPE["block_size"], meta["vocab_size"]
+    # achieved FLOP/s = (6 x matmul weights + attention) per token x tokens/s, one formula for both
+    V = meta["vocab_size"]
     attention = 12 * L * d * T
-    flops = {"nanoGPT": 6 * (12 * L * d * d + V * d) + attention}  # qkv, proj, 4x MLP; LM head (tied)
-    nanodual = 6 * (L * (4 * d * d + 3 * d * 1024) + V * d) + attention  # q, k, v, o, gate, up, down; LM head
-    speed = {name: tokens_per_step / statistics.median(s) for name, s in seconds.items()}
-    print(f"\n{'trainer':<36} {'tokens/s':>10} {'GFLOP/s':>9} {'vs nanoGPT':>11}")
-    for name, tps in speed.items():
-        achieved = tps * flops.get(name, nanodual)
-        ratio = achieved / (speed["nanoGPT"] * flops["nanoGPT"])
-        print(f"{name:<36} {tps:>10,.0f} {achieved / 1e9:>9.2f} {ratio:>10.3f}x")
-    off, on, dual = (speed[k] for k in list(speed)[1:])
-    print(f"document masking costs {off / on - 1:+.1%} (time per token, on vs off); "
-          f"the dual step runs at {dual / on:.3f}x the AR step's tokens/s")
-    print(f"(medians over {args.rounds} x {args.steps} steps per trainer; FLOPs per token: nanoGPT "
-          f"{flops['nanoGPT'] / 1e6:.1f}M, nanodual {nanodual / 1e6:.1f}M, counted the same way for AR and MD)")
+    flops = {"nanoGPT": 6 * (L * 12 * d * d + V * d) + attention}  # qkv, proj, 4x MLP; LM head (tied)
+    nanodual = 6 * (L * (4 * d * d + 3 * d * intermediate) + V * d) + attention  # q, k, v, o, gate, up, down
+    # Each ratio is taken within a round (the trainers ran back to back) and then the median over the
+    # rounds: the machine's speed drifts between rounds more than between neighbouring runs.
+    paired = lambda a, b: [x / y for x, y in zip(speed[a], speed[b])]
+    spread = lambda ratios: (f"{statistics.median(ratios):.3f}x ({min(ratios):.3f}-{max(ratios):.3f})"
+                             if len(set(ratios)) > 1 else f"{ratios[0]:.3f}x")
+    print(f"\n{'trainer':<36} {'tokens/s':>10} {'GFLOP/s':>9}   vs nanoGPT: median of the rounds (range)")
+    for name in trainers:
+        f = flops.get(name, nanodual)
+        ratios = [x * f / flops["nanoGPT"] for x in paired(name, "nanoGPT")]
+        print(f"{name:<36} {statistics.median(speed[name]):>10,.0f} "
+              f"{statistics.median(speed[name]) * f / 1e9:>9.2f}   {spread(ratios)}")
+    off, on, dual = list(trainers)[1:]
+    masking_cost = [x - 1 for x in paired(off, on)]
+    print(f"document masking costs {statistics.median(masking_cost):+.1%} time per token (on vs off; rounds "
+          f"{min(masking_cost):+.1%} to {max(masking_cost):+.1%}); the dual step runs at {spread(paired(dual, on))} "
+          f"the AR step's tokens/s")
+    print(f"(tokens/s: medians of {args.steps} steps per run, then over the {args.rounds} rounds; FLOPs per "
+          f"token: nanoGPT {flops['nanoGPT'] / 1e6:.1f}M, nanodual {nanodual / 1e6:.1f}M, counted the same "
+          f"way for AR and MD)")
 
 
 # -----------------------------------------------------------------------------
@@ -592,6 +605,11 @@ def main(argv=None):
     p.add_argument("--input", default=os.path.join(SHARED_DATA, "corpus", "tinyshakespeare", "input.txt"),
                    help="text both trainers train on (prepared once by data.py)")
     p.add_argument("--vocab_size", type=int, default=2048)
+    p.add_argument("--n_layer", type=int, default=6)
+    p.add_argument("--n_head", type=int, default=6)
+    p.add_argument("--n_embd", type=int, default=384, help="a multiple of 3: nanodual's SwiGLU is 8/3 as wide")
+    p.add_argument("--block_size", type=int, default=256)
+    p.add_argument("--batch_size", type=int, default=8, help="sequences per micro-batch (2 per step)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile both trainers (bf16 on CUDA)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each trainer (they run one at a time)")

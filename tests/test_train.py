@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -368,7 +369,7 @@ def assert_one_line_error(run, *fragments):
 
 
 def test_bad_settings_fail_with_one_line(tiny_dataset, tmp_path):
-    base = [f"--data_dir={tiny_dataset}", f"--out_dir={tmp_path / 'o'}", *SMALL, "--max_iters=2"]
+    base = [f"--data_dir={tiny_dataset}", *SMALL, "--max_iters=2"]
     cases = [
         (["--learnig_rate=0.1"], ["unknown config key 'learnig_rate'", "did you mean 'learning_rate'"]),
         (["--max_iters=ten"], ["'max_iters' expects int"]),
@@ -389,10 +390,15 @@ def test_bad_settings_fail_with_one_line(tiny_dataset, tmp_path):
         cases.append((["--device=cuda"], ["CUDA is not available", "--device=cpu"]))
     os.makedirs(tmp_path / "empty")
     cases.append((["--data_dir=" + str(tmp_path / "empty")], ["empty"]))
-    for extra, fragments in cases:
-        assert_one_line_error(run_train(base + extra, check=False), *fragments)
+    # two at a time, each with its own out_dir: the runs are independent and mostly start-up time
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = pool.map(lambda i: run_train(base + [f"--out_dir={tmp_path / str(i)}"] + cases[i][0], check=False),
+                        range(len(cases)))
+        for run, (extra, fragments) in zip(runs, cases):
+            assert_one_line_error(run, *fragments)
     # batch settings inconsistent with the world size (as torchrun would set it)
-    run = run_train(base + ["--gradient_accumulation_steps=3"], env={"WORLD_SIZE": "2"}, check=False)
+    run = run_train(base + [f"--out_dir={tmp_path / 'o'}", "--gradient_accumulation_steps=3"],
+                    env={"WORLD_SIZE": "2"}, check=False)
     assert_one_line_error(run, "gradient_accumulation_steps=3 must be a positive multiple of the world size 2")
 
 
