@@ -447,7 +447,10 @@ def bench_nanogpt(args):
               f"{args.steps} steps (after {args.warmup} warm-up) each", flush=True)
         speed = {name: [] for name in trainers}  # tokens/s of every round: the median of its timed steps
         for r in range(args.rounds):
-            for name, (cmd, cwd, pattern) in trainers.items():
+            # every other round runs the trainers in reverse order, so a steady drift of the machine's
+            # speed favours none of them over a pair of rounds
+            for name in (list(trainers) if r % 2 == 0 else list(trainers)[::-1]):
+                cmd, cwd, pattern = trainers[name]
                 kept = run_trainer(cmd, cwd, pattern, tokens_per_step, args.warmup, env)
                 speed[name].append(tokens_per_step / statistics.median(kept))
                 print(f"  round {r + 1}: {name:<36} {speed[name][-1]:>10,.0f} tok/s", flush=True)
