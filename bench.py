@@ -410,10 +410,13 @@ def bench_nanogpt(args):
     if args.rounds < 2 or args.steps < 1 or args.warmup < 0:
         raise ValueError("need --rounds >= 2, --steps >= 1 and --warmup >= 0")
     L, H, d, T = args.n_layer, args.n_head, args.n_embd, args.block_size
-    if d % 3 or d % H or (d // H) % 2:
-        raise ValueError(f"--n_embd={d} must be a multiple of 3 (nanodual's SwiGLU of width 8d/3 then has "
-                         f"nanoGPT's MLP weights) and of 2 x --n_head={H} (RoPE rotates pairs of head dims)")
+    if d % 3:
+        raise ValueError(f"--n_embd={d} must be a multiple of 3, so that nanodual's SwiGLU of width 8d/3 "
+                         f"has nanoGPT's MLP weights")
     intermediate = 8 * d // 3  # gate, up, down: 3 x d x 8d/3 = nanoGPT's 2 x d x 4d
+    # the model's own checks (heads, head dim, ...) before any trainer runs
+    modeling.ModelConfig(vocab_size=args.vocab_size, block_size=T, n_layer=L, n_head=H, n_embd=d,
+                         intermediate_size=intermediate)
     cuda = args.device.startswith("cuda")
     if cuda:
         modeling.parse_device(args.device)

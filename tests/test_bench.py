@@ -18,13 +18,19 @@ def test_data_benchmark_runs_both_loaders(tiny_dataset):
     assert run.stdout.count("documents / fixed:") == 2 and "fixed" in run.stdout
 
 
-def test_nanogpt_benchmark_runs_both_trainers(tmp_path, shared_data):
+@pytest.fixture
+def nanogpt():
+    """The unmodified nanoGPT checkout the benchmark runs beside nanodual."""
+    path = REPO.parent / "shared" / "anchors" / "nanoGPT"
+    if not (path / "train.py").is_file():
+        pytest.skip(f"no nanoGPT checkout at {path}")
+    return path
+
+
+def test_nanogpt_benchmark_runs_both_trainers(nanogpt, tmp_path, shared_data):
     """bench.py nanogpt at a tiny shape: nanoGPT's unmodified train.py and nanodual's run side by side,
     their log lines are parsed (a changed log format fails here, not silently in a benchmark), and
     the table has the three nanodual settings with per-round ratios."""
-    nanogpt = REPO.parent / "shared" / "anchors" / "nanoGPT"
-    if not (nanogpt / "train.py").is_file():
-        pytest.skip(f"no nanoGPT checkout at {nanogpt}")
     text = tmp_path / "input.txt"
     text.write_text((shared_data / "corpus" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:60_000],
                     encoding="utf-8")
@@ -42,10 +48,7 @@ def test_nanogpt_benchmark_runs_both_trainers(tmp_path, shared_data):
     assert "document masking costs" in out and "the AR step's tokens/s" in out
 
 
-def test_nanogpt_benchmark_rejects_a_width_without_a_matching_swiglu(tmp_path):
-    nanogpt = REPO.parent / "shared" / "anchors" / "nanoGPT"
-    if not (nanogpt / "train.py").is_file():
-        pytest.skip(f"no nanoGPT checkout at {nanogpt}")
+def test_nanogpt_benchmark_rejects_a_width_without_a_matching_swiglu(nanogpt):
     run = subprocess.run([sys.executable, "bench.py", "nanogpt", str(nanogpt), "--n_embd", "64", "--n_head", "2"],
                          cwd=REPO, capture_output=True, text=True)
     assert run.returncode != 0 and "must be a multiple of 3" in run.stderr and "Traceback" not in run.stderr

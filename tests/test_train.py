@@ -392,9 +392,9 @@ def test_bad_settings_fail_with_one_line(tiny_dataset, tmp_path):
     cases.append((["--data_dir=" + str(tmp_path / "empty")], ["empty"]))
     # two at a time, each with its own out_dir: the runs are independent and mostly start-up time
     with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = pool.map(lambda i: run_train(base + [f"--out_dir={tmp_path / str(i)}"] + cases[i][0], check=False),
-                        range(len(cases)))
-        for run, (extra, fragments) in zip(runs, cases):
+        runs = pool.map(lambda case: run_train(base + [f"--out_dir={tmp_path / str(case[0])}"] + case[1][0],
+                                               check=False), enumerate(cases))
+        for run, (_, fragments) in zip(runs, cases):
             assert_one_line_error(run, *fragments)
     # batch settings inconsistent with the world size (as torchrun would set it)
     run = run_train(base + [f"--out_dir={tmp_path / 'o'}", "--gradient_accumulation_steps=3"],
