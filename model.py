@@ -216,7 +216,8 @@ class RMSNormFunction(torch.autograd.Function):
         x, weight, r = ctx.saved_tensors
         g = grad * weight
         coef = torch.linalg.vecdot(g, x).unsqueeze(-1).mul_(r.pow(3)).div_(x.shape[-1])
-        dweight = (grad * x).flatten(0, -2).t() @ r.flatten()
+        with torch.autocast(x.device.type, enabled=False):  # a backward called under autocast: stay fp32
+            dweight = (grad * x).flatten(0, -2).t() @ r.flatten()
         return g.mul_(r).addcmul_(x, coef, value=-1), dweight, None
 
 

@@ -97,7 +97,9 @@ compile = None                  # None: torch.compile on CUDA, not on CPU; or Tr
 # -----------------------------------------------------------------------------
 
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "intermediate_size", "rope_theta", "tie_embeddings", "block_size")
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
+# dense bf16 peaks; the first name contained in the device name wins (H100 PCIe and NVL before SXM)
+PEAK_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12, "A100": 312e12,
+              "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
 
 def ar_micro_batches(lam, G, world=1):
@@ -510,6 +512,8 @@ def main(argv):
                                  "unique_tokens": windows.unique_tokens, "n_windows": windows.n_windows,
                                  "params": n_params, "non_embedding_params": raw_model.num_params(True),
                                  "total_tokens": total_windows * block_size, "epochs": epochs}})
+            # the next log line's tokens/s and MFU count training steps only, not this evaluation
+            t_log, tokens_at_log, iter_at_log = time.time(), tokens_seen, iter_num
         if iter_num >= max_iters:
             break
 
@@ -523,13 +527,14 @@ def main(argv):
             objective = objective_of(g, epoch, G, n_ar)
             last = i == len(my_micro_batches) - 1
             sync = train_model.no_sync() if world > 1 and not last else nullcontext()
-            with sync, autocast:
-                if objective == "ar":
-                    loss, zl = modeling.ar_loss(train_model, x, y, docs)
-                else:
-                    noise = torch.Generator(device=dev).manual_seed(noise_seed(iter_num, g))
-                    loss, zl = modeling.md_loss(train_model, x, y, docs, generator=noise,
-                                                antithetic=md_antithetic, weighting=md_weighting)
+            with sync:
+                with autocast:  # the forward only: PyTorch advises running backward outside autocast
+                    if objective == "ar":
+                        loss, zl = modeling.ar_loss(train_model, x, y, docs)
+                    else:
+                        noise = torch.Generator(device=dev).manual_seed(noise_seed(iter_num, g))
+                        loss, zl = modeling.md_loss(train_model, x, y, docs, generator=noise,
+                                                    antithetic=md_antithetic, weighting=md_weighting)
                 # mean over all G micro-batches once DDP has averaged over the world
                 weight = ar_weight if objective == "ar" else 1.0
                 ((weight * loss + z_loss * zl) * (world / G)).backward()

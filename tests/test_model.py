@@ -224,6 +224,23 @@ def test_hand_written_backwards_match_autograd():
     torch.testing.assert_close(z, lse[weights != 0].square().mean())
 
 
+def test_rmsnorm_weight_gradient_stays_fp32_when_backward_runs_under_autocast():
+    """RMSNormFunction's weight gradient is a matmul, which autocast would run in bf16 if a caller's
+    backward ran inside `torch.autocast` (the norm's statistics are fp32 by design): it must equal
+    the gradient computed with autocast off, to fp32 precision."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 64, 96, requires_grad=True)
+    w = (1 + 0.1 * torch.randn(96)).requires_grad_()
+    grad = torch.randn(4, 64, 96)
+    M.RMSNormFunction.apply(x, w, 1e-5).backward(grad)
+    want = w.grad.clone()
+    w.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        M.RMSNormFunction.apply(x, w, 1e-5).backward(grad)
+    assert w.grad.dtype == torch.float32
+    torch.testing.assert_close(w.grad, want, rtol=1e-5, atol=1e-5)
+
+
 class RecordingModel(torch.nn.Module):
     """Wraps a model and keeps every input it is called with."""
 

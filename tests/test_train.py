@@ -327,6 +327,22 @@ def run_train_with_modules(preamble, args, tmp_path):
     return run, json.loads(calls_path.read_text())
 
 
+def test_log_line_after_an_evaluation_times_only_training_steps(tiny_dataset, tmp_path):
+    """tokens/s (and MFU) on a log line measure training: the evaluation and checkpoint before it are
+    not counted. Each checkpoint is made to take 0.6 s; every step is far faster than that."""
+    slow_checkpoint = (f"sys.path.insert(0, {str(REPO)!r})\nimport time, model\nsave = model.save_checkpoint\n"
+                       "model.save_checkpoint = lambda *a, **k: (time.sleep(0.6), save(*a, **k))[1]")
+    args = [f"--data_dir={tiny_dataset}", f"--out_dir={tmp_path / 'out'}", *SMALL, "--max_iters=6",
+            "--eval_interval=3", "--log_interval=1", "--gradient_accumulation_steps=2"]
+    run, _ = run_train_with_modules(slow_checkpoint, args, tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rates = [float(line.split(" tok/s")[0].rsplit("| ", 1)[1].replace(",", ""))
+             for line in run.stdout.splitlines() if line.startswith("iter ")]
+    assert len(rates) == 6
+    seconds = [2 * 4 * 32 / rate for rate in rates]  # 256 tokens per step
+    assert max(seconds) < 0.4, seconds  # iter 1 and 4 follow a 0.6 s checkpoint
+
+
 WANDB_STUB = """
 wandb = types.ModuleType("wandb")
 wandb.init = lambda **kw: calls.append(["init", kw])
