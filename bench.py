@@ -178,6 +178,9 @@ def bench_train(args):
         mfu = f"{100 * flops / t / peak:>5.1f}%" if peak else f"{'-':>6}"
         print(f"{name:<32} {tokens / t:>10,.0f} {mfu} {t / steps['AR (λ=1)']:>10.3f}x")
     print(peak_memory(dev) + ("" if peak else "; MFU is printed on known GPUs (train.PEAK_FLOPS)"))
+    if peak and not args.compile:  # compiled, every position goes through the LM head (static shapes)
+        print("(MFU counts the LM head at every position; an eager MD micro-batch projects only its masked "
+              "ones, so its MFU reads high)")
 
 
 # -----------------------------------------------------------------------------
