@@ -72,6 +72,18 @@ def test_unachievable_lam_is_rejected(lam, G, message):
         train.ar_micro_batches(lam, G)
 
 
+@pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                                        ("NVIDIA H100 NVL", 835e12), ("NVIDIA H200", 989e12),
+                                        ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A10", 125e12),
+                                        ("Tesla T4", None)])
+def test_mfu_peak_is_the_one_of_the_device_named(monkeypatch, name, peak):
+    """The dense bf16 peak that MFU divides by, from torch's device name: the H100 PCIe and NVL
+    cards must not take the SXM peak (their names contain "H100" too), nor an A100 the A10's."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert train.peak_flops(torch.device("cuda")) == peak
+    assert train.peak_flops(torch.device("cpu")) is None
+
+
 def test_wsd_schedule(monkeypatch):
     monkeypatch.setattr(train, "max_iters", 8192)
     monkeypatch.setattr(train, "decay_frac", 0.25)
