@@ -161,18 +161,30 @@ def test_repetitions_train_on_the_first_T_over_r_tokens(tiny_dataset, tmp_path):
 
 
 def test_ddp_on_two_processes_equals_one_process_with_accumulation(tiny_dataset, tmp_path):
+    """2 gloo ranks give one process's weights, eager and compiled. Compiled DDP is what torchrun runs
+    on GPUs: dynamo splits the graph at DDP's gradient buckets. The aot_eager backend traces it as
+    inductor would, without inductor's C++ build."""
     common = [f"--data_dir={tiny_dataset}", *SMALL, "--max_iters=4", "--eval_interval=4",
               "--gradient_accumulation_steps=4", "--lam=0.5"]
     run_train(common + [f"--out_dir={tmp_path / 'single'}"])
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(REPO / "train.py"), *common, f"--out_dir={tmp_path / 'ddp'}"],
-                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single, multi = weights(tmp_path / "single"), weights(tmp_path / "ddp")
-    for name in single:
-        diff = (single[name] - multi[name]).abs().max().item()
-        assert diff <= 1e-5, (name, diff)
-    for out in ("single", "ddp"):  # and both did train: equal weights are not just equal initialisations
+    compiled = tmp_path / "train_aot_eager.py"
+    compiled.write_text(f"import functools, sys, torch\nsys.path.insert(0, {str(REPO)!r})\n"
+                        "torch.compile = functools.partial(torch.compile, backend='aot_eager')\n"
+                        "import train\ntrain.main(sys.argv[1:])\n")
+    for out, script, flag in (("ddp", REPO / "train.py", "--compile=False"),
+                              ("ddp_compiled", compiled, "--compile=True")):
+        ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              str(script), *common, flag, f"--out_dir={tmp_path / out}"],
+                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "graphs compiled" in ddp.stdout  # the second run really compiled
+    single = weights(tmp_path / "single")
+    for out in ("ddp", "ddp_compiled"):
+        multi = weights(tmp_path / out)
+        for name in single:
+            diff = (single[name] - multi[name]).abs().max().item()
+            assert diff <= 1e-5, (out, name, diff)
+    for out in ("single", "ddp", "ddp_compiled"):  # all did train: equal weights are not equal initialisations
         rows = read_metrics(tmp_path / out)
         assert rows[-1]["val_ar_loss"] < rows[0]["val_ar_loss"] - 0.1
 
