@@ -22,12 +22,22 @@ SMALL = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--intermediate_size=64", "
          "--batch_size=4", "--eval_iters=2", "--log_interval=2", "--compile=False", "--device=cpu"]
 
 
-def run_train(args, cwd=None, env=None, check=True):
-    run = subprocess.run([sys.executable, str(REPO / "train.py"), *args], capture_output=True, text=True,
+def run_train(args, cwd=None, env=None, check=True, script=REPO / "train.py"):
+    run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
                          cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     if check:
         assert run.returncode == 0, run.stderr[-3000:]
     return run
+
+
+def aot_eager_train(tmp_path):
+    """A script that runs train.py with torch.compile's backend set to aot_eager: dynamo and AOT
+    autograd trace, guard, split and recompile as they do for inductor, without inductor's C++ build."""
+    script = tmp_path / "train_aot_eager.py"
+    script.write_text(f"import functools, sys, torch\nsys.path.insert(0, {str(REPO)!r})\n"
+                      "torch.compile = functools.partial(torch.compile, backend='aot_eager')\n"
+                      "import train\ntrain.main(sys.argv[1:])\n")
+    return script
 
 
 def read_metrics(out_dir):
@@ -162,17 +172,12 @@ def test_repetitions_train_on_the_first_T_over_r_tokens(tiny_dataset, tmp_path):
 
 def test_ddp_on_two_processes_equals_one_process_with_accumulation(tiny_dataset, tmp_path):
     """2 gloo ranks give one process's weights, eager and compiled. Compiled DDP is what torchrun runs
-    on GPUs: dynamo splits the graph at DDP's gradient buckets. The aot_eager backend traces it as
-    inductor would, without inductor's C++ build."""
+    on GPUs: dynamo splits the graph at DDP's gradient buckets."""
     common = [f"--data_dir={tiny_dataset}", *SMALL, "--max_iters=4", "--eval_interval=4",
               "--gradient_accumulation_steps=4", "--lam=0.5"]
     run_train(common + [f"--out_dir={tmp_path / 'single'}"])
-    compiled = tmp_path / "train_aot_eager.py"
-    compiled.write_text(f"import functools, sys, torch\nsys.path.insert(0, {str(REPO)!r})\n"
-                        "torch.compile = functools.partial(torch.compile, backend='aot_eager')\n"
-                        "import train\ntrain.main(sys.argv[1:])\n")
     for out, script, flag in (("ddp", REPO / "train.py", "--compile=False"),
-                              ("ddp_compiled", compiled, "--compile=True")):
+                              ("ddp_compiled", aot_eager_train(tmp_path), "--compile=True")):
         ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                               str(script), *common, flag, f"--out_dir={tmp_path / out}"],
                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -209,42 +214,41 @@ def test_validation_uses_every_held_out_window_even_in_a_partial_batch(tiny_data
 def test_bf16_autocast_runs_on_the_cpu_and_tracks_fp32(tiny_dataset, tmp_path):
     """bf16 autocast is train.py's default on CUDA. The CPU runs the same autocast code (the RoPE table
     and RMSNorm casts, fp32 logits for the loss, Muon on bf16-made gradients), so the path is checked
-    here too: the same run in bf16 and in fp32, validation losses within 2% at every evaluation, and
-    not all equal (autocast really ran). tests/test_cuda.py repeats this on a GPU over 50 steps."""
+    here too: the same run in fp32, in bf16 and in bf16 compiled (CUDA's default pair), validation
+    losses within 2% at every evaluation, and not all equal (autocast really ran). tests/test_cuda.py
+    repeats this on a GPU over 50 steps."""
     common = [f"--data_dir={tiny_dataset}", *SMALL, "--max_iters=20", "--eval_interval=10",
               "--gradient_accumulation_steps=2", "--lam=0.5"]
+    runs = {"bf16_compiled": (["--dtype=bfloat16", "--compile=True"], aot_eager_train(tmp_path)),  # the longest
+            "fp32": (["--dtype=float32"], REPO / "train.py"), "bf16": (["--dtype=bfloat16"], REPO / "train.py")}
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda dtype: run_train(common + [f"--dtype={dtype}", f"--out_dir={tmp_path / dtype}"]),
-                      ("float32", "bfloat16")))
-    fp32, bf16 = read_metrics(tmp_path / "float32"), read_metrics(tmp_path / "bfloat16")
-    assert [r["iter"] for r in fp32] == [r["iter"] for r in bf16] == [0, 10, 20]
-    pairs = [(a[key], b[key]) for a, b in zip(fp32, bf16) for key in ("val_ar_loss", "val_md_loss")]
-    for a, b in pairs:
-        assert b == pytest.approx(a, rel=0.02)
-    assert any(a != b for a, b in pairs)
-    assert bf16[-1]["val_ar_loss"] < bf16[0]["val_ar_loss"] - 0.3
-
+        outs = list(pool.map(lambda name: run_train(common + runs[name][0] + [f"--out_dir={tmp_path / name}"],
+                                                    script=runs[name][1]).stdout, runs))
+    assert "4 graphs compiled" in outs[0]
+    fp32 = read_metrics(tmp_path / "fp32")
+    for name in ("bf16", "bf16_compiled"):
+        bf16 = read_metrics(tmp_path / name)
+        assert [r["iter"] for r in fp32] == [r["iter"] for r in bf16] == [0, 10, 20]
+        pairs = [(a[key], b[key]) for a, b in zip(fp32, bf16) for key in ("val_ar_loss", "val_md_loss")]
+        for a, b in pairs:
+            assert b == pytest.approx(a, rel=0.02), name
+        assert any(a != b for a, b in pairs), name
+        assert bf16[-1]["val_ar_loss"] < bf16[0]["val_ar_loss"] - 0.3
 
 
 def test_compiled_run_builds_each_graph_once(tiny_dataset, tmp_path):
     """torch.compile needs four graphs (AR and MD, with and without autograd), each built once: a short
-    last validation batch is padded instead of compiling a fifth. The aot_eager backend guards and
-    recompiles exactly as inductor does, without inductor's C++ build."""
+    last validation batch is padded instead of compiling a fifth."""
     available = (data.load_meta(tiny_dataset)["val_tokens"] - 1) // 32
     batch = available // 2 + 1  # so the last validation batch is short
-    script = ("import functools, sys, torch\n"
-              "torch.compile = functools.partial(torch.compile, backend='aot_eager')\n"
-              "import train\n"
-              "train.main(sys.argv[1:])\n")
     args = [f"--data_dir={tiny_dataset}", f"--out_dir={tmp_path / 'out'}", *SMALL, "--compile=True",
             "--max_iters=12", "--eval_interval=4", "--gradient_accumulation_steps=2", "--lam=0.5",
             f"--batch_size={batch}"]
-    run = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=REPO,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_train(args, script=aot_eager_train(tmp_path))
     counts = [int(line.split(" graphs compiled")[0].rsplit(" ", 1)[-1]) for line in run.stdout.splitlines()
               if "graphs compiled" in line]
     assert counts == [2, 4, 4, 4, 4], run.stdout  # evals at 0 (eval graphs only), 4, 8, 12; the done line
+
 
 def test_sigkill_then_resume_is_bit_exact(tiny_dataset, tmp_path):
     common = [f"--data_dir={tiny_dataset}", *SMALL, "--max_iters=24", "--eval_interval=4",
