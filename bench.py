@@ -473,10 +473,9 @@ def bench_nanogpt(args):
                              if len(set(ratios)) > 1 else f"{ratios[0]:.3f}x")
     print(f"\n{'trainer':<36} {'tokens/s':>10} {'GFLOP/s':>9}   vs nanoGPT: median of the rounds (range)")
     for name in trainers:
-        f = flops.get(name, nanodual)
+        f, tokens_per_sec = flops.get(name, nanodual), statistics.median(speed[name])
         ratios = [x * f / flops["nanoGPT"] for x in paired(name, "nanoGPT")]
-        print(f"{name:<36} {statistics.median(speed[name]):>10,.0f} "
-              f"{statistics.median(speed[name]) * f / 1e9:>9.2f}   {spread(ratios)}")
+        print(f"{name:<36} {tokens_per_sec:>10,.0f} {tokens_per_sec * f / 1e9:>9.2f}   {spread(ratios)}")
     off, on, dual = list(trainers)[1:]
     masking_cost = [x - 1 for x in paired(off, on)]
     print(f"document masking costs {statistics.median(masking_cost):+.1%} time per token (on vs off; rounds "

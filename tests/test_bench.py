@@ -1,5 +1,5 @@
-"""bench.py's loader benchmark runs end to end on a prepared folder (the speed figures themselves are
-measured by hand and quoted in docs/bench.md, never asserted)."""
+"""bench.py's loader benchmark and its side-by-side run against nanoGPT work end to end at tiny sizes
+(the speed figures themselves are measured by hand and quoted in docs/bench.md, never asserted)."""
 import os
 import re
 import subprocess
