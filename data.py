@@ -54,7 +54,7 @@ import numpy as np
 import tiktoken
 import tokenizers
 
-from progress import Progress
+from cli import Progress
 
 # torch is imported inside the loader functions only: preparing data never needs it, and the CLI
 # starts in a fraction of a second instead of the seconds that importing torch takes.

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from progress import Progress, format_seconds
+from cli import Progress, check_output_file, format_seconds
 
 # where task files are looked for when --data_dir is not given (README: "Evaluation data")
 DEFAULT_DATA_DIR = os.environ.get("NANODUAL_EVAL_DATA", "eval_data")
@@ -1174,15 +1174,6 @@ def parse_args(argv):
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                    help="compute dtype on CUDA (bf16 autocast); CPU always runs float32")
     return p.parse_args(argv)
-
-
-def check_output_file(flag, path, example):
-    """One line, before any work, for an output file path that the work could not be written to."""
-    if os.path.isdir(path):
-        raise ValueError(f"{flag} {path} is a folder; give the path of a file in it, e.g. {os.path.join(path, example)}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
-        raise ValueError(f"{flag} {path}: the folder {folder} does not exist or is not writable; create it first")
 
 
 def format_table(results):

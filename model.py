@@ -785,11 +785,20 @@ def export_hf(model, out_dir):
     return out_dir
 
 
+def special_ids(model, tok):
+    """The ids never sampled: every special token of the model and its tokenizer, and for tiktoken the
+    ids between our added specials and the vocabulary rounded up to a multiple of 64 (never trained on)."""
+    cfg = model.config
+    ids = set(tok.special_ids.values()) | {cfg.bos_id, cfg.pad_id, cfg.mask_id}
+    if tok.tiktoken is not None:
+        ids |= set(range(max(tok.special_ids.values()) + 1, cfg.vocab_size))
+    return ids
+
+
 def write_hf(model, out_dir):
     """export_hf's files, written into the existing folder out_dir."""
     from safetensors.torch import save_file
-    import data  # the tokenizer, and sample.py's rule for the ids never generated
-    from sample import special_ids
+    import data  # the tokenizer
     cfg, spec = model.config, getattr(model, "meta", {}).get("tokenizer")
     tok = data.Tokenizer.from_spec(spec) if isinstance(spec, dict) else None
     banned = sorted(special_ids(model, tok)) if tok else sorted({cfg.bos_id, cfg.pad_id, cfg.mask_id})

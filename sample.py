@@ -69,9 +69,8 @@ import torch
 import torch.nn.functional as F
 
 import data
-from eval import check_output_file
-from model import KVCache, load_checkpoint, parse_device
-from progress import Progress
+from cli import Progress, check_output_file
+from model import KVCache, load_checkpoint, parse_device, special_ids
 
 SAMPLERS = ("ancestral", "confidence")
 MIN_TEMPERATURE = 1e-5  # lower temperatures decode greedily (see the module docstring)
@@ -383,16 +382,6 @@ def format_curve(rows):
 
 # -----------------------------------------------------------------------------
 # Command line
-
-def special_ids(model, tok):
-    """The ids never sampled: every special token of the model and its tokenizer, and for tiktoken the
-    ids between our added specials and the vocabulary rounded up to a multiple of 64 (never trained on)."""
-    cfg = model.config
-    ids = set(tok.special_ids.values()) | {cfg.bos_id, cfg.pad_id, cfg.mask_id}
-    if tok.tiktoken is not None:
-        ids |= set(range(max(tok.special_ids.values()) + 1, cfg.vocab_size))
-    return ids
-
 
 def check_args(args):
     """Fail fast, before the checkpoint is loaded, on options that cannot work."""

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from data import write_atomically
-from progress import Progress, format_seconds
+from cli import Progress, format_seconds
 
 REPO = Path(__file__).resolve().parent
 RESULT_COLUMNS = [

@@ -37,7 +37,7 @@ import data
 import model as modeling
 from configurator import configure, settings
 from muon import MuonAdamW
-from progress import format_seconds
+from cli import format_seconds
 
 # -----------------------------------------------------------------------------
 # Settings (defaults: a small run on Tiny Shakespeare). Config files and --key=value change them.

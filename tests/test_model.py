@@ -613,7 +613,7 @@ def test_hf_generate_equals_sample_greedy(tmp_path, tiny_checkpoint):
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     for n, prompt in enumerate(["ROMEO:", "First Citizen:\nBefore we proceed"]):
-        ours = sample.generate_ar(m, tok.encode(prompt), 50, temperature=0, banned_ids=sample.special_ids(m, tok))
+        ours = sample.generate_ar(m, tok.encode(prompt), 50, temperature=0, banned_ids=model.special_ids(m, tok))
         inputs = hf_tok(prompt, return_tensors="pt")
         if n == 1:  # a model that wants <s> mid-text, as trained models do: <s> outscores the most
             # frequent greedy token wherever that one wins, and every other logit stays as it was

@@ -1,4 +1,6 @@
 """
+Small command-line helpers shared by the scripts: a progress line, and checks of output paths.
+
 A tiny progress line for long loops: count, rate and ETA, printed to stderr at most every
 `every` seconds (and once at the end). No dependency on tqdm, so it works everywhere,
 including in CI logs where a carriage-return bar would be noise.
@@ -9,6 +11,7 @@ including in CI logs where a carriage-return bar would be noise.
         p.update(1)
     p.close()
 """
+import os
 import sys
 import time
 
@@ -45,3 +48,12 @@ class Progress:
 
     def close(self):
         print(self.line(), file=self.stream, flush=True)
+
+
+def check_output_file(flag, path, example):
+    """One line, before any work, for an output file path that the work could not be written to."""
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a folder; give the path of a file in it, e.g. {os.path.join(path, example)}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        raise ValueError(f"{flag} {path}: the folder {folder} does not exist or is not writable; create it first")
