@@ -57,3 +57,27 @@ def check_output_file(flag, path, example):
     folder = os.path.dirname(os.path.abspath(path))
     if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
         raise ValueError(f"{flag} {path}: the folder {folder} does not exist or is not writable; create it first")
+
+
+def same_file(a, b):
+    """Whether two paths name one file, through symlinks, '..' and hard links; a path that does not
+    exist yet is compared by its resolved name."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_distinct_paths(outputs, inputs):
+    """One line, before any work, for an output that would overwrite an input or another output.
+    outputs and inputs are lists of (flag, path); a path of None is skipped."""
+    outputs = [(flag, path) for flag, path in outputs if path]
+    for i, (flag, path) in enumerate(outputs):
+        for in_flag, in_path in inputs:
+            if in_path and same_file(path, in_path):
+                raise ValueError(f"{flag} {path} is the {in_flag} input: writing it would destroy that file; "
+                                 f"give {flag} another path")
+        for other_flag, other_path in outputs[i + 1:]:
+            if same_file(path, other_path):
+                raise ValueError(f"{flag} and {other_flag} are both {path}: one would overwrite the other; "
+                                 f"give each its own path")

@@ -55,3 +55,17 @@ def test_check_output_file_refuses_a_folder_and_a_missing_folder(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         cli.check_output_file("--out", str(tmp_path / "no" / "e.json"), "e.json")
     cli.check_output_file("--out", str(tmp_path / "e.json"), "e.json")
+
+
+def test_check_distinct_paths_refuses_an_output_that_is_an_input_or_the_other_output(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(b"weights")
+    os.symlink(ckpt, tmp_path / "link.pt")
+    (tmp_path / "sub").mkdir()
+    for out in (ckpt, tmp_path / "link.pt", tmp_path / "sub" / ".." / "ckpt.pt"):
+        with pytest.raises(ValueError, match=r"--out .* is the --ckpt input"):
+            cli.check_distinct_paths([("--out", str(out))], [("--ckpt", str(ckpt))])
+    with pytest.raises(ValueError, match="--out and --dump are both"):
+        cli.check_distinct_paths([("--out", str(tmp_path / "x")), ("--dump", str(tmp_path / "sub/../x"))], [])
+    cli.check_distinct_paths([("--out", str(tmp_path / "e.json")), ("--dump", None)], [("--ckpt", str(ckpt))])
+    assert ckpt.read_bytes() == b"weights"
