@@ -9,12 +9,14 @@ argv)` then runs each config file given on the command line as plain Python insi
 applies every `--key=value` override, parsing the value with `ast.literal_eval` (never `eval`).
 
 Mistakes fail loudly with one line each: an unknown key (with the closest known key suggested), a
-value of the wrong type, a missing config file, an error inside a config file (with its file:line).
+value of the wrong type, a number that is not finite (inf, nan), a missing config file, an error inside
+a config file (with its file:line), a config file that deletes a setting or exits (sys.exit).
 `--help` (or `-h`) lists every setting with its value and the comment on its line of the script,
 then exits.
 """
 import ast
 import difflib
+import math
 import os
 import re
 import sys
@@ -38,13 +40,19 @@ def unknown_key_error(key, known):
 
 
 def checked_value(key, value, default):
-    """`value` if it has the type of `default` (ints are accepted where floats are expected)."""
-    if default is None or type(value) is type(default):
-        return value
+    """`value` if it has the type of `default` (ints are accepted where floats are expected) and, for a
+    number, is finite: no setting has a use for inf or NaN (rope_theta=1e999 would train and be saved)."""
     if isinstance(default, float) and type(value) is int:
-        return float(value)
-    raise ValueError(f"config key '{key}' expects {type(default).__name__} (default {default!r}), "
-                     f"got {type(value).__name__} {value!r}")
+        try:
+            value = float(value)
+        except OverflowError:
+            value = math.inf
+    elif default is not None and type(value) is not type(default):
+        raise ValueError(f"config key '{key}' expects {type(default).__name__} (default {default!r}), "
+                         f"got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"config key '{key}' is {value!r}; it must be a finite number")
+    return value
 
 
 def configure(namespace, argv):
@@ -73,6 +81,9 @@ def configure(namespace, argv):
                     continue  # imports and helpers are fine
                 raise unknown_key_error(name, known)
             for key in known:
+                if key not in namespace:
+                    raise ValueError(f"config file {arg} deletes the setting '{key}'; a config file may only "
+                                     f"assign settings (the default is {defaults[key]!r})")
                 namespace[key] = checked_value(key, namespace[key], defaults[key])
                 if namespace[key] != defaults[key] and key not in changed:
                     changed.append(key)
@@ -153,7 +164,10 @@ def run_config_file(path, namespace):
         raise  # from an included file: it already names its file and line
     except SyntaxError as e:
         raise ConfigFileError(f"config file {e.filename}:{e.lineno}: syntax error: {e.msg}") from None
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # SystemExit too: sys.exit() in a config would end train.py silently
         line = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path][-1]
-        message = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        if isinstance(e, SystemExit):
+            message = "the file exits (sys.exit or SystemExit), so no run would start; a config file only assigns settings"
+        else:
+            message = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
         raise ConfigFileError(f"config file {path}:{line}: {message}") from None

@@ -140,3 +140,46 @@ def test_a_config_file_that_is_not_utf8_text_fails_in_one_line(tmp_path):
     path.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ValueError, match=f"config file {path} cannot be read .*; a config file is Python source"):
         configure(namespace(), [str(path)])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lam=1e999"], "config key 'lam' is inf; it must be a finite number"),
+    (["--lam=-1e999"], "config key 'lam' is -inf; it must be a finite number"),
+    (["--lam=" + "9" * 400], "config key 'lam' is inf; it must be a finite number"),  # an int too big for a float
+    (["--compile=1e999"], "config key 'compile' is inf"),  # a setting whose default is None
+])
+def test_a_number_that_is_not_finite_is_refused_naming_the_key(argv, message):
+    with pytest.raises(ValueError) as e:
+        configure(namespace(), argv)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_config_file_cannot_set_a_non_finite_number(tmp_path):
+    path = tmp_path / "nan.py"
+    path.write_text("lam = float('nan')\n")
+    with pytest.raises(ValueError, match="^config key 'lam' is nan; it must be a finite number$"):
+        configure(namespace(), [str(path)])
+
+
+@pytest.mark.parametrize("text, line", [
+    ("import sys\nlam = 0.25\nsys.exit(0)\n", 3),
+    ("raise SystemExit\n", 1),
+    ("include('exits.py')\n", 1),  # in an included file: that file and its line
+])
+def test_a_config_file_that_exits_is_an_error_that_names_the_file(tmp_path, text, line):
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit()\n")
+    path = tmp_path / "run.py"
+    path.write_text(text)
+    with pytest.raises(ValueError) as e:
+        configure(namespace(), [str(path)])
+    where = f"{tmp_path / 'exits.py'}:2" if "include" in text else f"{path}:{line}"
+    assert str(e.value).startswith(f"config file {where}: the file exits (sys.exit or SystemExit)")
+
+
+def test_a_config_file_that_deletes_a_setting_fails_in_one_line(tmp_path):
+    path = tmp_path / "del.py"
+    path.write_text("del lam\n")
+    with pytest.raises(ValueError) as e:
+        configure(namespace(), [str(path)])
+    assert str(e.value) == (f"config file {path} deletes the setting 'lam'; a config file may only assign "
+                            f"settings (the default is 0.5)")
