@@ -63,8 +63,8 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name}={value!r} must be a positive integer")
         for name in ("rope_theta", "norm_eps"):
             value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or not value > 0:
-                raise ValueError(f"ModelConfig.{name}={value!r} must be a positive number")
+            if not isinstance(value, numbers.Real) or not 0 < value < math.inf:  # inf: invalid in config.json
+                raise ValueError(f"ModelConfig.{name}={value!r} must be a finite positive number")
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"ModelConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                              f"pick n_embd as a multiple of n_head")
@@ -139,7 +139,9 @@ def flex(q, k, v, block_mask):
 
 
 # -----------------------------------------------------------------------------
-# Building blocks
+# Building blocks. Plain formulas under autograd, eager and compiled alike: the code read here is the
+# code every run executes. (Hand-written backwards for RoPE, RMSNorm, SwiGLU and the loss saved about
+# 2% of a CPU training step; docs/bench.md has the measurement.)
 
 def rope_cache(head_dim, max_len, theta):
     # the "rotate half" convention of Llama / Hugging Face, so exported weights need no permutation
@@ -149,76 +151,12 @@ def rope_cache(head_dim, max_len, theta):
     return freqs.cos(), freqs.sin()  # (max_len, head_dim/2) each
 
 
-def rope_tables(cos, sin, n_head):
-    """The (T, D/2) angles of `rope_cache`, laid out for `rotate`: cos for every one of the D features
-    and sin for each half, both repeated for every head, contiguous. Built once per forward pass;
-    with no broadcasting over heads the elementwise kernels run over long contiguous rows (on the CPU
-    about 1.3x faster than broadcasting a (T, 1, D/2) table)."""
-    T = cos.shape[0]
-    cos_full = torch.cat([cos, cos], dim=-1)
-    return (cos_full.unsqueeze(1).expand(T, n_head, -1).contiguous(),
-            sin.unsqueeze(1).expand(T, n_head, -1).contiguous())
-
-
-def rotate(x, cos_full, sin, inverse=False):
-    """Rotate every pair (x_j, x_{j+D/2}) of the last dim of x (B, T, H, D) by its angle (by minus
-    its angle if inverse), "rotate half" style: [x1 cos - x2 sin, x2 cos + x1 sin]. Three kernels
-    and one new tensor, no cat."""
-    h = x.shape[-1] // 2
-    sign = -1 if inverse else 1
-    out = x * cos_full
-    out[..., :h].addcmul_(x[..., h:], sin, value=-sign)
-    out[..., h:].addcmul_(x[..., :h], sin, value=sign)
-    return out
-
-
-class RoPEFunction(torch.autograd.Function):
-    """Rotary embedding with a hand-written backward: a rotation's gradient is the rotation by the
-    opposite angle, so the backward is one more `rotate` and saves no activations. Autograd through
-    the chunk/mul/cat formula kept every product alive and took about twice as long on the CPU."""
-
-    @staticmethod
-    def forward(ctx, x, cos_full, sin):
-        ctx.save_for_backward(cos_full, sin)
-        return rotate(x, cos_full, sin)
-
-    @staticmethod
-    def backward(ctx, grad):
-        cos_full, sin = ctx.saved_tensors
-        return rotate(grad, cos_full, sin, inverse=True), None, None
-
-
-def apply_rope(x, cos_full, sin):
-    # x: (B, T, H, D); the tables come from rope_tables (cast: under autocast x is bf16)
-    cos_full, sin = cos_full.to(x.dtype), sin.to(x.dtype)
-    if torch.compiler.is_compiling():  # inductor fuses the plain formula into one kernel
-        x1, x2 = x.chunk(2, dim=-1)
-        cos = cos_full[..., :x.shape[-1] // 2]
-        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-    return RoPEFunction.apply(x, cos_full, sin)
-
-
-class RMSNormFunction(torch.autograd.Function):
-    """y = x / rms(x) * weight with a hand-written backward. On the CPU F.rms_norm is a composite of
-    elementwise ops: its forward and autograd's backward through it took 8.9 ms for 8 x 256 x 384
-    floats on one thread, this function 3.9 ms (LayerNorm's fused kernel: 1.5 ms). Under
-    torch.compile both fuse alike. With r = rms(x)^-1 and g = grad * weight:
-    dx = r * g - x * r^3 * mean(g * x),  dweight = sum over rows of grad * x * r."""
-
-    @staticmethod
-    def forward(ctx, x, weight, eps):
-        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
-        ctx.save_for_backward(x, weight, r)
-        return (x * r).mul_(weight)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, r = ctx.saved_tensors
-        g = grad * weight
-        coef = torch.linalg.vecdot(g, x).unsqueeze(-1).mul_(r.pow(3)).div_(x.shape[-1])
-        with torch.autocast(x.device.type, enabled=False):  # a backward called under autocast: stay fp32
-            dweight = (grad * x).flatten(0, -2).t() @ r.flatten()
-        return g.mul_(r).addcmul_(x, coef, value=-1), dweight, None
+def apply_rope(x, cos, sin):
+    """Rotate every pair (x_j, x_{j+D/2}) of the last dim of x (B, T, H, D) by its angle: cos and sin
+    are (T, D/2), cast to x's dtype (bf16 under autocast)."""
+    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
 class RMSNorm(nn.Module):
@@ -229,36 +167,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         # normalise in fp32 as Llama does; under bf16 autocast this keeps the statistics exact
-        return RMSNormFunction.apply(x.float(), self.weight.float(), self.eps).type_as(x)
-
-
-class WeightedCrossEntropy(torch.autograd.Function):
-    """(sum_i w_i * CE_i, mean of logsumexp_i^2 over the rows with w_i != 0) of logits (N, V), with one
-    exp over the logits, kept for the backward in place of the logits. Autograd's backward through
-    logsumexp and gather makes several more passes over the N x V floats: on one CPU thread the loss
-    cost 88 ms beyond the LM-head matmul for 2048 x 2048 logits, this about 10 ms (F.cross_entropy's
-    log_softmax: about the same). Rows with w_i = 0 (padding, ignored targets) cost nothing."""
-
-    @staticmethod
-    def forward(ctx, logits, targets, w):
-        peak = logits.amax(dim=-1, keepdim=True)
-        exps = torch.sub(logits, peak).exp_()  # exp(logits - peak): the softmax before normalising
-        total = exps.sum(dim=-1)
-        lse = total.log() + peak.squeeze(1)
-        loss = ((lse - logits.gather(1, targets.unsqueeze(1)).squeeze(1)) * w).sum()
-        counted = (w != 0).float()
-        n_counted = counted.sum().clamp(min=1)
-        ctx.save_for_backward(exps, total, targets, w, lse, counted, n_counted)
-        return loss, (lse.square() * counted).sum() / n_counted
-
-    @staticmethod
-    def backward(ctx, grad_loss, grad_z):
-        exps, total, targets, w, lse, counted, n_counted = ctx.saved_tensors
-        # d loss / d logits = w * (softmax - onehot); d z / d logits = 2 lse * counted / n * softmax
-        row = grad_loss * w + grad_z * 2 * lse * counted / n_counted
-        grad = exps * (row / total).unsqueeze(1)
-        grad.scatter_add_(1, targets.unsqueeze(1), (-grad_loss * w).unsqueeze(1))
-        return grad, None, None
+        return F.rms_norm(x.float(), self.weight.shape, self.weight.float(), self.eps).type_as(x)
 
 
 class Attention(nn.Module):
@@ -290,24 +199,6 @@ class Attention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
-class SwiGLUFunction(torch.autograd.Function):
-    """silu(g) * u with a hand-written backward that computes each gradient in one new tensor:
-    du = grad * silu(g), dg = silu'(g) * grad * u (in place). Autograd makes one more tensor of
-    n x intermediate_size floats per layer, the largest activations of the model."""
-
-    @staticmethod
-    def forward(ctx, g, u):
-        s = F.silu(g)
-        ctx.save_for_backward(g, u, s)
-        return s * u
-
-    @staticmethod
-    def backward(ctx, grad):
-        g, u, s = ctx.saved_tensors
-        dg = grad * u
-        return torch.ops.aten.silu_backward.grad_input(dg, g, grad_input=dg), grad * s
-
-
 class SwiGLU(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -316,10 +207,7 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.n_embd, bias=False)
 
     def forward(self, x):
-        g, u = self.gate_proj(x), self.up_proj(x)
-        if torch.compiler.is_compiling():  # inductor fuses the plain formula
-            return self.down_proj(F.silu(g) * u)
-        return self.down_proj(SwiGLUFunction.apply(g, u))
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class Block(nn.Module):
@@ -456,8 +344,7 @@ class DualLM(nn.Module):
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
         attn = self._attention_plan(mode, prefix_len, doc_ids, B, T, idx.device, cached)
-        positions = slice(cached, cached + T)
-        cos, sin = rope_tables(self.rope_cos[positions], self.rope_sin[positions], self.config.n_head)
+        cos, sin = self.rope_cos[cached:cached + T], self.rope_sin[cached:cached + T]
         x = self.tok_emb(idx)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, attn, kv_cache, i)
@@ -491,7 +378,10 @@ class DualLM(nn.Module):
             if int(keep.sum()) < 0.9 * keep.numel():  # MD scores about half the positions: project only
                 h, targets, w = h[keep], targets[keep], w[keep]  # those (AR ignores a few: not worth a copy)
         logits = self.lm_head(h).float()  # cross-entropy in fp32 even under bf16 autocast
-        return WeightedCrossEntropy.apply(logits, targets.clamp(min=0), w)
+        lse = logits.logsumexp(dim=-1)
+        loss = ((lse - logits.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)) * w).sum()
+        counted = (w != 0).float()
+        return loss, (lse.square() * counted).sum() / counted.sum().clamp(min=1)
 
 
 # -----------------------------------------------------------------------------
@@ -623,6 +513,8 @@ def parse_device(name):
                          f"pick an index below that")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"--device={name}: MPS is not available here; use --device=cpu")
+    if device.type not in ("cpu", "cuda", "mps"):  # meta holds no data; others lack a backend here
+        raise ValueError(f"--device={name} cannot run a model; use cpu, cuda or mps")
     return device
 
 
@@ -714,7 +606,16 @@ def hf_state_dict(model):
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in out.items()}
 
 
-def hf_config(cfg, eos_id=None):
+def training_lam(meta):
+    """The λ a checkpoint was trained with (its config's), or one λ per segment when a resume changed
+    it (train.py's segments); None without a run config."""
+    segments = meta.get("segments") or []
+    if segments and "lam" in segments[0].get("settings", {}):
+        return [s["settings"]["lam"] for s in segments]
+    return meta.get("config", {}).get("lam")
+
+
+def hf_config(cfg, eos_id=None, lam=None):
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.n_embd, "intermediate_size": cfg.intermediate_size,
@@ -725,6 +626,7 @@ def hf_config(cfg, eos_id=None):
         "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
         "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": cfg.bos_id, "eos_token_id": eos_id,
         "pad_token_id": cfg.pad_id, "torch_dtype": "float32",
+        "nanodual_lam": lam,  # the training λ: 0 means the causal objective was never trained
     }
 
 
@@ -746,12 +648,14 @@ def hf_tokenizer_files(spec, bos_id, block_size):
 
 def check_export_dir(out_dir):
     """Refuse, before any work, an export folder that export_hf could not fill: a file, a folder
-    that already holds something (export never mixes its files with others), a missing parent."""
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    that already holds something (export never mixes its files with others), a missing parent.
+    A symlink stands for the folder it points to (checked, and filled, there)."""
+    target = os.path.realpath(out_dir)
+    if os.path.exists(target) and not os.path.isdir(target):
         raise ValueError(f"export folder {out_dir} is a file; choose a folder name")
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
+    if os.path.isdir(target) and os.listdir(target):
         raise ValueError(f"export folder {out_dir} is not empty; choose a new folder or remove this one")
-    parent = os.path.dirname(os.path.abspath(out_dir))
+    parent = os.path.dirname(target)
     if not os.path.isdir(parent):
         raise ValueError(f"export folder {out_dir}: its parent folder {parent} does not exist; create it first")
 
@@ -769,13 +673,13 @@ def export_hf(model, out_dir):
     except ImportError:
         raise ValueError("export needs the safetensors package: pip install safetensors") from None
     check_export_dir(out_dir)
-    out_dir = os.path.normpath(out_dir)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(out_dir)), f".{os.path.basename(out_dir)}.tmp{os.getpid()}")
+    target = os.path.realpath(out_dir)  # renaming onto a symlink would fail: rename onto what it points to
+    tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.tmp{os.getpid()}")
     try:
         os.makedirs(tmp)
         write_hf(model, tmp)
         os.chmod(tmp, 0o755)  # mkdir's mode follows the umask; the export is meant to be shared
-        os.replace(tmp, out_dir)  # onto a missing or empty folder: atomic
+        os.replace(tmp, target)  # onto a missing or empty folder: atomic
     except (OSError, SafetensorError) as e:  # a full disk, a folder we may not write, ...
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise OSError(f"could not write the export {out_dir} ({reason}); nothing was exported") from None
@@ -807,7 +711,8 @@ def write_hf(model, out_dir):
     # suppressed like every special token and can never end a text early.
     generation = {"bos_token_id": cfg.bos_id, "eos_token_id": eos_id, "pad_token_id": cfg.pad_id,
                   "suppress_tokens": banned}
-    files = {"config.json": json.dumps(hf_config(cfg, eos_id), indent=2),
+    lam = training_lam(getattr(model, "meta", {}))
+    files = {"config.json": json.dumps(hf_config(cfg, eos_id, lam), indent=2),
              "generation_config.json": json.dumps(generation, indent=2)}
     if tok is not None and spec.get("kind") == "bpe":
         files.update(hf_tokenizer_files(spec, cfg.bos_id, cfg.block_size))
@@ -822,7 +727,7 @@ def write_hf(model, out_dir):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Inspect a nanodual checkpoint or export it to the "
-                                                 "Hugging Face Llama format.")
+                                                 "Hugging Face Llama format.", allow_abbrev=False)
     parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
     parser.add_argument("--export_hf", metavar="DIR", help="write the model, its tokenizer and a generation config "
                                                           "to DIR (Hugging Face Llama format)")
@@ -836,6 +741,10 @@ def main(argv=None):
     if args.export_hf:
         export_hf(model, args.export_hf)
         print(f"exported to {args.export_hf}; load with transformers.LlamaForCausalLM.from_pretrained")
+        lam = training_lam(model.meta)
+        if lam == 0 or (isinstance(lam, list) and not any(lam)):
+            print(f"note: {args.ckpt} was trained with lam=0 (masked diffusion only): the causal objective of "
+                  f"this LlamaForCausalLM was never trained; score it bidirectionally (eval.py's pll, mc modes)")
 
 
 if __name__ == "__main__":
