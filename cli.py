@@ -1,5 +1,5 @@
 """
-Small command-line helpers shared by the scripts: a progress line, and checks of output paths.
+Small command-line helpers shared by the scripts: progress lines, and checks of output paths.
 
 A tiny progress line for long loops: count, rate and ETA, printed to stderr at most every
 `every` seconds (and once at the end). No dependency on tqdm, so it works everywhere,
@@ -24,8 +24,10 @@ def format_seconds(seconds):
 
 
 class Progress:
-    def __init__(self, total=None, desc="", unit="it", every=2.0, stream=None):
-        self.total, self.desc, self.unit, self.every = total, desc, unit, every
+    """suffix: a function whose text ends each line, e.g. a RunProgress's line for the whole run."""
+
+    def __init__(self, total=None, desc="", unit="it", every=2.0, stream=None, suffix=None):
+        self.total, self.desc, self.unit, self.every, self.suffix = total, desc, unit, every, suffix
         self.stream = stream if stream is not None else sys.stderr
         self.count = 0
         self.start = self.last_print = time.time()
@@ -37,7 +39,7 @@ class Progress:
         text += f" {self.unit} ({rate:,.1f} {self.unit}/s, elapsed {format_seconds(elapsed)}"
         if self.total and rate > 0:
             text += f", ETA {format_seconds((self.total - self.count) / rate)}"
-        return text + ")"
+        return text + ")" + (f"; {self.suffix()}" if self.suffix else "")
 
     def update(self, n=1):
         self.count += n
@@ -48,6 +50,24 @@ class Progress:
 
     def close(self):
         print(self.line(), file=self.stream, flush=True)
+
+
+class RunProgress:
+    """A whole run's share of work done, elapsed time and ETA, over parts of known size (eval.py: its
+    (task, mode, k) passes, each sized by the row tokens it runs), each counted as it goes."""
+
+    def __init__(self, work):
+        self.work, self.done = work, {}
+        self.start = time.time()
+
+    def advance(self, key, fraction):
+        self.done[key] = fraction * self.work[key]
+
+    def line(self):
+        total = max(sum(self.work.values()), 1.0)
+        done, elapsed = sum(self.done.values()), time.time() - self.start
+        text = f"whole run {100 * done / total:.0f}% of the work, elapsed {format_seconds(elapsed)}"
+        return text + (f", ETA {format_seconds(elapsed * (total - done) / done)}" if 0 < done < total else "")
 
 
 def check_output_file(flag, path, example):

@@ -19,26 +19,26 @@ always predicts token i+1 (paper §3):
             N mask ratios t_j = j/N, each masking a seeded random subset of the continuation
 
 The file reads top to bottom: the tasks (readers for the release files), tokenisation, the batched
-scorer shared by all modes, the four modes, task scores, evaluate(), the command line.
+scorer shared by all modes, the four modes, task scores, evaluate() and its kept results, the
+command line.
 """
 import argparse
 import csv
 import glob
 import hashlib
 import json
-import math
 import os
 import random
 import re
 import sys
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
 
-from cli import Progress, check_output_file, format_seconds
+from cli import Progress, RunProgress, check_distinct_paths, check_output_file
 
 # where task files are looked for when --data_dir is not given (README: "Evaluation data")
 DEFAULT_DATA_DIR = os.environ.get("NANODUAL_EVAL_DATA", "eval_data")
@@ -86,6 +86,7 @@ TASK_FILES = {
     "piqa": ["piqa/valid.jsonl"],
     "siqa": ["siqa/dev.jsonl"],
 }
+FOLDER_TASKS = ("blimp", "mmlu")  # one file per paradigm or subject
 
 
 def malformed(where, what):
@@ -94,12 +95,16 @@ def malformed(where, what):
 
 def checked(where, item):
     """The item, if its choices can tell a right answer from a wrong one: at least two, not all the same
-    text (else the first maximum, choice 0, always wins). Some choices may repeat: the release files have
-    such items (e.g. CSQA's dev_rand_split.jsonl:23), and a tie goes to the first (spec §1.1)."""
+    text (else the first maximum, choice 0, always wins), none empty (per-char normalisation would divide
+    by zero). Some choices may repeat: the release files have such items (e.g. CSQA's
+    dev_rand_split.jsonl:23), and a tie goes to the first (spec §1.1)."""
     n = len(item.continuations)
     if n < 2 or len(set(item.continuations)) < 2:
         raise malformed(where, f"{n} choice(s)" + (", all the same text" if n > 1 else "") +
                         "; an item needs at least two different choices")
+    empty = [i for i, c in enumerate(item.continuations) if not c.strip()]
+    if empty:
+        raise malformed(where, f"choice {empty[0]} has empty text; every choice needs words to score")
     return item
 
 
@@ -113,7 +118,8 @@ def read_lines(path):
     except UnicodeDecodeError as e:
         raise malformed(path, f"not UTF-8 text ({e.reason})") from None
     except OSError as e:
-        raise ValueError(f"cannot read {path} ({e.strerror}); check the file's permissions") from None
+        advice = "; check the file's permissions" if isinstance(e, PermissionError) else ""
+        raise ValueError(f"cannot read {path} ({e.strerror}){advice}") from None
 
 
 def jsonl_records(path):
@@ -233,12 +239,12 @@ def read_hellaswag(path):
     return items
 
 
-def mmlu_item(subject, question, choices, gold, item_id, description=True):
+def mmlu_item(where, subject, question, choices, gold, item_id, description=True):
     """OLMES v0.1 prepends the subject line even at 0 shots; spec §2.2 keeps it by default."""
     prompt = f"Question: {question.strip()}\nAnswer:"
     if description:
         prompt = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n" + prompt
-    return Item(item_id, prompt, [" " + c for c in choices], gold, subtask=subject)
+    return checked(where, Item(item_id, prompt, [" " + c for c in choices], gold, subtask=subject))
 
 
 def read_mmlu(folder, description=True):
@@ -257,48 +263,43 @@ def read_mmlu(folder, description=True):
                     where = f"{path}:{reader.line_num}"
                     if len(row) != 6 or row[5].strip() not in ("A", "B", "C", "D"):
                         raise malformed(where, "expected 6 columns: question, A, B, C, D, answer letter A-D")
-                    items.append(checked(where, mmlu_item(subject, row[0], row[1:5], "ABCD".index(row[5].strip()),
-                                                          f"{subject}/{reader.line_num}", description)))
+                    items.append(mmlu_item(where, subject, row[0], row[1:5], "ABCD".index(row[5].strip()),
+                                           f"{subject}/{reader.line_num}", description))
         except (UnicodeDecodeError, csv.Error) as e:
             raise malformed(path, f"not a readable CSV ({e})") from None
     return items
 
 
-def read_labels(path, valid, n_items):
-    """The .lst label files of PIQA and SIQA: one label per line, aligned with the jsonl."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is missing (the labels that go with {path.replace('-labels.lst', '.jsonl')}); "
-                                f"download the task again (README: Evaluation data)")
-    labels = []
-    for n, line in enumerate(read_lines(path), 1):
-        label = line.strip()
-        if not label:  # blank lines are skipped, as in the jsonl, without shifting the line numbers
-            continue
-        if label not in valid:
-            raise malformed(f"{path}:{n}", f"label {label!r} should be one of {valid}")
-        labels.append(label)
-    if len(labels) != n_items:
-        raise malformed(path, f"{len(labels)} labels for {n_items} items")
-    return labels
+# PIQA and SIQA: flat records whose labels come from a .lst file beside the jsonl, one per line.
+# task: (prompt template over the record's fields, the choice fields, the labels in choice order)
+FLAT_LAYOUTS = {
+    "piqa": ("Goal: {goal}\nAnswer:", ("sol1", "sol2"), ("0", "1")),
+    "siqa": ("Question: {context} {question}\nAnswer:", ("answerA", "answerB", "answerC"), ("1", "2", "3")),
+}
 
 
-def piqa_item(where, record, label, item_id):
-    goal = get(record, "goal", where=where)
-    sols = [get(record, "sol1", where=where), get(record, "sol2", where=where)]
-    return checked(where, Item(item_id, f"Goal: {goal}\nAnswer:", [" " + s for s in sols], int(label)))
+def flat_item(task, where, record, label, item_id):
+    template, choice_fields, labels = FLAT_LAYOUTS[task]
+    prompt = template.format(**{name: get(record, name, where=where) for name in re.findall(r"{(\w+)}", template)})
+    choices = [" " + get(record, name, where=where) for name in choice_fields]
+    return checked(where, Item(item_id, prompt, choices, labels.index(str(label))))
 
 
-def siqa_item(where, record, label, item_id):
-    context, question = get(record, "context", where=where), get(record, "question", where=where)
-    answers = [get(record, key, where=where) for key in ("answerA", "answerB", "answerC")]
-    return checked(where, Item(item_id, f"Question: {context} {question}\nAnswer:", [" " + a for a in answers],
-                               int(label) - 1))
-
-
-def read_with_labels(path, make_item, valid):
+def read_flat(task, path):
     records = jsonl_records(path)
-    labels = read_labels(path[: -len(".jsonl")] + "-labels.lst", valid, len(records))
-    return [make_item(where, record, label, str(n)) for n, ((where, record), label) in enumerate(zip(records, labels))]
+    labels_path = path[: -len(".jsonl")] + "-labels.lst"
+    if not os.path.isfile(labels_path):
+        raise FileNotFoundError(f"{labels_path} is missing (the labels that go with {path}); "
+                                f"download the task again (README: Evaluation data)")
+    valid, labels = FLAT_LAYOUTS[task][2], []
+    for n, line in enumerate(read_lines(labels_path), 1):
+        if line.strip():  # blank lines are skipped, as in the jsonl, without shifting the line numbers
+            if line.strip() not in valid:
+                raise malformed(f"{labels_path}:{n}", f"label {line.strip()!r} should be one of {valid}")
+            labels.append(line.strip())
+    if len(labels) != len(records):
+        raise malformed(labels_path, f"{len(labels)} labels for {len(records)} items")
+    return [flat_item(task, where, record, label, str(n)) for n, ((where, record), label) in enumerate(zip(records, labels))]
 
 
 def blimp_item(where, record):
@@ -309,24 +310,18 @@ def blimp_item(where, record):
                 [get(record, "sentence_good", where=where), get(record, "sentence_bad", where=where)], 0, subtask=uid)
 
 
-def read_blimp(folder):
-    paths = sorted(glob.glob(os.path.join(folder, "*.jsonl")))
-    if not paths:
-        raise FileNotFoundError(f"no <paradigm>.jsonl files in {folder}")
-    return [blimp_item(where, record) for path in paths for where, record in jsonl_records(path)]
-
-
 def read_task_file(name, path, mmlu_description=True):
     if name == "blimp":
-        return read_blimp(path)
+        paths = sorted(glob.glob(os.path.join(path, "*.jsonl")))
+        if not paths:
+            raise FileNotFoundError(f"no <paradigm>.jsonl files in {path}")
+        return [blimp_item(where, record) for p in paths for where, record in jsonl_records(p)]
     if name == "mmlu":
         return read_mmlu(path, mmlu_description)
     if name == "hellaswag":
         return read_hellaswag(path)
-    if name == "piqa":
-        return read_with_labels(path, piqa_item, ("0", "1"))
-    if name == "siqa":
-        return read_with_labels(path, siqa_item, ("1", "2", "3"))
+    if name in FLAT_LAYOUTS:
+        return read_flat(name, path)
     if name == "obqa" and path.endswith(".tsv"):
         return read_obqa_tsv(path)
     return read_qa(path)  # arc_easy, arc_challenge, csqa, obqa
@@ -357,12 +352,28 @@ def select_items(name, items, limit=None, olmes_subsample=False):
 
 
 def load_task(name, data_dir=DEFAULT_DATA_DIR, limit=None, olmes_subsample=False, mmlu_description=True, path=None):
-    """Items of one task from its release files under data_dir (or from `path`). FileNotFoundError
-    (message: the paths looked for) when the task is absent; ValueError for a malformed file."""
+    """Items of one task from its release files under data_dir, or from `path` (--task_file).
+    FileNotFoundError (message: the paths looked for) when the task is absent from data_dir;
+    ValueError for a malformed file, or a `path` that is missing or of the wrong kind."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
-    path = path or find_task_file(name, data_dir)
-    items = read_task_file(name, path, mmlu_description)
+    explicit = path is not None
+    if not explicit:
+        path = find_task_file(name, data_dir)
+    elif not os.path.exists(path):
+        raise ValueError(f"--task_file {name}={path} does not exist")
+    elif os.path.isdir(path) != (name in FOLDER_TASKS):
+        kind = "the folder of" if name in FOLDER_TASKS else "one file, not a folder, like"
+        raise ValueError(f"--task_file {name}={path} is {'a folder' if os.path.isdir(path) else 'a file'}; "
+                         f"{name} reads {kind} {TASK_FILES[name][0]}")
+    try:
+        items = read_task_file(name, path, mmlu_description)
+    except FileNotFoundError as e:
+        if not explicit:
+            raise
+        raise ValueError(f"--task_file {name}={path}: {e}") from None  # not a skipped task: the user named it
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
     if not items:  # else every score would be the mean of nothing
         raise malformed(path, "holds no items")
     return select_items(name, items, limit, olmes_subsample)
@@ -383,28 +394,26 @@ HF_DATASETS = {  # name: (dataset, config, split)
 }
 
 
+def hf_item(name, n, row, mmlu_description=True):
+    """The Item of Hugging Face row n (a dict) of task `name`."""
+    where = f"{HF_DATASETS[name][0]} row {n}"
+    if name in FLAT_LAYOUTS:
+        return flat_item(name, where, row, row["label"], str(n))
+    if name == "hellaswag":
+        return hellaswag_item(where, row, str(n))
+    if name == "mmlu":
+        return mmlu_item(where, row["subject"], row["question"], row["choices"], int(row["answer"]),
+                         f"{row['subject']}/{n}", mmlu_description)
+    if name == "blimp":
+        return blimp_item(where, row)
+    choices = [{"text": t, "label": lab} for t, lab in zip(row["choices"]["text"], row["choices"]["label"])]
+    stem = row["question_stem"] if name == "obqa" else row["question"]
+    return qa_item(where, {"id": row["id"], "question": {"stem": stem, "choices": choices},
+                           "answerKey": row["answerKey"]}, str(n))
+
+
 def hf_items(name, rows, mmlu_description=True):
-    """Items from Hugging Face rows (dicts) of task `name`."""
-    items = []
-    for n, row in enumerate(rows):
-        where = f"{HF_DATASETS[name][0]} row {n}"
-        if name in ("arc_easy", "arc_challenge", "csqa", "obqa"):
-            stem = row["question_stem"] if name == "obqa" else row["question"]
-            choices = [{"text": t, "label": lab} for t, lab in zip(row["choices"]["text"], row["choices"]["label"])]
-            record = {"id": row["id"], "question": {"stem": stem, "choices": choices}, "answerKey": row["answerKey"]}
-            items.append(qa_item(where, record, str(n)))
-        elif name == "hellaswag":
-            items.append(hellaswag_item(where, row, str(n)))
-        elif name == "mmlu":
-            items.append(checked(where, mmlu_item(row["subject"], row["question"], row["choices"], int(row["answer"]),
-                                                  f"{row['subject']}/{n}", mmlu_description)))
-        elif name == "piqa":
-            items.append(piqa_item(where, row, row["label"], str(n)))
-        elif name == "siqa":
-            items.append(siqa_item(where, row, row["label"], str(n)))
-        else:
-            items.append(blimp_item(where, row))
-    return items
+    return [hf_item(name, n, row, mmlu_description) for n, row in enumerate(rows)]
 
 
 def load_task_hf(name, limit=None, olmes_subsample=False, mmlu_description=True):
@@ -427,15 +436,6 @@ def load_task_hf(name, limit=None, olmes_subsample=False, mmlu_description=True)
 # Tokenisation (spec §1.3-1.4): [<s>] + enc(context + continuation), encoded jointly as a training
 # document would be; the continuation is never encoded on its own.
 
-def common_prefix_len(a, b):
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def encode_pairs(tokenizer, pairs, bos_id):
     """[(context, continuation)] -> (token arrays, start P of each continuation, prefix-property flags).
 
@@ -447,7 +447,7 @@ def encode_pairs(tokenizer, pairs, bos_id):
     wholes = tokenizer.encode_batch([c + x for c, x in pairs])
     ids, starts, prefix_ok = [], [], []
     for (context, continuation), ctx, whole in zip(pairs, contexts, wholes):
-        n = common_prefix_len(ctx, whole)
+        n = len(os.path.commonprefix([ctx, whole]))
         if n == len(whole):
             raise ValueError(f"continuation {continuation!r} after {context[-40:]!r} has no tokens of its own; "
                              f"continuations must be non-empty")
@@ -490,66 +490,55 @@ class Rows:
     read: np.ndarray        # (R, T) True where the hidden state is read (scores token p+1)
 
 
-@dataclass
-class Scorer:
-    """How rows are run: attention, batching, autocast. `attention` is "causal", "prefix" (<s> +
-    context bidirectional) or "bidirectional"."""
-    model: torch.nn.Module
-    attention: str
-    batch_size: int = 64         # rows per forward pass at most
-    batch_tokens: int = None     # padded tokens per forward pass at most; None: by device, below
-    autocast: bool = False       # bf16 autocast (CUDA)
+@torch.inference_mode()
+def run_rows(model, attention, table, starts, rows, batch_size=64, batch_tokens=None, autocast=False,
+             on_rows_done=None):
+    """Sum of log p(clean token p+1) over each row's read positions. `attention` is "causal", "prefix"
+    (<s> + context bidirectional) or "bidirectional"; `table` holds the chunk's clean sequences,
+    padded, at least one column wider than the longest row. At most batch_size rows and batch_tokens
+    padded tokens per forward pass; autocast: bf16 (CUDA)."""
+    cfg, device = model.config, table.device
+    # a CPU runs a small model fastest on batches that stay in its caches (2048 tokens: ~1.4x faster
+    # than 16384 for the tiny test model); a GPU wants large batches
+    batch_tokens = batch_tokens or (16384 if device.type == "cuda" else 2048)
+    sums = np.zeros(len(rows.seq))
+    order = np.argsort(-rows.length, kind="stable")  # longest first: an out-of-memory shows at once
+    first = 0
+    while first < len(order):
+        T = int(rows.length[order[first]])
+        count = max(1, min(batch_size, batch_tokens // T, len(order) - first))
+        batch = order[first:first + count]
+        first += count
+        seq = torch.from_numpy(rows.seq[batch]).to(device)
+        clean = table[seq, :T + 1]
+        valid = torch.arange(T, device=device) < torch.from_numpy(rows.length[batch]).to(device)[:, None]
+        x = torch.where(torch.from_numpy(rows.masked[batch, :T]).to(device), cfg.mask_id, clean[:, :T])
+        x = torch.where(valid, x, cfg.pad_id)
+        prefix_len = starts[seq] if attention == "prefix" else None
+        # pads form their own document: no real token attends to them
+        doc_ids = (~valid).int() if attention == "bidirectional" and not bool(valid.all()) else None
+        # (on CUDA the model gives eager callers like this one dense SDPA masks, not shape-compiled flex)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            h = model.hidden_states(x, mode=attention, prefix_len=prefix_len, doc_ids=doc_ids)
+        row, p = torch.from_numpy(rows.read[batch, :T]).to(device).nonzero(as_tuple=True)
+        logp = target_logprobs(model, h[row, p], clean[row, p + 1])
+        sums[batch] += torch.zeros(count, dtype=torch.float64, device=device).index_add_(0, row, logp).cpu().numpy()
+        if on_rows_done is not None:
+            on_rows_done(batch)
+    return sums
 
-    @torch.inference_mode()
-    def run(self, table, starts, rows, on_rows_done=None):
-        """Sum of log p(clean token p+1) over each row's read positions. `table` holds the chunk's
-        clean sequences, padded, at least one column wider than the longest row."""
-        model, cfg = self.model, self.model.config
-        device = next(model.parameters()).device
-        # a CPU runs a small model fastest on batches that stay in its caches (2048 tokens: ~1.4x faster
-        # than 16384 for the tiny test model); a GPU wants large batches
-        batch_tokens = self.batch_tokens or (16384 if device.type == "cuda" else 2048)
-        sums = np.zeros(len(rows.seq))
-        order = np.argsort(-rows.length, kind="stable")  # longest first: an out-of-memory shows at once
-        first = 0
-        while first < len(order):
-            T = int(rows.length[order[first]])
-            count = max(1, min(self.batch_size, batch_tokens // T, len(order) - first))
-            batch = order[first:first + count]
-            first += count
-            seq = torch.from_numpy(rows.seq[batch]).to(device)
-            clean = table[seq, :T + 1]
-            pos = torch.arange(T, device=device)
-            valid = pos < torch.from_numpy(rows.length[batch]).to(device)[:, None]
-            masked = torch.from_numpy(rows.masked[batch, :T]).to(device)
-            x = torch.where(masked, cfg.mask_id, clean[:, :T])
-            x = torch.where(valid, x, cfg.pad_id)
-            prefix_len = doc_ids = None
-            if self.attention == "prefix":
-                prefix_len = starts[seq]
-            elif self.attention == "bidirectional" and not bool(valid.all()):
-                doc_ids = (~valid).int()  # pads form their own document: no real token attends to them
-            # (on CUDA the model gives eager callers like this one dense SDPA masks, not shape-compiled flex)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                h = model.hidden_states(x, mode=self.attention, prefix_len=prefix_len, doc_ids=doc_ids)
-            row, p = torch.from_numpy(rows.read[batch, :T]).to(device).nonzero(as_tuple=True)
-            logp = self.target_logprobs(h[row, p], clean[row, p + 1])
-            sums[batch] += torch.zeros(count, dtype=torch.float64, device=device).index_add_(0, row, logp).cpu().numpy()
-            if on_rows_done is not None:
-                on_rows_done(batch)
-        return sums
 
-    def target_logprobs(self, h, targets):
-        """log softmax(lm_head(h))[target] in fp32 (spec §4.1), a slice of positions at a time so that
-        the (positions, vocab) logits stay small."""
-        out = []
-        step = max(1, 2 ** 25 // self.model.config.vocab_size)
-        with torch.autocast(h.device.type, enabled=False):
-            for i in range(0, len(h), step):
-                logits = self.model.lm_head(h[i:i + step].float())
-                picked = logits.gather(1, targets[i:i + step, None])[:, 0]
-                out.append((picked - torch.logsumexp(logits, dim=-1)).double())
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=h.device)
+def target_logprobs(model, h, targets):
+    """log softmax(lm_head(h))[target] in fp32 (spec §4.1), a slice of positions at a time so that
+    the (positions, vocab) logits stay small."""
+    out = []
+    step = max(1, 2 ** 25 // model.config.vocab_size)
+    with torch.autocast(h.device.type, enabled=False):
+        for i in range(0, len(h), step):
+            logits = model.lm_head(h[i:i + step].float())
+            picked = logits.gather(1, targets[i:i + step, None])[:, 0]
+            out.append((picked - torch.logsumexp(logits, dim=-1)).double())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=h.device)
 
 
 def positions(n_rows, width):
@@ -596,9 +585,17 @@ def mc_mask_patterns(seed, n_cont, n_samples, masking="count"):
     return ranks < counts[:, None], n_cont / counts
 
 
-def mc_rows(lengths, starts, patterns):
-    """One row per distinct mask pattern of each sequence (identical samples share one pass)."""
+def mc_rows(lengths, starts, seeds, n_samples, masking):
+    """One row per distinct mask pattern of each sequence (identical samples share one pass); for each
+    sequence also which row each sample is, and the samples' weights."""
     L, P = np.asarray(lengths), np.asarray(starts)
+    patterns, inverses, weights = [], [], []
+    for seed, n_cont in zip(seeds, L - P):
+        pattern, weight = mc_mask_patterns(seed, int(n_cont), n_samples, masking)
+        unique, inverse = np.unique(pattern, axis=0, return_inverse=True)
+        patterns.append(unique)
+        inverses.append(inverse.reshape(-1))
+        weights.append(weight)
     seq = np.repeat(np.arange(len(L)), [len(u) for u in patterns])
     masked = np.zeros((len(seq), int(L.max())), dtype=bool)
     r = 0
@@ -607,7 +604,7 @@ def mc_rows(lengths, starts, patterns):
         r += len(unique)
     read = np.zeros_like(masked)
     read[:, :-1] = masked[:, 1:]  # the masked token at i is read at z_{i-1} (MNTP)
-    return Rows(seq, L[seq], masked, read)
+    return Rows(seq, L[seq], masked, read), inverses, weights
 
 
 # -----------------------------------------------------------------------------
@@ -667,7 +664,6 @@ def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="a
     n = len(windows)
     ll, variance = np.zeros(n), np.zeros(n)
     attention = {"causal": "causal", "prefix": "prefix"}.get(mode, "bidirectional")
-    scorer = Scorer(model, attention, batch_size, batch_tokens, autocast)
     device = next(model.parameters()).device
     lengths = np.array([len(ids) for ids, _ in windows])
     rows_per_window, work = window_work(windows, mode, n_samples)
@@ -692,16 +688,9 @@ def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="a
         elif mode == "pll":
             rows = pll_rows(L, P, k, right_context, tail)
         else:
-            patterns, inverses, weights = [], [], []
-            for i, p, n_tok in zip(chunk, P, L):
-                # the first window keeps the sequence's seed; later ones get their own stream from it
-                seed = seeds[owner[i]] if number[i] == 0 else [seeds[owner[i]], int(number[i])]
-                pattern, weight = mc_mask_patterns(seed, int(n_tok - p), n_samples, mc_masking)
-                unique, inverse = np.unique(pattern, axis=0, return_inverse=True)
-                patterns.append(unique)
-                inverses.append(inverse.reshape(-1))
-                weights.append(weight)
-            rows = mc_rows(L, P, patterns)
+            # the first window keeps the sequence's seed; later ones get their own stream from it
+            window_seeds = [seeds[owner[i]] if number[i] == 0 else [seeds[owner[i]], int(number[i])] for i in chunk]
+            rows, inverses, weights = mc_rows(L, P, window_seeds, n_samples, mc_masking)
         chunk_work, chunk_rows, rows_done_work = float(work[chunk].sum()), float(rows.length.sum()), 0.0
 
         def rows_done(batch):
@@ -710,7 +699,8 @@ def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="a
             if on_progress is not None:
                 on_progress(min(1.0, (work_before + chunk_work * rows_done_work / chunk_rows) / work_total))
 
-        sums = scorer.run(torch.from_numpy(table).to(device), torch.from_numpy(P).to(device), rows, rows_done)
+        sums = run_rows(model, attention, torch.from_numpy(table).to(device), torch.from_numpy(P).to(device), rows,
+                        batch_size, batch_tokens, autocast, rows_done)
         work_before += chunk_work
         per_row_start = np.concatenate([[0], np.cumsum(np.bincount(rows.seq, minlength=len(chunk)))])
         for r, i in enumerate(chunk):
@@ -792,6 +782,7 @@ class Settings:
             (self.mc_samples >= 2, "mc_samples must be >= 2 (a standard error needs two samples)"),
             (self.mc_masking in ("count", "bernoulli"), "mc_masking must be 'count' or 'bernoulli'"),
             (self.random_baseline in ("task", "items"), "random_baseline must be 'task' or 'items'"),
+            (isinstance(self.seed, int) and -2 ** 63 <= self.seed < 2 ** 63, "seed must be an integer of 64 bits"),
             (self.source in ("files", "hf"), "source must be 'files' or 'hf'"),
             (set(self.task_files) <= set(TASKS), f"task_files names unknown tasks; valid tasks: {', '.join(TASKS)}"),
         ]
@@ -800,13 +791,19 @@ class Settings:
                 raise ValueError(message)
 
 
+# the settings that change a score, with the fingerprint of the model: two runs that agree on them
+# give the same result for the same items (the others say what to run, or how to batch it)
+SCORING = ("device", "autocast_bf16", "pll_k", "pll_right_context", "pll_tail", "mc_samples", "mc_masking",
+           "random_baseline", "seed", "per_char_space")
+
+
 def parse_names(value, valid, what):
     names = list(valid) if value == "all" else [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
     unknown = [v for v in names if v not in valid]
     if unknown or not names:
         raise ValueError(f"unknown {what} {', '.join(map(repr, unknown)) or '(none given)'}; "
                          f"valid {what}s: {', '.join(valid)}{' or all' if what == 'task' else ''}")
-    return names
+    return list(dict.fromkeys(names))  # a name given twice runs once
 
 
 def build_requests(tokenizer, task, items, seed, bos_id):
@@ -826,11 +823,11 @@ def build_requests(tokenizer, task, items, seed, bos_id):
 
 
 def score_task(task, items, req, mode_name, ll, stderr, truncated, settings, dump, k=None):
-    """Accuracy etc. of one task under one log-likelihood estimate; writes the --dump lines."""
+    """Accuracy etc. of one task under one log-likelihood estimate; hands the --dump lines to `dump`."""
     normalisation, baseline = TASKS[task]
     if settings.random_baseline == "items":  # spec §8: differs from 100/k only where items have other counts (ARC)
         baseline = float(np.mean([100.0 / len(it.continuations) for it in items]))
-    correct, seq = [], 0
+    correct, lines, seq = [], [], 0
     for it in items:
         scores = []
         for ci, cont in enumerate(it.continuations):
@@ -839,17 +836,18 @@ def score_task(task, items, req, mode_name, ll, stderr, truncated, settings, dum
             scores.append(choice_score(normalisation, ll[seq], None if u is None else ll[u], chars))
             if dump is not None:
                 ids, start = req["seqs"][seq]
-                line = {"task": task, "mode": mode_name, "k": k, "item": it.id, "subtask": it.subtask or None,
-                        "choice": ci, "gold": it.gold, "context": it.context, "continuation": cont,
-                        "n_tokens": int(len(ids) - start), "n_chars": chars, "ll": float(ll[seq]),
-                        "ll_uncond": None if u is None else float(ll[u]), "normalizer": normalisation,
-                        "score": float(scores[-1]), "truncated": bool(truncated[seq])}
+                lines.append({"task": task, "mode": mode_name, "k": k, "item": it.id, "subtask": it.subtask or None,
+                              "choice": ci, "gold": it.gold, "context": it.context, "continuation": cont,
+                              "n_tokens": int(len(ids) - start), "n_chars": chars, "ll": float(ll[seq]),
+                              "ll_uncond": None if u is None else float(ll[u]), "normalizer": normalisation,
+                              "score": float(scores[-1]), "truncated": bool(truncated[seq])})
                 if mode_name == "mc":
-                    line.update(seed=req["seeds"][seq], samples=settings.mc_samples, masking=settings.mc_masking,
-                                stderr=float(stderr[seq]))
-                dump.write(json.dumps(line) + "\n")
+                    lines[-1].update(seed=req["seeds"][seq], samples=settings.mc_samples,
+                                     masking=settings.mc_masking, stderr=float(stderr[seq]))
             seq += 1
         correct.append(int(np.argmax(scores)) == it.gold)  # first maximum wins (spec §1.1)
+    if dump is not None:
+        dump(lines)
     accuracy, subtasks = task_accuracy(items, correct)
     out = {"accuracy": accuracy, "normalized": normalized_score(accuracy, baseline), "random_baseline": baseline}
     if subtasks:
@@ -864,11 +862,10 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
     a path for the per-(item, choice) JSONL audit lines; autocast defaults to bf16 on CUDA.
 
     `out`: a path the results are written to, atomically, after every (task, mode) pair, so that an
-    interrupted run keeps what it finished. A (task, mode) result already there from a run of the
-    same model weights and tokenizer (`fingerprint`) with the same scoring settings is reused."""
+    interrupted run keeps what it finished. What `out` already holds is kept (keep_results)."""
     settings = Settings(**options)
     modes = parse_names(modes, MODES, "mode")
-    given = tasks if isinstance(tasks, dict) else {name: None for name in parse_names(tasks, TASKS, "task")}
+    given = tasks if isinstance(tasks, dict) else dict.fromkeys(parse_names(tasks, TASKS, "task"))
     parse_names(list(given), TASKS, "task")
     device = next(model.parameters()).device
     autocast = device.type == "cuda" if autocast is None else autocast
@@ -878,7 +875,7 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
     results = {"checkpoint": checkpoint, "fingerprint": fingerprint(model, tokenizer), "run": run_info(model),
                "settings": {"tasks": list(given), "modes": modes, "data_dir": data_dir, "device": str(device),
                             "autocast_bf16": autocast, **asdict(settings)},
-               "complete": False, "tasks": {}, "average": {}, "skipped": {}}
+               "complete": False, "tasks": {}, "average": {}, "skipped": {}, "items_sha256": {}}
     # read every task first, so a malformed file fails before any model time is spent
     loaded = {}
     for name, items in given.items():
@@ -896,8 +893,9 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
         if not items:
             raise ValueError(f"task {name} has no items to evaluate")
         loaded[name] = items
-    done = reusable_results(out, results, {name: modes for name in loaded}, dump)
-    todo = [(name, mode) for name in loaded for mode in modes if mode not in done.get(name, {})]
+        results["items_sha256"][name] = items_digest(items)
+    keep_results(out, results, modes, dump)
+    todo = [(name, mode) for name in loaded for mode in modes if mode not in results["tasks"].get(name, {})]
     requests = {name: build_requests(tokenizer, name, loaded[name], settings.seed, cfg.bos_id)
                 for name in dict.fromkeys(name for name, _ in todo)}
     for name, req in requests.items():
@@ -907,24 +905,32 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
     run = RunProgress({(name, mode, k): pass_work(requests[name]["seqs"], mode, k, cfg.block_size, settings)
                        for name, mode in todo for k in mode_ks(mode, settings)})
     dump_file = open(dump, "w", encoding="utf-8") if dump else None
+
+    def write_dump(lines):
+        try:
+            dump_file.writelines(json.dumps(line) + "\n" for line in lines)
+            dump_file.flush()
+        except OSError as e:
+            raise OSError(f"cannot write --dump {dump} ({e.strerror}); free some space or give another --dump") from None
+
     try:
-        for name in loaded:
-            for mode in modes:
-                if mode in done.get(name, {}):
-                    entry = done[name][mode]
-                else:
-                    entry = evaluate_mode(model, name, loaded[name], requests[name], mode, settings, autocast,
-                                          dump_file, run if progress else None)
-                    if progress:
-                        print(f"eval.py: {name} {mode}: {describe_entry(entry)}; {run.line()}", flush=True)
-                results["tasks"].setdefault(name, {})[mode] = entry
-                results["average"] = average_scores(results["tasks"], modes)
-                if out and mode not in done.get(name, {}):
-                    write_results(out, results)
+        for name, mode in todo:
+            entry = evaluate_mode(model, name, loaded[name], requests[name], mode, settings, autocast,
+                                  write_dump if dump_file else None, run if progress else None)
+            if progress:
+                print(f"eval.py: {name} {mode}: {describe_entry(entry)}; {run.line()}", flush=True)
+            results["tasks"].setdefault(name, {})[mode] = entry
+            results["average"] = average_scores(results["tasks"])
+            if out:
+                write_results(out, results)
     finally:
         if dump_file:
-            dump_file.close()
+            try:
+                dump_file.close()
+            except OSError:  # only after a failed write, whose error is the one to report
+                pass
     results["complete"] = True
+    results["average"] = average_scores(results["tasks"])
     if out and results["tasks"]:
         write_results(out, results)
     return results
@@ -941,35 +947,6 @@ def pass_work(seqs, mode, k, block_size, settings):
     return float(window_work(windows, mode, settings.mc_samples)[1].sum())
 
 
-class RunProgress:
-    """The whole run's share of work done, elapsed time and ETA, over every (task, mode, k) pass
-    still to run; the work of a pass is its row tokens (pass_work), counted as it goes."""
-
-    def __init__(self, work):
-        self.work, self.done = work, {}
-        self.start = time.time()
-
-    def advance(self, key, fraction):
-        self.done[key] = fraction * self.work[key]
-
-    def line(self):
-        total = max(sum(self.work.values()), 1.0)
-        done, elapsed = sum(self.done.values()), time.time() - self.start
-        text = f"whole run {100 * done / total:.0f}% of the work, elapsed {format_seconds(elapsed)}"
-        return text + (f", ETA {format_seconds(elapsed * (total - done) / done)}" if 0 < done < total else "")
-
-
-class PassProgress(Progress):
-    """The progress line of one (task, mode, k) pass, followed by the whole run's."""
-
-    def __init__(self, run, key, total, desc):
-        super().__init__(total, desc=desc, unit="items")
-        self.run, self.key = run, key
-
-    def line(self):
-        return f"{super().line()}; {self.run.line()}"
-
-
 def describe_entry(entry):
     text = f"accuracy {entry['accuracy']:.1f}% (normalised {entry['normalized']:.1f})"
     if "best_k" in entry:
@@ -977,67 +954,130 @@ def describe_entry(entry):
     return text + f", {entry['seconds']:.1f}s"
 
 
-def average_scores(task_results, modes):
-    """Mean normalised score per mode over the tasks evaluated in that mode so far."""
-    average = {}
-    for mode in modes:
-        scores = [r[mode]["normalized"] for r in task_results.values() if mode in r]
-        if scores:
-            average[mode] = float(np.mean(scores))
-    return average
+def average_scores(task_results):
+    """Mean normalised score per mode over the tasks evaluated in that mode."""
+    scores = {}
+    for entries in task_results.values():
+        for mode, entry in entries.items():
+            scores.setdefault(mode, []).append(entry["normalized"])
+    return {mode: float(np.mean(scores[mode])) for mode in MODES if mode in scores}
 
 
 def fingerprint(model, tokenizer):
-    """sha256 of the model's weights and the tokenizer: what makes two evaluations of a checkpoint
+    """sha256 of the model's weights, shape and tokenizer: what makes two evaluations of a checkpoint
     comparable, whatever its path or file time."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(json.dumps([asdict(model.config), tokenizer.to_spec()], sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    digest.update(json.dumps(tokenizer.to_spec(), sort_keys=True).encode())
     return digest.hexdigest()
 
 
-# settings that change how the work is batched, not the scores; tasks and modes say what to run
-NOT_SCORING = ("tasks", "modes", "batch_size", "batch_tokens")
+def items_digest(items):
+    """sha256 of a task's items as scored: changes with the task file's content, --limit, the subsample..."""
+    return hashlib.sha256(json.dumps([vars(it) for it in items]).encode()).hexdigest()
 
 
-def reusable_results(out, results, wanted, dump=None):
-    """{task: {mode: entry}} of `wanted` already in `out` from a run with the same fingerprint and
-    scoring settings; says in one line what it reuses, or why an existing file is not reused."""
-    if not out or not os.path.exists(out):
-        return {}
+def results_problem(r):
+    """What makes `r` (a parsed results file) unfit to merge into, or None."""
+    if not isinstance(r, dict):
+        return "not a JSON object"
+    for key, kind in (("fingerprint", str), ("settings", dict), ("tasks", dict), ("items_sha256", dict)):
+        if not isinstance(r.get(key, {} if key == "items_sha256" else None), kind):
+            return f"{key!r} is missing or not a {'string' if kind is str else 'JSON object'}"
+    for task, entries in r["tasks"].items():
+        if task not in TASKS or not isinstance(entries, dict):
+            return f"tasks.{task} is not the entries of a task"
+        for mode, entry in entries.items():
+            numbers = [entry.get(key) for key in ("accuracy", "normalized")] if isinstance(entry, dict) else [None]
+            if mode not in MODES or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+                return f"tasks.{task}.{mode} is not a result with a numeric accuracy and normalized score"
+    return None
+
+
+def read_results(path):
+    """The results file at `path` (None where there is none), checked: a one-line ValueError for a file
+    that is not a valid results file, which is then never overwritten."""
+    if not path or not os.path.exists(path):
+        return None
     try:
-        with open(out, encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             previous = json.load(f)
-        old, new = (json.loads(json.dumps({k: v for k, v in r["settings"].items() if k not in NOT_SCORING}))
-                    for r in (previous, results))
-        found = previous["tasks"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        print(f"eval.py: {out} is not an eval.py results file; it will be overwritten", flush=True)
-        return {}
-    differ = ["checkpoint weights"] if previous.get("fingerprint") != results["fingerprint"] else []
-    differ += [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        problem = results_problem(previous)
+    except (OSError, ValueError) as e:  # ValueError: not JSON, not UTF-8
+        previous, problem = None, getattr(e, "strerror", None) or "not JSON"
+    if problem:
+        raise ValueError(f"--out {path} is not a valid eval.py results file ({problem}); "
+                         f"start afresh with another --out")
+    return previous
+
+
+def check_dump_file(path):
+    """--dump may overwrite an earlier dump, and no other file."""
+    if not path or not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb") as f:
+        first = f.readline(1 << 20)
+    try:
+        record = json.loads(first)
+    except ValueError:
+        record = None
+    if not (isinstance(record, dict) and {"task", "mode", "item", "choice", "ll"} <= set(record)):
+        raise ValueError(f"--dump {path} exists and is not an eval.py dump; give another --dump")
+
+
+def pair_list(entries):
+    return ", ".join(f"{task} {mode}" for task, modes in entries.items() for mode in modes)
+
+
+def keep_results(out, results, modes, dump=None):
+    """Put into results["tasks"] what the results file `out` holds that still stands: every entry, if
+    it comes from a model with the same fingerprint and the same SCORING settings, except those of a
+    task run now whose items differ from the ones it was scored on. Says in one line what it reuses,
+    what it keeps besides, and what it replaces."""
+    previous = read_results(out)
+    if previous is None:
+        return
+    running, old_digests = dict(results["items_sha256"]), previous.get("items_sha256", {})
+    differ = ["checkpoint weights"] if previous["fingerprint"] != results["fingerprint"] else []
+    old, new = (json.loads(json.dumps([r["settings"].get(k) for k in SCORING])) for r in (previous, results))
+    differ += [key for key, a, b in zip(SCORING, old, new) if a != b]
     if differ:
-        print(f"eval.py: {out} holds results of another evaluation (differs in: {', '.join(differ)}); "
-              f"scoring everything again and overwriting it", flush=True)
-        return {}
-    reused = {task: {m: found[task][m] for m in modes if isinstance(found.get(task), dict) and m in found[task]}
-              for task, modes in wanted.items()}
-    reused = {task: entries for task, entries in reused.items() if entries}
-    if reused:
-        pairs = ", ".join(f"{task} {mode}" for task, entries in reused.items() for mode in entries)
+        if previous["tasks"]:
+            print(f"eval.py: {out} holds results of another evaluation (differs in: {', '.join(differ)}); "
+                  f"replacing {pair_list(previous['tasks'])}", flush=True)
+        return
+    stale = {t: e for t, e in previous["tasks"].items() if t in running and old_digests.get(t) != running[t]}
+    if stale:
+        print(f"eval.py: {out} scored {', '.join(stale)} on other items (another task file, --limit, ...); "
+              f"replacing {pair_list(stale)}", flush=True)
+    for task, entries in previous["tasks"].items():
+        if task not in stale and entries:
+            results["tasks"][task] = dict(entries)
+            if old_digests.get(task):
+                results["items_sha256"].setdefault(task, old_digests[task])
+    results["average"] = average_scores(results["tasks"])
+    reused = {t: [m for m in modes if m in results["tasks"].get(t, {})] for t in running}
+    others = {t: [m for m in e if t not in running or m not in modes] for t, e in results["tasks"].items()}
+    if any(reused.values()):
         note = "; --dump gets only the pairs scored now" if dump else ""
-        print(f"eval.py: reusing from {out} (same checkpoint and settings): {pairs}{note}", flush=True)
-    return reused
+        print(f"eval.py: reusing from {out} (same checkpoint and settings): {pair_list(reused)}{note}", flush=True)
+    if any(others.values()):
+        print(f"eval.py: keeping in {out} (same checkpoint and settings): {pair_list(others)}", flush=True)
 
 
 def write_results(path, results):
-    """Atomically: a results file that exists is whole."""
+    """Atomically: a results file that exists is whole, and no temporary file is left behind."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(f"cannot write --out {path} ({e.strerror}); free some space or give another --out") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def evaluate_mode(model, task, items, req, mode, settings, autocast, dump, run=None):
@@ -1045,8 +1085,8 @@ def evaluate_mode(model, task, items, req, mode, settings, autocast, dump, run=N
     per_k = {}
     for k in mode_ks(mode, settings):
         key = (task, mode, k)
-        desc = f"{task} {mode}" + (f" k={k}" if mode == "pll" else "")
-        bar = PassProgress(run, key, len(items), desc) if run is not None else None
+        bar = None if run is None else Progress(len(items), desc=f"{task} {mode}" + (f" k={k}" if mode == "pll" else ""),
+                                                unit="items", suffix=run.line)
 
         def advance(fraction):  # items' worth of the work done, so items/s and ETA hold throughout
             if bar is not None:
@@ -1066,12 +1106,8 @@ def evaluate_mode(model, task, items, req, mode, settings, autocast, dump, run=N
                               k if mode == "pll" else None)
         per_k[k]["seconds"] = time.time() - start
     best = max(per_k, key=lambda k: per_k[k]["normalized"])  # per-task max over k (spec §4.4)
-    entry = {"accuracy": per_k[best]["accuracy"], "normalized": per_k[best]["normalized"],
-             "random_baseline": per_k[best]["random_baseline"], "n_items": len(items),
-             "prefix_mismatches": req["prefix_mismatches"], "truncated": int(truncated.sum()),
-             "seconds": sum(r["seconds"] for r in per_k.values())}
-    if "subtasks" in per_k[best]:
-        entry["subtasks"] = per_k[best]["subtasks"]
+    entry = {**per_k[best], "n_items": len(items), "prefix_mismatches": req["prefix_mismatches"],
+             "truncated": int(truncated.sum()), "seconds": sum(r["seconds"] for r in per_k.values())}
     if mode == "pll":
         entry["best_k"] = best
         entry["k"] = {str(k): {"accuracy": r["accuracy"], "normalized": r["normalized"]} for k, r in per_k.items()}
@@ -1106,44 +1142,39 @@ class ArgumentParser(argparse.ArgumentParser):
         raise ValueError(message)
 
 
-def positive_int(text):
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return int(text)
+def arg_type(convert, problem):
+    """An argparse type: convert(text), or `problem` (said of the text) when it raises or gives None."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"{text!r} {problem}")
+        return value
+    return parse
 
 
-def k_list(text):
-    try:
-        ks = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not ks or min(ks) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: every k counts masks and must be >= 1")
-    return tuple(dict.fromkeys(ks))
-
-
-def task_file(text):
-    name, sep, path = text.partition("=")
-    if not sep or name not in TASKS:
-        raise argparse.ArgumentTypeError(f"{text!r} should be TASK=PATH with TASK one of {', '.join(TASKS)}")
-    return name, path
-
-
-def on_off(text):
-    if text not in ("on", "off"):
-        raise argparse.ArgumentTypeError(f"{text!r} should be on or off")
-    return text == "on"
+positive_int = arg_type(lambda t: int(t) if t.strip().isdigit() and int(t) >= 1 else None, "is not a positive integer")
+seed_int = arg_type(lambda t: int(t) if -2 ** 63 <= int(t) < 2 ** 63 else None,
+                    "is not an integer of 64 bits (-2**63 to 2**63-1)")
+k_list = arg_type(lambda t: tuple(dict.fromkeys(map(int, t.split(",")))) if min(map(int, t.split(","))) >= 1 else None,
+                  "is not a comma-separated list of mask counts: every k counts masks and must be >= 1")
+on_off = arg_type({"on": True, "off": False}.get, "should be on or off")
+task_file = arg_type(lambda t: t.split("=", 1) if "=" in t and t.split("=", 1)[0] in TASKS else None,
+                     f"should be TASK=PATH with TASK one of {', '.join(TASKS)}")
 
 
 def parse_args(argv):
-    p = ArgumentParser(prog="eval.py", description="Zero-shot evaluation of a nanodual checkpoint "
-                                                   "(nine tasks, four scoring modes; see EVAL_SPEC.md).")
+    p = ArgumentParser(prog="eval.py", allow_abbrev=False,
+                       description="Zero-shot evaluation of a nanodual checkpoint (nine tasks, four scoring modes; "
+                                   "see EVAL_SPEC.md).")
     p.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
     p.add_argument("--tasks", default="all", help=f"'all' or a comma list of: {', '.join(TASKS)}")
     p.add_argument("--modes", default="causal", help=f"comma list of: {', '.join(MODES)}")
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
                    help="folder with the task files (default: $NANODUAL_EVAL_DATA or ./eval_data)")
-    p.add_argument("--task_file", type=task_file, action="append", default=[], metavar="TASK=PATH",
+    p.add_argument("--task_file", dest="task_files", type=task_file, action="append", default=[], metavar="TASK=PATH",
                    help="read TASK from PATH instead of looking in --data_dir (repeatable)")
     p.add_argument("--source", default="files", choices=["files", "hf"],
                    help="'hf': load the tasks from the Hugging Face hub (needs the datasets package)")
@@ -1158,7 +1189,7 @@ def parse_args(argv):
     p.add_argument("--mc_masking", default="count", choices=["count", "bernoulli"],
                    help="count: mask exactly ceil(t_j*n) tokens, weight n/count; "
                         "bernoulli: each token with probability t_j, weight 1/t_j")
-    p.add_argument("--seed", type=int, default=0, help="seeds the MC mask subsets")
+    p.add_argument("--seed", type=seed_int, default=0, help="seeds the MC mask subsets")
     p.add_argument("--random_baseline", default="task", choices=["task", "items"],
                    help="r of the normalised score: 100/choices of the task, or the mean of 100/choices over the items")
     p.add_argument("--per_char_space", type=on_off, default=True, metavar="on|off",
@@ -1168,52 +1199,65 @@ def parse_args(argv):
     p.add_argument("--olmes_subsample", action="store_true",
                    help="OLMES's Random(1234) 1000-item subsample of ARC-E, HellaSwag, PIQA, SIQA")
     p.add_argument("--out", help="write the results JSON here, after every (task, mode) pair; rerun with the same "
-                                 "--out to reuse the pairs it holds (same checkpoint and scoring settings)")
+                                 "--out to reuse and keep the pairs it holds (same checkpoint and scoring settings)")
     p.add_argument("--dump", help="write one JSON line per (item, choice, mode) here")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                    help="compute dtype on CUDA (bf16 autocast); CPU always runs float32")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.task_files = dict(args.task_files)
+    return args
 
 
 def format_table(results):
-    modes = results["settings"]["modes"]
+    modes = list(results["average"])  # every mode that has a result, in MODES order
+
+    def cell(entry):
+        return f"{entry['accuracy']:>13.1f} ({entry['normalized']:5.1f})" if entry else " " * 22
+
     lines = [f"{'task':<14}" + "".join(f"{m + ' acc (norm)':>22}" for m in modes)]
-    for task, per_mode in results["tasks"].items():
-        lines.append(f"{task:<14}" + "".join(f"{per_mode[m]['accuracy']:>13.1f} ({per_mode[m]['normalized']:5.1f})"
-                                             for m in modes))
-    lines.append(f"{'average':<14}" + "".join(f"{'':>13} ({results['average'].get(m, float('nan')):5.1f})" for m in modes))
+    lines += [f"{task:<14}" + "".join(cell(entries.get(m)) for m in modes) for task, entries in results["tasks"].items()]
+    lines.append(f"{'average':<14}" + "".join(f"{'':>13} ({results['average'][m]:5.1f})" for m in modes))
     return "\n".join(lines)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run(args):
     tasks = parse_names(args.tasks, TASKS, "task")
     modes = parse_names(args.modes, MODES, "mode")
     from model import load_checkpoint, parse_device
     device = parse_device(args.device)
+    # fail now, not after the evaluation, and never write over an input or a file of another kind
     for flag, path, example in (("--out", args.out, "results.json"), ("--dump", args.dump, "dump.jsonl")):
-        if path:  # fail now, not after the evaluation
+        if path:
             check_output_file(flag, path, example)
+    check_distinct_paths([("--out", args.out), ("--dump", args.dump)],
+                         [("--ckpt", args.ckpt)] + [(f"--task_file {t}", p) for t, p in args.task_files.items()])
+    read_results(args.out)
+    check_dump_file(args.dump)
     import data  # the tokenizer lives with the dataset code
     model = load_checkpoint(args.ckpt, device=device)
     if "tokenizer" not in model.meta:
         raise ValueError(f"checkpoint {args.ckpt} has no tokenizer spec; pass a checkpoint written by train.py")
     tokenizer = data.Tokenizer.from_spec(model.meta["tokenizer"])
     results = evaluate(model, tokenizer, tasks, modes, data_dir=args.data_dir, dump=args.dump,
-                       checkpoint=os.path.abspath(args.ckpt),
+                       checkpoint=os.path.abspath(args.ckpt), out=args.out,
                        autocast=device.type == "cuda" and args.dtype == "bfloat16",
-                       limit=args.limit, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
-                       pll_k=args.pll_k, pll_right_context=args.pll_right_context, pll_tail=args.pll_tail,
-                       mc_samples=args.mc_samples, mc_masking=args.mc_masking, random_baseline=args.random_baseline,
-                       seed=args.seed, per_char_space=args.per_char_space,
-                       mmlu_description=args.mmlu_description, olmes_subsample=args.olmes_subsample,
-                       source=args.source, task_files=dict(args.task_file), out=args.out)
+                       **{f.name: getattr(args, f.name) for f in fields(Settings)})
     if not results["tasks"]:
         raise FileNotFoundError(f"none of the tasks were found under {args.data_dir} (looked for "
                                 f"{'; '.join(results['skipped'].values())}); see README: Evaluation data")
     print(format_table(results))
     return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        kept = (f"{args.out} keeps every (task, mode) result finished so far; the same command goes on from there"
+                if args.out and os.path.exists(args.out) else "no results were written")
+        sys.exit(f"eval.py: interrupted (Ctrl-C); {kept}")
 
 
 if __name__ == "__main__":
