@@ -1,36 +1,30 @@
 """
 Text in, token files out; and the loader that train.py reads them with.
 
-Prepare a dataset folder from local files (plain text, JSON lines with a "text" field, .gz of
-either, or folders of them):
-
     python data.py --input ../shared/data/corpus/english_novels --out_dir data_novels
-    python data.py --input input.txt --doc_split blank_line --out_dir data_mine
+    python data.py --input fineweb/sample/10BT --out_dir data_fineweb     # parquet shards ("text" column)
     python data.py --input more.jsonl --tokenizer data_novels --out_dir data_more   # share a vocabulary
+    python data.py     # no --input: download Tiny Shakespeare (as nanoGPT does) and prepare it
 
-or, with a network and no --input, download Tiny Shakespeare (as nanoGPT does) and prepare it:
+Inputs: plain text, JSON lines and parquet (a "text" field or column, or --text_field), gzip'd text
+or JSON lines, and folders of them. The folder then holds train.bin and val.bin (every document as
+<s> then its tokens, back to back; uint16 when the vocabulary fits, else uint32), train.idx (where
+each training document starts in train.bin, uint64), tokenizer.json and meta.json (sizes, counts,
+special ids, and in words the document, split and tokenizer rules).
 
-    python data.py
-
-The folder then holds:
-    train.bin, val.bin  every document as <s> followed by its tokens, documents back to back, no
-                        padding; uint16 when the vocabulary fits (<= 65536 ids), else uint32
-    train.idx           where each training document starts in train.bin (uint64, little-endian),
-                        so the loader can sample and shuffle whole documents
-    tokenizer.json      the tokenizers file of the BPE (for tiktoken, a small JSON naming the encoding)
-    meta.json           vocabulary size, dtype, tokens and documents per split, special-token ids,
-                        sources, and in words the document rule, the split rule and the tokenizer
-It is written in three streaming passes over the corpus: (1) scan: count the documents and fix the
-train/val split, (2) train the BPE on the training documents, (3) encode in parallel, appending to
-the token files as results arrive in order. Memory does not grow with the corpus: it holds a few
-chunks of documents at a time (long documents are encoded in pieces); only one document, e.g. a
-whole file with --doc_split file, must fit in memory as text.
+Three streaming passes: (1) scan: count the documents and fix the train/val split, (2) train the BPE
+on the training documents, (3) encode in parallel, appending to the token files in input order. The
+new files are written beside any old dataset and swapped in only when complete; a lock keeps a
+second data.py out. Memory holds a few chunks of documents (long ones are encoded in pieces), but a
+single document must fit in memory as text, a few times over.
 
 Loading (train.py): TrainWindows trains on a unique subset of whole documents drawn at random
 (paper §5.1: r repetitions of T/r unique tokens are exactly r passes), and every epoch shuffles
 those documents and packs them into windows afresh; val_windows is a fixed held-out sample.
 """
 import argparse
+import codecs
+import fcntl
 import gzip
 import hashlib
 import http.client
@@ -40,6 +34,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -74,6 +69,7 @@ CHUNKS_IN_FLIGHT_PER_WORKER = 2  # chunks read but not yet written, per encoding
 SAFE_CUT = re.compile(r"(?<=\S)(?=[ \t\n])|\n(?=\S)|(?<=[A-Za-z])(?=[\x00-\x7f])(?![A-Za-z])"
                       r"|(?<=[0-9])(?=[\x00-\x7f])(?![0-9])")
 MAX_VOCAB_SIZE = 2**32  # token ids are stored as uint32 at most
+OUTPUTS = ("train.bin", "val.bin", "train.idx", "tokenizer.json", "meta.json")  # meta.json last: it vouches for the rest
 
 # -----------------------------------------------------------------------------
 # Tokenizer: a byte-level BPE from `tokenizers`, or a tiktoken encoding
@@ -144,17 +140,23 @@ class Tokenizer:
         return self.encode_batch([text])[0]
 
     def encode_batch(self, texts):
-        if self.tiktoken is not None:  # compact in memory: no need for pieces
-            return [self.tiktoken.encode_ordinary(t) for t in texts]
-        if not self.encode_in_pieces:
-            return [e.ids for e in self.bpe.encode_batch_fast(texts, add_special_tokens=False)]
         ids = [[] for _ in texts]
-        pieces = ((i, piece) for i, text in enumerate(texts) for piece in split_into_pieces(text, PIECE_CHARS))
-        for group in batches(pieces, BATCH_CHARS, size=lambda item: len(item[1])):
-            encodings = self.bpe.encode_batch_fast([piece for _, piece in group], add_special_tokens=False)
-            for (i, _), encoding in zip(group, encodings):
-                ids[i] += encoding.ids
+        for i, piece in self.encode_pieces(texts):
+            ids[i] += piece
         return ids
+
+    def encode_pieces(self, texts):
+        """(index of the text, its next token ids) in text order, at least once per text: long texts
+        come in pieces, so a caller that stores ids compactly never holds a long text's ids as a list."""
+        if self.tiktoken is not None:  # compact in memory: no need for pieces
+            yield from ((i, self.tiktoken.encode_ordinary(t)) for i, t in enumerate(texts))
+        elif not self.encode_in_pieces:
+            yield from enumerate(e.ids for e in self.bpe.encode_batch_fast(texts, add_special_tokens=False))
+        else:
+            pieces = ((i, piece) for i, text in enumerate(texts) for piece in split_into_pieces(text, PIECE_CHARS))
+            for group in batches(pieces, BATCH_CHARS, size=lambda item: len(item[1])):
+                encodings = self.bpe.encode_batch_fast([piece for _, piece in group], add_special_tokens=False)
+                yield from ((i, encoding.ids) for (i, _), encoding in zip(group, encodings))
 
     def decode(self, ids):
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
@@ -191,9 +193,12 @@ class Tokenizer:
             path = path / "tokenizer.json"
         if not path.is_file():
             raise FileNotFoundError(f"no tokenizer at {path}; give a prepared data folder or a tokenizer.json file")
-        text = path.read_text(encoding="utf-8")
         try:
+            text = path.read_text(encoding="utf-8")
             content = json.loads(text)
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not a tokenizer file (not UTF-8 text: a checkpoint?); give a prepared data "
+                             f"folder or its tokenizer.json") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not JSON ({e}); give a tokenizers tokenizer.json file") from None
         try:
@@ -256,33 +261,72 @@ def train_bpe(texts, vocab_size):
 def token_dtype(vocab_size):
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
+
 # -----------------------------------------------------------------------------
 # Reading documents
 
+FORMATS = (".txt", ".jsonl", ".parquet")
+BOMS = {codecs.BOM_UTF32_LE: "UTF-32LE", codecs.BOM_UTF32_BE: "UTF-32BE", codecs.BOM_UTF16_LE: "UTF-16LE",
+        codecs.BOM_UTF16_BE: "UTF-16BE"}  # UTF-32's before UTF-16's: UTF-32LE's BOM starts with UTF-16LE's
 
-def is_jsonl(path):
-    return path.name.endswith((".jsonl", ".jsonl.gz"))
+
+def file_format(path):
+    """(format, gzipped): gzip is sniffed by its magic bytes, the format read from the name without
+    .gz, case-insensitively (parquet also by its magic bytes); None for a name that is none of them."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    gzipped = magic[:2] == b"\x1f\x8b"
+    name = path.name.lower().removesuffix(".gz") if gzipped else path.name.lower()
+    if magic == b"PAR1" or name.endswith(".parquet"):
+        return "parquet", gzipped
+    if name.endswith(".jsonl"):
+        return "jsonl", gzipped
+    return ("text" if name.endswith(".txt") or (gzipped and "." not in name) else None), gzipped
 
 
 def list_input_files(inputs):
-    """Files in the order given; a folder contributes its .txt and .jsonl files (and .gz of them),
-    recursively, sorted by path, skipping hidden ones, so the order never depends on the file system."""
+    """Files in the order given; a folder contributes its .txt, .jsonl and .parquet files (any case,
+    and gzip'd text or JSON lines), recursively, sorted by path, so the order never depends on the file
+    system. Every other file in a folder is listed as skipped, with the reason."""
     files = []
     for given in map(Path, inputs):
         if given.is_dir():
-            found = [f for f in given.rglob("*") if f.is_file()
-                     and f.name.endswith((".txt", ".jsonl", ".txt.gz", ".jsonl.gz"))
-                     and not any(part.startswith(".") for part in f.relative_to(given).parts)]
+            found, skipped = [], []
+            for root, folders, names in os.walk(given):
+                skipped += [(Path(root, d), "a hidden folder") for d in folders if d.startswith(".")]
+                folders[:] = [d for d in folders if not d.startswith(".")]
+                for path in (Path(root, name) for name in names):
+                    if path.name.startswith("."):
+                        skipped.append((path, "a hidden file"))
+                    elif not path.is_file():
+                        skipped.append((path, "not a regular file"))
+                    elif file_format(path)[0] is None:
+                        skipped.append((path, f"not {', '.join(FORMATS)} or gzip (by name, any case)"))
+                    else:
+                        found.append(path)
+            for path, reason in sorted(skipped):
+                print(f"skipping {path}: {reason}")
             if not found:
-                raise ValueError(f"input folder {given} holds no .txt or .jsonl files (or .gz of them); "
-                                 f"name the files to use with --input")
+                raise ValueError(f"input folder {given} holds no {', '.join(FORMATS)} files (or .gz of text or JSON "
+                                 f"lines); name the files to use with --input")
             files += sorted(found, key=lambda f: f.relative_to(given).parts)
         elif given.is_file():
             files.append(given)
         else:
-            raise FileNotFoundError(f"input {given} does not exist; pass text files, .jsonl files "
-                                    f"(or .gz of them) or folders of them with --input")
+            raise FileNotFoundError(f"input {given} does not exist; pass text, .jsonl or .parquet files (or .gz of "
+                                    f"text or JSON lines) or folders of them with --input")
+    if any(file_format(path) == ("parquet", False) for path in files):
+        import_pyarrow()  # fail now, not after a long scan
     return files
+
+
+def import_pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet
+        return pyarrow
+    except ImportError:
+        raise ValueError("reading parquet files needs pyarrow: pip install pyarrow") from None
 
 
 def trim_document(text):
@@ -292,15 +336,26 @@ def trim_document(text):
     return text[text.rfind("\n", 0, start) + 1:]
 
 
-def read_file_documents(path, doc_split):
+def field_text(text, where, text_field):
+    """A JSON or parquet document's text, or a one-line error naming where it came from."""
+    if not isinstance(text, str):
+        raise ValueError(f"{where}: no \"{text_field}\" string (found {type(text).__name__}); each document needs "
+                         f"its text in a string field \"{text_field}\" (another name: --text_field)")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_file_documents(path, doc_split, text_field="text"):
     """Yield the raw documents of one file. Text is UTF-8 (a BOM is dropped) and line endings become \\n."""
-    opener = gzip.open if path.suffix == ".gz" else open
+    kind, gzipped = file_format(path)
+    if kind == "parquet":
+        yield from read_parquet(path, text_field)
+        return
     try:
-        with opener(path, "rt", encoding="utf-8-sig", newline=None) as f:
-            if is_jsonl(path):
+        with (gzip.open if gzipped else open)(path, "rt", encoding="utf-8-sig", newline=None) as f:
+            if kind == "jsonl":
                 for line_number, line in enumerate(f, 1):
                     if line.strip():
-                        yield json_document(path, line_number, line)
+                        yield json_document(f"{path}, line {line_number}", line, text_field)
             elif doc_split == "file":
                 yield f.read()
             else:  # blank_line: a document is a run of lines that are not blank
@@ -314,39 +369,70 @@ def read_file_documents(path, doc_split):
                 if paragraph:
                     yield "".join(paragraph)
     except UnicodeDecodeError:
-        raise ValueError(f"{path} is not valid UTF-8; convert it, e.g. iconv -f latin1 -t utf-8") from None
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            start = f.read(4)
+        bom = next((name for bom, name in BOMS.items() if start.startswith(bom)), None)
+        if bom:
+            raise ValueError(f"{path} is {bom} text (it starts with a {bom} byte-order mark), not UTF-8; convert it: "
+                             f"iconv -f {bom} -t UTF-8") from None
+        raise ValueError(f"{path} is not valid UTF-8; convert it from its encoding, e.g. iconv -f latin1 -t utf-8 "
+                         f"for Latin-1") from None
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
         raise ValueError(f"{path} is not a valid gzip file ({e}); decompress or fix it") from None
 
 
-def json_document(path, line_number, line):
+def json_document(where, line, text_field):
     try:
         record = json.loads(line)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}, line {line_number}: not valid JSON ({e.msg}); each line of a .jsonl file "
-                         f"must be one JSON object with a \"text\" field") from None
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise ValueError(f"{path}, line {line_number}: no \"text\" string field; each line of a .jsonl file "
-                         f"must be one JSON object with a \"text\" field")
-    return record["text"].replace("\r\n", "\n").replace("\r", "\n")
+        raise ValueError(f"{where}: not valid JSON ({e.msg}); each line of a .jsonl file must be one JSON object "
+                         f"with a \"{text_field}\" field") from None
+    return field_text(record.get(text_field) if isinstance(record, dict) else None, where, text_field)
 
 
-def iter_documents(files, doc_split):
+def read_parquet(path, text_field, rows_per_batch=256):
+    """The documents of a parquet file's text column, read a few rows at a time from one row group
+    after the other, so memory stays flat on files of any size."""
+    pa = import_pyarrow()
+    try:
+        parquet = pa.parquet.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path} is not a readable parquet file ({e}); download or write it again") from None
+    with parquet:
+        schema = parquet.schema_arrow
+        if text_field not in schema.names:
+            raise ValueError(f"{path} has no column \"{text_field}\" (its columns: {', '.join(schema.names)}); "
+                             f"name the text column with --text_field")
+        column_type = schema.field(text_field).type
+        if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+            raise ValueError(f"{path}: column \"{text_field}\" holds {column_type}, not strings; name the text "
+                             f"column with --text_field")
+        for group in range(parquet.num_row_groups):
+            where = f"{path}, row group {group} (counting from 0)"
+            try:
+                for batch in parquet.iter_batches(rows_per_batch, row_groups=[group], columns=[text_field]):
+                    yield from (field_text(text, where, text_field) for text in batch.column(0).to_pylist())
+            except (pa.ArrowException, OSError) as e:
+                raise ValueError(f"{where} cannot be read ({' '.join(str(e).split())}): a damaged file; download or "
+                                 f"write it again") from None
+
+
+def iter_documents(files, doc_split, text_field="text"):
     """All non-empty documents, trimmed, lazily, in a fixed order."""
     for path in files:
-        for text in read_file_documents(path, doc_split):
+        for text in read_file_documents(path, doc_split, text_field):
             text = trim_document(text)
             if text:
                 yield text
 
 
-def describe_documents(doc_split):
+def describe_documents(doc_split, text_field):
     files = ("each plain-text file is one document" if doc_split == "file" else
              "plain-text files are split into documents at blank lines (lines holding only whitespace)")
-    return (f"{files}; each line of a .jsonl file is one document (its \"text\" field). Text is read as UTF-8 "
-            f"without BOM, line endings normalised to \\n, trailing whitespace and leading blank lines removed; "
-            f"empty documents are skipped. In the .bin files each document is <s> followed by its tokens "
-            f"(no end-of-document token), documents back to back in input order")
+    return (f"{files}; each line of a .jsonl file and each row of a .parquet file is one document (its "
+            f"\"{text_field}\" field). Text is read as UTF-8 without BOM, line endings normalised to \\n, trailing "
+            f"whitespace and leading blank lines removed; empty documents are skipped. In the .bin files each "
+            f"document is <s> followed by its tokens (no end-of-document token), documents back to back in input order")
 
 # -----------------------------------------------------------------------------
 # The split: by document, from a hash of its text
@@ -368,12 +454,12 @@ class CorpusScan:
     max_hash: int = -1
 
 
-def scan_corpus(files, doc_split, seed):
+def scan_corpus(files, doc_split, text_field, seed):
     """Pass 1: read everything once (so bad input fails before any long work) and keep O(1) state."""
     scan = CorpusScan()
     progress = Progress(total=len(files), desc="scan", unit="files", stream=sys.stdout)
     for path in files:
-        for text in read_file_documents(path, doc_split):
+        for text in read_file_documents(path, doc_split, text_field):
             text = trim_document(text)
             if not text:
                 scan.empty_skipped += 1
@@ -410,33 +496,34 @@ worker = {}  # each worker process's tokenizer and split settings, set once by i
 
 
 def init_worker(tokenizer_spec, threshold, seed, dtype):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (one line, not one per worker)
     worker.update(tokenizer=Tokenizer.from_spec(tokenizer_spec), threshold=threshold, seed=seed,
                   dtype=np.dtype(dtype))
 
 
 def encode_chunk(texts):
-    """Encode a chunk of documents; returns the train and val token arrays and their document counts."""
-    splits = {"train": [], "val": []}
-    for text in texts:
-        splits["val" if document_hash(text, worker["seed"]) < worker["threshold"] else "train"].append(text)
-    out = {}
-    for split, docs in splits.items():
-        ids = worker["tokenizer"].encode_batch(docs)
-        tokens = np.empty(sum(len(d) + 1 for d in ids), dtype=worker["dtype"])
-        position = 0
-        for doc in ids:
-            tokens[position] = worker["tokenizer"].bos_id
-            tokens[position + 1:position + 1 + len(doc)] = doc
-            position += 1 + len(doc)
-        out[split] = (tokens, np.array([1 + len(d) for d in ids], dtype=np.uint64))
+    """Encode a chunk of documents; returns the train and val token arrays and their document lengths."""
+    tok, dtype = worker["tokenizer"], worker["dtype"]
+    split_of = ["val" if document_hash(text, worker["seed"]) < worker["threshold"] else "train" for text in texts]
+    tokens, lengths = {"train": [], "val": []}, {"train": [], "val": []}
+    previous = None
+    for i, ids in tok.encode_pieces(texts):  # ids as compact arrays: a long document's ids are never a list
+        if i != previous:
+            tokens[split_of[i]].append(np.array([tok.bos_id], dtype=dtype))
+            lengths[split_of[i]].append(1)
+            previous = i
+        tokens[split_of[i]].append(np.array(ids, dtype=dtype))
+        lengths[split_of[i]][-1] += len(ids)
+    out = {split: (np.concatenate(tokens[split] or [np.empty(0, dtype)]), np.array(lengths[split], dtype=np.uint64))
+           for split in tokens}
     return out, sum(len(t.encode("utf-8")) for t in texts)
 
 
-def encode_corpus(files, doc_split, tokenizer, threshold, seed, out_dir, workers, chunk_chars, total_bytes):
+def encode_corpus(files, doc_split, text_field, tokenizer, threshold, seed, out_dir, workers, chunk_chars,
+                  total_bytes):
+    """Pass 3 into train.bin.tmp, val.bin.tmp and train.idx.tmp; returns the token and document counts."""
     dtype = token_dtype(tokenizer.vocab_size)
-    final = {split: out_dir / f"{split}.bin" for split in ("train", "val")}
-    final["index"] = out_dir / "train.idx"  # where each training document starts in train.bin
-    temporary = {split: path.with_name(path.name + ".tmp") for split, path in final.items()}
+    paths = {name: out_dir / f"{name}.tmp" for name in ("train.bin", "val.bin", "train.idx")}
     counts = {"train_tokens": 0, "val_tokens": 0, "train_documents": 0, "val_documents": 0}
     init_args = (tokenizer.to_spec(), threshold, seed, dtype.str)
     # Memory stays flat: a chunk is read only when one of CHUNKS_IN_FLIGHT_PER_WORKER x workers slots is
@@ -445,8 +532,7 @@ def encode_corpus(files, doc_split, tokenizer, threshold, seed, out_dir, workers
     slots, stopping = threading.Semaphore(CHUNKS_IN_FLIGHT_PER_WORKER * workers), threading.Event()
 
     def chunks():
-        documents = iter_documents(files, doc_split)
-        for chunk in batches(documents, chunk_chars):
+        for chunk in batches(iter_documents(files, doc_split, text_field), chunk_chars):
             yield chunk
             slots.acquire()  # before reading the next one (in imap's feeder thread)
             if stopping.is_set():
@@ -458,31 +544,50 @@ def encode_corpus(files, doc_split, tokenizer, threshold, seed, out_dir, workers
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     pool = multiprocessing.Pool(workers, init_worker, init_args) if workers > 1 else None
     start, progress = time.time(), Progress(total=total_bytes, desc="encode", unit="B", stream=sys.stdout)
+    files_out, done = {}, {"bytes": 0, "complete": False}
+
+    def write(name, array=None):  # array=None: close the file (which flushes it)
+        try:
+            files_out[name].write(array.data) if array is not None else files_out[name].close()
+        except OSError as e:  # a full disk: say where, and how much room the rest needs
+            written = (counts["train_tokens"] + counts["val_tokens"]) * dtype.itemsize + 8 * counts["train_documents"]
+            fraction = max(done["bytes"] / total_bytes, 1e-6)
+            raise OSError(f"cannot write {paths[name]} ({e.strerror or e}) after {written / 1e6:,.1f} MB of token "
+                          f"files for {fraction:.0%} of the corpus (about {written / fraction / 1e6:,.0f} MB in all); "
+                          f"free space there or choose another --out_dir") from None
+
     try:
         if pool is None:
             init_worker(*init_args)
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # init_worker's setting is for workers
         # imap yields the results in input order, whatever the order the workers finish in
         results = pool.imap(encode_chunk, chunks()) if pool else map(encode_chunk, chunks())
-        with (open(temporary["train"], "wb") as f_train, open(temporary["val"], "wb") as f_val,
-              open(temporary["index"], "wb") as f_index):
-            for out, n_bytes in results:
-                lengths = out["train"][1]
-                (counts["train_tokens"] + np.cumsum(lengths) - lengths).astype("<u8").tofile(f_index)
-                for split, f in (("train", f_train), ("val", f_val)):
-                    tokens, lengths = out[split]
-                    tokens.tofile(f)
-                    counts[f"{split}_tokens"] += len(tokens)
-                    counts[f"{split}_documents"] += len(lengths)
-                progress.update(n_bytes)
-                slots.release()
-        for split in final:  # rename only complete files; meta.json, written last, vouches for them
-            os.replace(temporary[split], final[split])
+        files_out = {name: open(path, "wb") for name, path in paths.items()}
+        for out, n_bytes in results:
+            lengths = out["train"][1]
+            write("train.idx", (counts["train_tokens"] + np.cumsum(lengths) - lengths).astype("<u8"))
+            for split in ("train", "val"):
+                tokens, lengths = out[split]
+                write(f"{split}.bin", tokens)
+                counts[f"{split}_tokens"] += len(tokens)
+                counts[f"{split}_documents"] += len(lengths)
+            done["bytes"] += n_bytes
+            progress.update(n_bytes)
+            slots.release()
+        for name in paths:
+            write(name)
+        done["complete"] = True
     finally:
+        for f in files_out.values():
+            try:
+                f.close()
+            except OSError:  # a close that failed above, already reported
+                pass
         stopping.set()
         slots.release(CHUNKS_IN_FLIGHT_PER_WORKER * workers + 1)  # a feeder waiting for a slot returns
         if pool is not None:
             pool.terminate()
-        for path in temporary.values():
+        for path in paths.values() if not done["complete"] else ():
             path.unlink(missing_ok=True)
     progress.close()
     seconds = time.time() - start
@@ -501,7 +606,7 @@ def write_atomically(path, text):
     os.replace(temporary, path)
 
 
-def train_tokenizer(files, doc_split, seed, threshold, scan, vocab_size, tokenizer_train_bytes):
+def train_tokenizer(files, doc_split, text_field, seed, threshold, scan, vocab_size, tokenizer_train_bytes):
     """Pass 2: train the BPE on the training documents only. With a byte budget, on a deterministic
     sample: each training document is in with probability budget / corpus bytes, decided by its hash
     (uniform over [threshold, 2^64) for training documents). Returns the tokenizer and a description."""
@@ -510,7 +615,7 @@ def train_tokenizer(files, doc_split, seed, threshold, scan, vocab_size, tokeniz
     sample = {"documents": 0, "bytes": 0}
 
     def training_texts():
-        for text in iter_documents(files, doc_split):
+        for text in iter_documents(files, doc_split, text_field):
             n_bytes = len(text.encode("utf-8"))
             if threshold <= document_hash(text, seed) < cutoff:
                 sample["documents"] += 1
@@ -552,6 +657,8 @@ def load_given_tokenizer(tokenizer):
     return tok, f"reused from {Path(tokenizer).resolve()} ({tok.vocab_size} ids)"
 
 
+
+
 def check_out_dir(out_dir):
     """Fail at once, not after hours of work, on an out_dir that cannot become a folder we write in."""
     existing = Path(out_dir).absolute()
@@ -563,12 +670,47 @@ def check_out_dir(out_dir):
         raise ValueError(f"--out_dir {out_dir}: no permission to write in {existing}; choose another --out_dir")
 
 
-def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe", doc_split=None,
+def lock_out_dir(out_dir):
+    """An advisory lock on out_dir/data.lock (as train.py locks its out_dir), so that a second data.py
+    cannot write the same dataset; the kernel drops it when the process ends, even on SIGKILL."""
+    lock = open(out_dir / "data.lock", "a+")  # "a+": do not erase the holder's PID
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise ValueError(f"--out_dir {out_dir} is in use by another data.py (PID {holder}); wait for it to finish "
+                         f"or choose another --out_dir") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def choose_doc_split(files, doc_split, text_field, seed):
+    """Scan the corpus; without a --doc_split, "file", unless that makes the whole corpus a single
+    document (one plain-text file, nanoGPT's usual input), which is then split at blank lines."""
+    scan = scan_corpus(files, doc_split or "file", text_field, seed)
+    if scan.documents == 0:
+        raise ValueError(f"empty input corpus: no non-empty document in {len(files)} input file(s); give files "
+                         f"that contain text")
+    if doc_split is None and scan.min_hash == scan.max_hash and any(file_format(f)[0] == "text" for f in files):
+        scan = scan_corpus(files, "blank_line", text_field, seed)
+        print(f"the input is a single document, so it is split into documents at blank lines: "
+              f"{scan.documents:,} documents (--doc_split file keeps one document per file)", flush=True)
+        if scan.min_hash == scan.max_hash:
+            raise ValueError("the corpus holds a single distinct document even when split at blank lines, so none "
+                             "can be held out for validation; give more text, or more files")
+        return "blank_line", scan
+    return doc_split or "file", scan
+
+
+def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe", doc_split=None, text_field="text",
             workers=1, seed=0, tokenizer_train_bytes=None, sources=None, chunk_chars=1 << 20):
     """Prepare a dataset folder from input files/folders (see the module docstring); returns meta.
     tokenizer: "bpe" (train one), "gpt2" (tiktoken), or a tokenizer file / prepared folder to reuse.
-    doc_split: "file", "blank_line", or None: "file", unless that makes the whole corpus a single
-    document (one plain-text file), which is then split at blank lines."""
+    doc_split: "file", "blank_line", or None (see choose_doc_split)."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"--val_fraction must be in (0, 1), got {val_fraction}; train.py needs a validation split")
     if workers < 1 or seed < 0:
@@ -582,63 +724,59 @@ def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe"
     if tokenizer != "bpe":  # a tokenizer that cannot load should fail before any long pass
         tok, tokenizer_rule = load_given_tokenizer(tokenizer)
     files = list_input_files(inputs)
-    chosen, doc_split = doc_split, doc_split or "file"
-    scan = scan_corpus(files, doc_split, seed)
-    if scan.documents == 0:
-        raise ValueError(f"empty input corpus: no non-empty document in {len(files)} input file(s) "
-                         f"({', '.join(map(str, inputs))}); give files that contain text")
-    if chosen is None and scan.min_hash == scan.max_hash and not all(is_jsonl(path) for path in files):
-        # one plain-text file (nanoGPT's usual input) would leave nothing to hold out for validation
-        doc_split = "blank_line"
-        scan = scan_corpus(files, doc_split, seed)
-        print(f"the input is a single document, so it is split into documents at blank lines: "
-              f"{scan.documents:,} documents (--doc_split file keeps one document per file)", flush=True)
-        if scan.min_hash == scan.max_hash:
-            raise ValueError("the corpus holds a single distinct document even when split at blank lines, so none "
-                             "can be held out for validation; give more text, or more files")
-    threshold, threshold_note = val_threshold(val_fraction, scan)
-    if tokenizer == "bpe":
-        tok, tokenizer_rule = train_tokenizer(files, doc_split, seed, threshold, scan, vocab_size,
-                                              tokenizer_train_bytes)
-
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    # A folder without meta.json is not a dataset (load_meta refuses it): drop any old one before
-    # touching the token files, so an interrupted run can never pass for a finished one.
-    (out_dir / "meta.json").unlink(missing_ok=True)
-    counts = encode_corpus(files, doc_split, tok, threshold, seed, out_dir, workers, chunk_chars, scan.bytes)
-    split_rule = (f"by document: a document goes to val.bin when the 64-bit blake2b hash of its UTF-8 text "
-                  f"(salt: seed {seed} as 16 little-endian bytes, digest read little-endian) is below "
-                  f"val_hash_threshold = val_fraction {val_fraction} x 2^64")
-    if threshold_note:
-        split_rule += f", {threshold_note}"
-    meta = {
-        "vocab_size": tok.vocab_size,
-        "dtype": token_dtype(tok.vocab_size).name,
-        **counts,
-        "train_index": "train.idx",  # see the module docstring; its absence marks a folder from an older data.py
-        "special_tokens": dict(tok.special_ids),
-        "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "mask_id": tok.mask_id,
-        "unk_id": tok.unk_id,
-        "sources": [str(s) for s in (sources or [Path(i).resolve() for i in inputs])],
-        "input_files": len(files),
-        "corpus_bytes": scan.bytes,
-        "empty_documents_skipped": scan.empty_skipped,
-        "doc_split": doc_split,
-        "document_rule": describe_documents(doc_split),
-        "val_fraction": val_fraction,
-        "seed": seed,
-        "val_hash_threshold": threshold,
-        "split_rule": split_rule,
-        "tokenizer": tokenizer_rule,
-    }
-    if tok.bpe is not None:
-        write_atomically(out_dir / "tokenizer.json", tok.bpe.to_str(pretty=True))
-    else:
-        write_atomically(out_dir / "tokenizer.json", json.dumps(tok.to_spec()))
-    write_atomically(out_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
+    lock = None
+    try:
+        lock = lock_out_dir(out_dir)
+        doc_split, scan = choose_doc_split(files, doc_split, text_field, seed)
+        threshold, threshold_note = val_threshold(val_fraction, scan)
+        if tokenizer == "bpe":
+            tok, tokenizer_rule = train_tokenizer(files, doc_split, text_field, seed, threshold, scan, vocab_size,
+                                                  tokenizer_train_bytes)
+        # Everything is written under temporary names beside the old dataset, which stays whole until
+        # the new one is complete; then the files are renamed over it, meta.json last.
+        counts = encode_corpus(files, doc_split, text_field, tok, threshold, seed, out_dir, workers, chunk_chars,
+                               scan.bytes)
+        meta = {
+            "vocab_size": tok.vocab_size, "dtype": token_dtype(tok.vocab_size).name, **counts,
+            "train_index": "train.idx",  # see the module docstring; its absence marks a folder from an older data.py
+            "special_tokens": dict(tok.special_ids),
+            "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "mask_id": tok.mask_id, "unk_id": tok.unk_id,
+            "sources": [str(s) for s in (sources or [Path(i).resolve() for i in inputs])],
+            "input_files": len(files), "corpus_bytes": scan.bytes, "empty_documents_skipped": scan.empty_skipped,
+            "doc_split": doc_split, "text_field": text_field, "document_rule": describe_documents(doc_split, text_field),
+            "val_fraction": val_fraction, "seed": seed, "val_hash_threshold": threshold,
+            "split_rule": (f"by document: a document goes to val.bin when the 64-bit blake2b hash of its UTF-8 text "
+                           f"(salt: seed {seed} as 16 little-endian bytes, digest read little-endian) is below "
+                           f"val_hash_threshold = val_fraction {val_fraction} x 2^64"
+                           + (f", {threshold_note}" if threshold_note else "")),
+            "tokenizer": tokenizer_rule,
+        }
+        (out_dir / "tokenizer.json.tmp").write_text(tok.bpe.to_str(pretty=True) if tok.bpe is not None else
+                                                    json.dumps(tok.to_spec()), encoding="utf-8")
+        (out_dir / "meta.json.tmp").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (out_dir / "meta.json").unlink(missing_ok=True)  # from here to the last rename, no dataset passes as whole
+        for name in OUTPUTS:
+            os.replace(out_dir / f"{name}.tmp", out_dir / name)
+    except BaseException:
+        for name in OUTPUTS:
+            (out_dir / f"{name}.tmp").unlink(missing_ok=True)
+        if created and lock is not None:
+            (out_dir / "data.lock").unlink()
+            out_dir.rmdir()  # leave no empty dataset folder behind
+        raise
+    finally:
+        if lock is not None:
+            lock.close()
     print(f"wrote {out_dir}: train {counts['train_tokens']:,} tokens ({counts['train_documents']:,} documents), "
           f"val {counts['val_tokens']:,} tokens ({counts['val_documents']:,} documents), vocab {tok.vocab_size}")
+    val_share = counts["val_tokens"] / (counts["train_tokens"] + counts["val_tokens"])
+    if not val_fraction / 4 <= val_share <= min(4 * val_fraction, (1 + val_fraction) / 2):
+        print(f"warning: val.bin holds {val_share:.2%} of the tokens, far from --val_fraction {val_fraction} (the split "
+              f"is by document, and a few documents hold much of the text); split the text into more documents, "
+              f"e.g. --doc_split blank_line")
     return meta
 
 
@@ -655,13 +793,14 @@ def download(url, out_dir):
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(temporary, "wb") as f:
             shutil.copyfileobj(response, f)
+        os.replace(temporary, path)
     except (OSError, ValueError, http.client.HTTPException) as e:
-        temporary.unlink(missing_ok=True)
-        if created:
-            path.parent.rmdir()  # leave no empty dataset folder behind
         raise ValueError(f"cannot download {url} ({getattr(e, 'reason', e)}); without a network, prepare a local "
                          f"file instead: python data.py --input path/to/text.txt --out_dir {out_dir}") from None
-    os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+        if created and not path.exists():
+            path.parent.rmdir()  # leave no empty dataset folder behind
     return path
 
 # -----------------------------------------------------------------------------
@@ -850,13 +989,19 @@ def val_windows(data_dir, block_size, n_windows):
 # -----------------------------------------------------------------------------
 
 
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Prepare a nanodual dataset folder (train.bin, val.bin, tokenizer.json, meta.json) from text. "
-                    "Without --input, download Tiny Shakespeare (or --url) and prepare it.")
+                    "Without --input, download Tiny Shakespeare (or --url) and prepare it.", allow_abbrev=False)
     parser.add_argument("--input", nargs="+", metavar="PATH",
-                        help="plain-text files, .jsonl files with a \"text\" field (one document per line), .gz of "
-                             "either, or folders of them (searched recursively for .txt/.jsonl[.gz], sorted)")
+                        help="plain-text files, .jsonl files (one document per line) or .parquet files (one per row) "
+                             "with a \"text\" field, .gz of text or JSON lines, or folders of them (searched "
+                             "recursively, sorted; every other file is listed as skipped)")
+    parser.add_argument("--text_field", default="text",
+                        help="the field of a JSON line, or the column of a parquet file, that holds the text "
+                             "(default: %(default)s)")
     parser.add_argument("--out_dir", help="the dataset folder to write (default data_shakespeare when downloading)")
     parser.add_argument("--url", help=f"download this text file instead of the default corpus ({DEFAULT_URL})")
     parser.add_argument("--doc_split", choices=["file", "blank_line"], default=None,
@@ -882,16 +1027,23 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     settings = dict(vocab_size=args.vocab_size, val_fraction=args.val_fraction, tokenizer=args.tokenizer,
-                    workers=args.workers, seed=args.seed, tokenizer_train_bytes=args.tokenizer_train_bytes)
-    if args.input:
-        if args.url or not args.out_dir:
-            raise ValueError("with --input, give --out_dir and no --url (--url replaces --input)")
-        prepare(args.input, args.out_dir, doc_split=args.doc_split, **settings)
-    else:
-        url, out_dir = args.url or DEFAULT_URL, args.out_dir or "data_shakespeare"
-        check_out_dir(out_dir)  # before downloading into it
-        path = download(url, out_dir)
-        prepare([path], out_dir, doc_split=args.doc_split or "blank_line", sources=[url], **settings)
+                    workers=args.workers, seed=args.seed, tokenizer_train_bytes=args.tokenizer_train_bytes,
+                    text_field=args.text_field)
+    if args.input and (args.url or not args.out_dir):
+        raise ValueError("with --input, give --out_dir and no --url (--url replaces --input)")
+    out_dir = args.out_dir or "data_shakespeare"
+    try:
+        if args.input:
+            prepare(args.input, out_dir, doc_split=args.doc_split, **settings)
+        else:
+            check_out_dir(out_dir)  # before downloading into it
+            path = download(args.url or DEFAULT_URL, out_dir)
+            prepare([path], out_dir, doc_split=args.doc_split or "blank_line", sources=[args.url or DEFAULT_URL],
+                    **settings)
+    except KeyboardInterrupt:
+        kept = (f"the dataset in {out_dir} is the one that was there before, unchanged"
+                if (Path(out_dir) / "meta.json").is_file() else f"no dataset was written to {out_dir}")
+        sys.exit(f"data.py: interrupted; {kept}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -368,8 +369,8 @@ def test_encoding_holds_a_bounded_number_of_chunks_in_memory(corpus_files, prepa
     real_iter_documents, real_progress = data.iter_documents, data.Progress
     counts = {"read": 0, "written": 0, "worst": 0}
 
-    def counting_iter_documents(files, doc_split):
-        for text in real_iter_documents(files, doc_split):
+    def counting_iter_documents(*args):
+        for text in real_iter_documents(*args):
             counts["read"] += 1
             counts["worst"] = max(counts["worst"], counts["read"] - counts["written"])
             yield text
@@ -406,9 +407,9 @@ def test_tokenizer_trained_on_a_sample(corpus, tmp_path):
     assert tokens[0] == 1 and len(tokens) == meta["train_tokens"]
 
 
-def test_an_interrupted_run_leaves_no_folder_that_looks_complete(corpus_files, tmp_path, monkeypatch):
+def test_a_failed_rerun_keeps_the_previous_dataset(corpus_files, tmp_path, monkeypatch):
     data.prepare(corpus_files[:3], tmp_path / "out", vocab_size=400)
-    data.load_meta(tmp_path / "out")
+    before = {name: (tmp_path / "out" / name).read_bytes() for name in data.OUTPUTS}
     calls = []
 
     def failing_encode_chunk(texts):
@@ -420,9 +421,9 @@ def test_an_interrupted_run_leaves_no_folder_that_looks_complete(corpus_files, t
     real_encode_chunk = data.encode_chunk
     monkeypatch.setattr(data, "encode_chunk", failing_encode_chunk)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        data.prepare(corpus_files[:3], tmp_path / "out", vocab_size=400, chunk_chars=10)
-    with pytest.raises(FileNotFoundError, match="no meta.json"):
-        data.load_meta(tmp_path / "out")
+        data.prepare(corpus_files[:3], tmp_path / "out", vocab_size=300, chunk_chars=10)
+    data.load_meta(tmp_path / "out")
+    assert {name: (tmp_path / "out" / name).read_bytes() for name in data.OUTPUTS} == before
     assert not list((tmp_path / "out").glob("*.tmp"))
 
 
@@ -546,6 +547,189 @@ def test_cli_vocab_size_is_bounded_and_a_huge_one_allocates_nothing(tmp_path):
                          "--doc_split", "blank_line")
         assert result.returncode == 0, result.stderr
     assert (tmp_path / "huge" / "tokenizer.json").read_text() == (tmp_path / "modest" / "tokenizer.json").read_text()
+
+def test_cli_options_are_never_abbreviated(tmp_path):
+    (tmp_path / "a.txt").write_text("one\n\ntwo\n")
+    result = run_cli("--input", tmp_path / "a.txt", "--out_dir", tmp_path / "out", "--vocab", "300")
+    assert result.returncode == 2 and "unrecognized arguments: --vocab" in result.stderr, result.stderr
+
+# -----------------------------------------------------------------------------
+# parquet input, folders, and a rerun that fails, is interrupted or runs beside another
+
+
+def write_parquet(path, texts, row_group_size, column="text", **extra_columns):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({column: texts, **extra_columns}), path, row_group_size=row_group_size)
+
+
+def test_parquet_gives_the_tokens_of_the_same_documents_as_json_lines(corpus, prepared, tmp_path):
+    """A folder of parquet shards (several row groups each, one upper-case name, a null-free "text" column
+    beside others) gives train.bin, train.idx and val.bin identical to the same documents as JSON lines."""
+    texts = [json.loads(line)["text"] for line in (corpus / "plays" / "a.jsonl").read_text().splitlines() if line]
+    texts += ["a CRLF\r\nline", "  \n\n  indented after blank lines  \n", "   "]  # trimmed, normalised, skipped
+    (tmp_path / "pq").mkdir()
+    write_parquet(tmp_path / "pq" / "part-0.parquet", texts[:250], 64, id=list(range(250)))
+    write_parquet(tmp_path / "pq" / "part-1.PARQUET", texts[250:], 40, id=list(range(250, len(texts))))
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    settings = dict(tokenizer=str(prepared), val_fraction=0.1, workers=2, chunk_chars=5_000)
+    meta_pq = data.prepare([tmp_path / "pq"], tmp_path / "from_parquet", **settings)
+    meta_jsonl = data.prepare([tmp_path / "docs.jsonl"], tmp_path / "from_jsonl", **settings)
+    for name in ("train.bin", "train.idx", "val.bin"):
+        assert (tmp_path / "from_parquet" / name).read_bytes() == (tmp_path / "from_jsonl" / name).read_bytes(), name
+    assert meta_pq["val_documents"] > 0 and meta_pq["train_documents"] + meta_pq["val_documents"] == len(texts) - 1
+    assert meta_pq["empty_documents_skipped"] == meta_jsonl["empty_documents_skipped"] == 1
+    # another column by --text_field, JSON lines and parquet alike
+    write_parquet(tmp_path / "body.parquet", texts[:50], 16, column="body")
+    (tmp_path / "body.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in texts[:50]))
+    for source in ("body.parquet", "body.jsonl"):
+        data.prepare([tmp_path / source], tmp_path / source.replace(".", "_"), text_field="body", **settings)
+    assert ((tmp_path / "body_parquet" / "train.bin").read_bytes() == (tmp_path / "body_jsonl" / "train.bin").read_bytes())
+
+
+def test_cli_bad_parquet_inputs_name_the_file_and_row_group(tmp_path):
+    texts = [f"document {i} " * 50 for i in range(40)]
+    write_parquet(tmp_path / "ok.parquet", texts, 10, count=list(range(40)))
+    out = ["--out_dir", tmp_path / "out"]
+    assert_one_line_error(run_cli("--input", tmp_path / "ok.parquet", "--text_field", "body", *out),
+                          "ok.parquet has no column \"body\" (its columns: text, count)", "--text_field")
+    assert_one_line_error(run_cli("--input", tmp_path / "ok.parquet", "--text_field", "count", *out),
+                          "ok.parquet: column \"count\" holds int64, not strings")
+    write_parquet(tmp_path / "null.parquet", texts[:15] + [None], 10)
+    assert_one_line_error(run_cli("--input", tmp_path / "null.parquet", *out),
+                          "null.parquet, row group 1 (counting from 0): no \"text\" string (found NoneType)")
+    raw = (tmp_path / "ok.parquet").read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(raw[:len(raw) // 2])
+    assert_one_line_error(run_cli("--input", tmp_path / "cut.parquet", *out), "cut.parquet is not a readable parquet")
+    # garbage in the middle of row group 2's data pages (the footer is whole)
+    import pyarrow.parquet as pq
+    column = pq.ParquetFile(tmp_path / "ok.parquet").metadata.row_group(2).column(0)
+    start = column.data_page_offset
+    damaged = bytearray(raw)
+    damaged[start:start + 200] = bytes(range(200))
+    (tmp_path / "damaged.parquet").write_bytes(bytes(damaged))
+    assert_one_line_error(run_cli("--input", tmp_path / "damaged.parquet", *out),
+                          "damaged.parquet, row group 2 (counting from 0) cannot be read", "damaged file")
+    assert not (tmp_path / "out").exists()
+    # without pyarrow: the pip command, before any work
+    code = ("import sys; sys.modules['pyarrow'] = None; sys.argv = ['data.py'] + sys.argv[1:]; import runpy; "
+            f"runpy.run_path({str(REPO / 'data.py')!r}, run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code, "--input", str(tmp_path / "ok.parquet"), *map(str, out)],
+                            capture_output=True, text=True, timeout=60)
+    assert_one_line_error(result, "parquet files needs pyarrow: pip install pyarrow")
+
+
+def test_folder_input_takes_any_case_sniffs_gzip_and_lists_every_skipped_file(tmp_path, capsys):
+    (tmp_path / "in" / ".git").mkdir(parents=True)
+    (tmp_path / "in" / "a.txt").write_text("first\n")
+    (tmp_path / "in" / "b.TXT").write_text("second\n")
+    (tmp_path / "in" / "c.JsonL").write_text('{"text": "third"}\n')
+    (tmp_path / "in" / "e.gz").write_bytes(gzip.compress(b"fifth\n"))  # gzip'd text: sniffed, not named
+    (tmp_path / "in" / "f.txt.GZ").write_bytes(gzip.compress(b"sixth\n"))
+    (tmp_path / "in" / "notes.md").write_text("not text input")
+    (tmp_path / "in" / "archive.tar.gz").write_bytes(gzip.compress(b"not a corpus"))
+    (tmp_path / "in" / ".hidden.txt").write_text("hidden")
+    (tmp_path / "in" / ".git" / "x.txt").write_text("hidden")
+    files = data.list_input_files([tmp_path / "in"])
+    assert [f.name for f in files] == ["a.txt", "b.TXT", "c.JsonL", "e.gz", "f.txt.GZ"]
+    assert list(data.iter_documents(files, "file")) == ["first", "second", "third", "fifth", "sixth"]
+    skipped = capsys.readouterr().out.splitlines()
+    assert skipped == [f"skipping {tmp_path / 'in' / '.git'}: a hidden folder",
+                       f"skipping {tmp_path / 'in' / '.hidden.txt'}: a hidden file",
+                       f"skipping {tmp_path / 'in' / 'archive.tar.gz'}: not .txt, .jsonl, .parquet or gzip (by name, any case)",
+                       f"skipping {tmp_path / 'in' / 'notes.md'}: not .txt, .jsonl, .parquet or gzip (by name, any case)"]
+
+
+def test_cli_utf16_text_names_its_encoding(tmp_path):
+    (tmp_path / "wide.txt").write_bytes("caf\u00e9\n\nna\u00efve\n".encode("utf-16"))
+    assert_one_line_error(run_cli("--input", tmp_path / "wide.txt", "--out_dir", tmp_path / "out"),
+                          "wide.txt is UTF-16LE text", "iconv -f UTF-16LE -t UTF-8")
+
+
+def test_cli_tokenizer_that_is_a_checkpoint_names_the_file(tmp_path, tiny_checkpoint):
+    (tmp_path / "a.txt").write_text("one\n\ntwo\n")
+    assert_one_line_error(run_cli("--input", tmp_path / "a.txt", "--out_dir", tmp_path / "out", "--tokenizer",
+                                  tiny_checkpoint), f"{tiny_checkpoint} is not a tokenizer file")
+
+
+def test_validation_share_far_from_val_fraction_is_warned(prepared, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "long.txt").write_text("word " * 100_000)  # one long one-line document
+    (tmp_path / "in" / "short.txt").write_text("a short document " * 100)
+    data.prepare([tmp_path / "in"], tmp_path / "out", tokenizer=str(prepared), val_fraction=0.02)
+    warning = capsys.readouterr().out.splitlines()[-1]
+    assert warning.startswith("warning: val.bin holds ") and "far from --val_fraction 0.02" in warning, warning
+
+
+def test_a_long_document_is_encoded_without_a_list_of_its_ids(tokenizer, shared_data):
+    """A long document's ids are gathered as arrays, piece by piece: a Python list of them would take
+    ~36 bytes a token (884 MB peak for a 50 MB one-line document)."""
+    import tracemalloc
+    text = (shared_data / "corpus" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:1_000_000]
+    sigint = signal.getsignal(signal.SIGINT)
+    data.init_worker(tokenizer.to_spec(), 0, 0, "uint16")  # as in a worker (which ignores SIGINT)
+    signal.signal(signal.SIGINT, sigint)
+    tracemalloc.start()
+    out, _ = data.encode_chunk([text])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert list(out["train"][0][1:]) == tokenizer.encode(text)
+    assert peak < 5 * len(text), peak  # measured 3.2 bytes a character; a list of the ids takes about 14
+
+
+def test_cli_a_second_data_py_on_the_same_out_dir_is_refused(tmp_path):
+    import fcntl
+    (tmp_path / "a.txt").write_text("one\n\ntwo\n")
+    (tmp_path / "out").mkdir()
+    with open(tmp_path / "out" / "data.lock", "w") as lock:
+        lock.write("4242\n")
+        lock.flush()
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert_one_line_error(run_cli("--input", tmp_path / "a.txt", "--out_dir", tmp_path / "out"),
+                              "is in use by another data.py (PID 4242)", "wait for it to finish")
+    assert run_cli("--input", tmp_path / "a.txt", "--out_dir", tmp_path / "out", "--vocab_size", 300).returncode == 0
+
+
+def run_prepare_cli(code, *args, **kwargs):
+    """data.py's CLI after `code` (a patch) in a fresh interpreter of its own session."""
+    script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import data; {code}\n"
+              f"try:\n    data.main(sys.argv[1:])\nexcept (ValueError, OSError) as e:\n"
+              f"    sys.exit(f'data.py: error: {{e}}')")
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                          timeout=120, start_new_session=True, **kwargs)
+
+
+def test_cli_ctrl_c_says_what_was_kept(corpus_files, tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, workers included) mid-encoding: one line, the previous
+    dataset kept whole, no temporary files; on a fresh folder, no folder left."""
+    args = ["--input", *corpus_files[:3], "--vocab_size", 300, "--workers", 2]
+    assert run_cli(*args, "--out_dir", tmp_path / "out").returncode == 0
+    before = {name: (tmp_path / "out" / name).read_bytes() for name in data.OUTPUTS}
+    patch = ("import os, signal, time; real = data.encode_chunk\n"
+             "def encode_chunk(texts):\n    os.killpg(os.getpgrp(), signal.SIGINT); time.sleep(2); return real(texts)\n"
+             "data.encode_chunk = encode_chunk")
+    for out_dir, kept in ((tmp_path / "out", "is the one that was there before, unchanged"),
+                          (tmp_path / "new", "no dataset was written")):
+        result = run_prepare_cli(patch, *args, "--tokenizer", tmp_path / "out", "--out_dir", out_dir)
+        assert result.returncode == 1 and result.stderr == f"data.py: interrupted; the dataset in {out_dir} {kept}\n" \
+            if "unchanged" in kept else result.stderr == f"data.py: interrupted; {kept} to {out_dir}\n", result.stderr
+    assert {name: (tmp_path / "out" / name).read_bytes() for name in data.OUTPUTS} == before
+    assert not list((tmp_path / "out").glob("*.tmp")) and not (tmp_path / "new").exists()
+
+
+def test_cli_full_disk_names_the_file_and_leaves_no_temporary_files(corpus_files, prepared, tmp_path):
+    """A write that fails (here the file-size limit, EFBIG; a full disk is ENOSPC) names the file and how
+    much room the token files need; the temporary files go."""
+    import resource
+
+    def small_file_limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    result = run_prepare_cli("", "--input", *corpus_files, "--tokenizer", prepared, "--doc_split", "blank_line",
+                             "--out_dir", tmp_path / "out", preexec_fn=small_file_limit)
+    assert_one_line_error(result, f"cannot write {tmp_path / 'out' / 'train.bin.tmp'} (File too large) after",
+                          "MB in all); free space there or choose another --out_dir")
+    assert not list((tmp_path / "out").glob("*.tmp"))
 
 # -----------------------------------------------------------------------------
 # the loader
