@@ -18,6 +18,7 @@ measured together mean anything. docs/bench.md holds the figures.
 """
 import argparse
 import ast
+import functools
 import os
 import pickle
 import re
@@ -487,8 +488,6 @@ def bench_nanogpt(args):
 
 
 # -----------------------------------------------------------------------------
-
-# -----------------------------------------------------------------------------
 # data: the training loader against the fixed-window one it replaced (issue 11)
 
 
@@ -567,8 +566,10 @@ def bench_data(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{model,train,eval,sample,gp,nanogpt,data}")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{model,train,eval,sample,gp,nanogpt,data}",
+                                parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
 
     def model_options(p):
         p.add_argument("--size", default="10m", choices=list(SIZES))

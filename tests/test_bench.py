@@ -52,3 +52,10 @@ def test_nanogpt_benchmark_rejects_a_width_without_a_matching_swiglu(nanogpt):
     run = subprocess.run([sys.executable, "bench.py", "nanogpt", str(nanogpt), "--n_embd", "64", "--n_head", "2"],
                          cwd=REPO, capture_output=True, text=True)
     assert run.returncode != 0 and "must be a multiple of 3" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_options_are_never_abbreviated(capsys):
+    import bench
+    with pytest.raises(SystemExit):
+        bench.main(["nanogpt", "nanoGPT", "--step", "3"])  # would be taken as --steps
+    assert "unrecognized arguments: --step 3" in capsys.readouterr().err

@@ -680,6 +680,12 @@ def test_cli_errors_are_one_line(tmp_path):
     assert os.listdir(tmp_path / "full") == ["notes.txt"]
 
 
+def test_cli_takes_no_abbreviated_options(capsys):
+    with pytest.raises(SystemExit):
+        M.main(["--ckpt", "ckpt.pt", "--export", "hf"])  # would be taken as --export_hf
+    assert "unrecognized arguments: --export hf" in capsys.readouterr().err
+
+
 def test_compiled_flex_forward_on_cpu_matches_dense():
     """The CPU half of the CUDA flex path (tests/test_cuda.py has the rest): flex attention with a
     document block mask, compiled by inductor, gives the dense-mask logits. Flex attention has no
