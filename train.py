@@ -201,8 +201,12 @@ def plot_curves(history, path):
     ax.grid(alpha=0.3)
     ax.legend()
     tmp = f"{path}.tmp"  # one name: a run killed mid-write leaves one stray file, replaced by the next
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # a failed write (a full disk) leaves no half picture
+            os.remove(tmp)
 
 
 def check_settings():
@@ -211,13 +215,16 @@ def check_settings():
                 "overfit_patience"):
         if globals()[key] < 1:
             raise ValueError(f"{key}={globals()[key]} must be a positive integer")
-    for key in ("repetitions", "warmup_iters", "grad_clip", "z_loss", "weight_decay", "ar_weight", "subset_seed"):
+    for key in ("repetitions", "warmup_iters", "grad_clip", "z_loss", "weight_decay", "ar_weight"):
         if globals()[key] < 0:
             raise ValueError(f"{key}={globals()[key]} must be >= 0 (0 turns it off" +
                              ("; repetitions=0 trains on all the data)" if key == "repetitions" else ")"))
     for key in ("decay_frac", "min_lr_frac"):
         if not 0 <= globals()[key] <= 1:
             raise ValueError(f"{key}={globals()[key]} must be in [0, 1]")
+    for key in ("seed", "subset_seed"):  # torch's generators take 64-bit seeds; data.py's epoch seeds are 63-bit
+        if not 0 <= globals()[key] < 2**63:
+            raise ValueError(f"{key}={globals()[key]} must be an integer from 0 to 2**63 - 1")
     if not learning_rate > 0:
         raise ValueError(f"learning_rate={learning_rate} must be positive")
     for key, allowed in (("optimizer", ("muon", "adamw")), ("lr_schedule", ("wsd", "cosine")),
@@ -268,6 +275,41 @@ def stop_if_write_fails(path, ckpt_path):
         kept = (f"the previous checkpoint {ckpt_path} was kept; continue with --resume=True once it is fixed"
                 if os.path.exists(ckpt_path) else "no checkpoint had been written yet")
         raise OSError(f"could not write {path} ({e.strerror or e}); {kept}") from None
+
+
+DATA_FILES = ("meta.json", "train.bin", "train.idx", "val.bin")
+
+
+def dataset_fingerprint(data_dir):
+    """What identifies a prepared dataset: meta.json's contents, and the size and modification time of
+    each of its files (None for a file that is missing). A few stat calls: cheap at every evaluation."""
+    files = {}
+    for name in DATA_FILES:
+        try:
+            st = os.stat(os.path.join(data_dir, name))
+            files[name] = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            files[name] = None
+    try:
+        with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):  # missing, or caught half-written
+        meta = None
+    return {"meta": meta, "files": files}
+
+
+def dataset_changes(old, new, times=True):
+    """What differs between two fingerprints, in words ([] if nothing). times=False compares contents
+    only (meta.json and the sizes): a dataset copied or prepared again from the same corpus is the same."""
+    changes = ["meta.json's contents"] if old["meta"] != new["meta"] else []
+    for name in DATA_FILES[1:]:
+        a, b = old["files"].get(name), new["files"].get(name)
+        if a != b and (b is None or a is None or a[0] != b[0]):
+            changes.append(f"{name} " + ("missing" if b is None else "created" if a is None else
+                                         f"{a[0]:,} -> {b[0]:,} bytes"))
+        elif a != b and times:
+            changes.append(f"{name} rewritten")
+    return changes
 
 
 def next_segments(segments, old_config, config, iter_num):
@@ -335,6 +377,7 @@ def main(argv):
             log(f"removed {path}, left by a run killed while writing a checkpoint")
 
     # --- data: a random subset of T/r tokens of whole documents, r times over (paper §5.1) ---
+    fingerprint = dataset_fingerprint(data_dir)  # before reading: a change while reading is caught later
     meta = data.load_meta(data_dir)
     tokenizer = data.Tokenizer.load(data_dir)
     windows_per_step = G * batch_size
@@ -371,6 +414,14 @@ def main(argv):
         if not data.same_tokenizer(ckpt["tokenizer"], tokenizer.to_spec()):
             raise ValueError(f"the tokenizer of data folder {data_dir} differs from the one the checkpoint was "
                              f"trained with (same vocabulary size, other tokens); resume with the data it used")
+        recorded = ckpt.get("data", {}).get("fingerprint")  # absent in checkpoints from before it was recorded
+        changes = dataset_changes(recorded, fingerprint, times=False) if recorded else []
+        if changes:
+            raise ValueError(f"data folder {data_dir} is not the dataset the checkpoint was trained on "
+                             f"({', '.join(changes)}); resume with the data it used")
+        if recorded and dataset_changes(recorded, fingerprint):
+            log(f"note: the files of data folder {data_dir} were written again since the checkpoint, with the same "
+                f"description and sizes: taken to be the same dataset")
         for key in MODEL_KEYS + ("optimizer",):
             if ckpt["config"].get(key) != config[key]:
                 raise ValueError(f"{key}={config[key]} differs from the checkpoint's {ckpt['config'].get(key)}; "
@@ -468,6 +519,17 @@ def main(argv):
     while True:
         # evaluate, log and checkpoint (a resumed run did this for its first step before it stopped)
         if (iter_num % eval_interval == 0 or iter_num == max_iters) and not (resume and iter_num == start_iter):
+            # first: a dataset rewritten under the run (data.py into the same folder) would be read with
+            # the document index loaded at start; the last checkpoint predates the change
+            changes = dataset_changes(fingerprint, dataset_fingerprint(data_dir))
+            if world > 1:  # all ranks stop together
+                changed = torch.tensor(len(changes), device=dev)
+                dist.all_reduce(changed, op=dist.ReduceOp.MAX)
+                changes = changes or (["on another rank"] if changed.item() else [])
+            if changes:
+                raise ValueError(f"data folder {data_dir} changed during training ({', '.join(changes)}); stopped "
+                                 f"before step {iter_num} so as not to mix two datasets; {last_checkpoint()} "
+                                 f"(it checks that the data is the run's)")
             val_ar, val_md = evaluate()
             if world > 1:
                 dist.all_reduce(train_sums)
@@ -491,13 +553,15 @@ def main(argv):
                 with stop_if_write_fails(metrics_path, ckpt_path), open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 if draw_curves:
-                    plot_curves(history, curves_path)
+                    try:
+                        plot_curves(history, curves_path)
+                    except OSError as e:  # an optional picture (e.g. a full disk): the run goes on
+                        log(f"warning: could not write {curves_path} ({e.strerror or e}); training goes on")
                 if wandb:
                     wandb.log(row, step=iter_num)
                 flags = [name for name in ("ar", "md") if row[f"overfit_{name}"]]
-                log(f"eval {iter_num}: val ar {val_ar:.4f} md {val_md:.4f}"
-                    + (f" | train ar {means[0]:.4f}" if means[0] is not None else "")
-                    + (f" md {means[1]:.4f}" if means[1] is not None else "")
+                trained = " ".join(f"{name} {m:.4f}" for name, m in zip(("ar", "md"), means) if m is not None)
+                log(f"eval {iter_num}: val ar {val_ar:.4f} md {val_md:.4f}" + (f" | train {trained}" if trained else "")
                     + (f" | {compiled_graphs()} graphs compiled" if use_compile else "")
                     + (f" | OVERFITTING: {', '.join(flags)} (val loss rising while train loss falls)" if flags else ""))
                 segments[-1]["to_iter"] = iter_num
@@ -511,7 +575,8 @@ def main(argv):
                         "data": {"data_dir": os.path.abspath(data_dir), "vocab_size": meta["vocab_size"],
                                  "unique_tokens": windows.unique_tokens, "n_windows": windows.n_windows,
                                  "params": n_params, "non_embedding_params": raw_model.num_params(True),
-                                 "total_tokens": total_windows * block_size, "epochs": epochs}})
+                                 "total_tokens": total_windows * block_size, "epochs": epochs,
+                                 "fingerprint": fingerprint}})
             # the next log line's tokens/s and MFU count training steps only, not this evaluation
             t_log, tokens_at_log, iter_at_log = time.time(), tokens_seen, iter_num
         if iter_num >= max_iters:

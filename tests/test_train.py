@@ -3,6 +3,7 @@ after SIGKILL, atomic checkpoints, NaN handling and one-line errors for bad sett
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -448,6 +449,8 @@ def test_bad_settings_fail_with_one_line(tiny_dataset, tmp_path):
         (["--repetitions=-2.0"], ["repetitions=-2.0 must be >= 0"]),
         (["--decay_frac=1.5"], ["decay_frac=1.5 must be in [0, 1]"]),
         (["--optimizer=sgd"], ["optimizer='sgd' is not one of"]),
+        (["--seed=" + "9" * 24], [f"seed={'9' * 24} must be an integer from 0 to 2**63 - 1"]),
+        (["--rope_theta=1e999"], ["config key 'rope_theta' is inf; it must be a finite number"]),
     ]
     if not torch.cuda.is_available():
         cases.append((["--device=cuda"], ["CUDA is not available", "--device=cpu"]))
@@ -652,3 +655,60 @@ def test_out_dir_that_is_a_file_and_broken_config_files_fail_before_any_work(tmp
     (tmp_path / "broken.py").write_text("lam = 0.5\nmax_iters = 10 *\n")
     assert_one_line_error(run_train([str(tmp_path / "broken.py")], check=False),
                           f"config file {tmp_path / 'broken.py'}:2: syntax error")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(0)\n")  # exited 0 with no word, and trained nothing
+    assert_one_line_error(run_train([str(tmp_path / "exits.py")], check=False),
+                          f"config file {tmp_path / 'exits.py'}:2: the file exits (sys.exit or SystemExit)")
+
+
+def test_a_dataset_rewritten_under_a_run_stops_it_and_a_resume_refuses_another_dataset(tiny_dataset, tmp_path,
+                                                                                        shared_data):
+    """The folder is rewritten (data.py's files of a longer text, same tokenizer) right after the first
+    checkpoint: the run stops at its next evaluation, before it checkpoints steps trained on two datasets."""
+    run_data, other, out = tmp_path / "data", tmp_path / "other", tmp_path / "out"
+    shutil.copytree(tiny_dataset, run_data)
+    text = (shared_data / "corpus" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[200_000:500_000]
+    (tmp_path / "more.txt").write_text(text, encoding="utf-8")
+    subprocess.run([sys.executable, str(REPO / "data.py"), "--input", str(tmp_path / "more.txt"), "--out_dir",
+                    str(other), "--tokenizer", str(tiny_dataset), "--doc_split", "blank_line", "--workers", "1"],
+                   check=True, capture_output=True)
+    rewrite = ("import shutil\nsave, saved = model.save_checkpoint, []\n"
+               "def save_then_rewrite(*a, **k):\n    save(*a, **k)\n    saved.append(1)\n    if len(saved) == 1:\n"
+               f"        for name in ('train.bin', 'train.idx', 'val.bin', 'meta.json'):\n"
+               f"            shutil.copy({str(other)!r} + '/' + name, {str(run_data)!r} + '/' + name)\n"
+               "model.save_checkpoint = save_then_rewrite")
+    args = [f"--data_dir={run_data}", f"--out_dir={out}", *SMALL, "--gradient_accumulation_steps=2",
+            "--max_iters=6", "--eval_interval=2"]
+    run = subprocess.run([sys.executable, "-c", train_driver(rewrite, args)], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert_one_line_error(run, f"data folder {run_data} changed during training (meta.json's contents, train.bin ",
+                          f"stopped before step 2 so as not to mix two datasets; the last checkpoint is {out / 'ckpt.pt'}")
+    ckpt = M.read_checkpoint(str(out / "ckpt.pt"))
+    assert ckpt["iter_num"] == 0 and ckpt["data"]["fingerprint"]["meta"] == data.load_meta(tiny_dataset)
+    run = run_train(args + ["--resume=True"], check=False)
+    assert_one_line_error(run, f"data folder {run_data} is not the dataset the checkpoint was trained on "
+                               "(meta.json's contents, train.bin ", "resume with the data it used")
+    shutil.rmtree(run_data)
+    shutil.copytree(tiny_dataset, run_data, copy_function=shutil.copy)  # the same data, written again
+    run = run_train(args + ["--resume=True"])
+    assert f"note: the files of data folder {run_data} were written again since the checkpoint" in run.stdout
+    assert [r["iter"] for r in read_metrics(out)] == [0, 2, 4, 6]
+
+
+def test_a_figure_that_cannot_be_written_only_warns_and_the_md_only_eval_line_keeps_its_train_label(tiny_dataset,
+                                                                                                   tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    full_disk = ("import errno, matplotlib.figure\n"
+                 "def savefig(self, path, **kw):\n    open(path, 'wb').write(b'half a picture')\n"
+                 "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+                 "matplotlib.figure.Figure.savefig = savefig")
+    args = [f"--data_dir={tiny_dataset}", f"--out_dir={out}", *SMALL, "--gradient_accumulation_steps=2",
+            "--max_iters=4", "--eval_interval=2", "--lam=0.0"]
+    run = subprocess.run([sys.executable, "-c", train_driver(full_disk, args)], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count(f"warning: could not write {out / 'curves.png'} (No space left on device); "
+                            "training goes on") == 3
+    assert sorted(os.listdir(out)) == ["ckpt.pt", "metrics.jsonl", "train.lock"]  # no half picture left
+    evals = [line for line in run.stdout.splitlines() if line.startswith("eval ")]
+    assert len(evals) == 3 and all(" | train md " in line for line in evals[1:]), evals
