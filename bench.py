@@ -10,6 +10,7 @@ measured together mean anything. docs/bench.md holds the figures.
     python bench.py gp        # gp_fit.py against scikit-learn on the same work
     python bench.py nanogpt ../shared/anchors/nanoGPT   # train.py against nanoGPT's train.py
     python bench.py data --data_dir data_novels_para   # the training loader against the one it replaced
+    python bench.py prepare    # data.py on a parquet file against the same documents as JSON lines
 
     python bench.py train --device cuda --size 125m --compile    # on a GPU: bf16 autocast, MFU
     python bench.py nanogpt PATH --device cuda --compile         # both trainers compiled, bf16
@@ -565,10 +566,79 @@ def bench_data(args):
         print(f"{'':>14} documents / fixed: {ratio:.2f}x windows/s")
 
 
+# -----------------------------------------------------------------------------
+# prepare: data.py on parquet against the same documents as JSON lines (issue 23)
+
+
+# Runs argv[1:] and prints its peak RSS (its own, and its waited-for children's, the largest). From a
+# small process: a child forked from this one (torch loaded) would report this one's RSS as its peak.
+PEAK_RSS_OF_CHILD = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(f"peak_rss_kb {usage.ru_maxrss}", flush=True)
+sys.exit(os.waitstatus_to_exitcode(status))"""
+
+
+def bench_prepare(args):
+    """data.py's tokens/s, wall time and peak RSS on one parquet file against the same documents as
+    JSON lines, each run in its own process; both must give the same train.bin."""
+    import json
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    work = args.work_dir or tempfile.mkdtemp(prefix="bench_prepare_")
+    os.makedirs(work, exist_ok=True)
+    paths = {"parquet": os.path.join(work, "docs.parquet"), "jsonl": os.path.join(work, "docs.jsonl")}
+    tokenizer = os.path.join(work, "tokenizer.json")
+    if not all(os.path.exists(p) for p in [*paths.values(), tokenizer]):
+        # documents of about 4 KB (paragraphs of the novels, as web pages are), every copy made distinct
+        novels = sorted(os.path.join(args.corpus, f) for f in os.listdir(args.corpus) if f.endswith(".txt"))
+        paragraphs = [p for f in novels for p in open(f, encoding="utf-8-sig").read().split("\n\n") if p.strip()]
+        docs, current = [], []
+        for p in paragraphs:
+            current.append(p)
+            if sum(map(len, current)) > 4000:
+                docs.append("\n\n".join(current))
+                current = []
+        texts = [f"({copy}) {d}" for copy in range(args.copies) for d in docs]
+        pq.write_table(pa.table({"text": texts}), paths["parquet"], row_group_size=args.row_group_rows,
+                       compression=args.compression)
+        with open(paths["jsonl"], "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+        data.train_bpe(texts[:2000], args.vocab_size).bpe.save(tokenizer)
+    sizes = {kind: os.path.getsize(p) / 1e6 for kind, p in paths.items()}
+    print(f"data.py on {sizes['parquet']:.0f} MB of parquet ({args.compression}, {args.row_group_rows} rows per row "
+          f"group) and the same documents as {sizes['jsonl']:.0f} MB of JSON lines ({args.copies} copies of the "
+          f"novels' paragraphs), {args.workers} workers, {args.rounds} round(s) in {work}")
+    print(f"{'input':>8} {'wall s':>8} {'tokens/s':>10} {'peak RSS MB':>12} {'output MB':>10}")
+    for _ in range(args.rounds):
+        for kind, path in paths.items():
+            out_dir = os.path.join(work, f"out_{kind}")
+            log = os.path.join(work, f"log_{kind}.txt")
+            t0 = time.perf_counter()
+            with open(log, "w") as f:
+                data_py = [sys.executable, os.path.join(REPO, "data.py")]
+                run = subprocess.run([sys.executable, "-c", PEAK_RSS_OF_CHILD, *data_py, "--input", path, "--out_dir", out_dir, "--tokenizer", tokenizer, "--workers",
+                                      str(args.workers)], stdout=f, stderr=subprocess.STDOUT)
+            wall = time.perf_counter() - t0
+            stdout = open(log).read()
+            if run.returncode != 0:
+                raise RuntimeError(f"data.py failed on {path}: {stdout.strip().splitlines()[-1]}")
+            peak_mb = int(re.search(r"peak_rss_kb (\d+)", stdout).group(1)) / 1024
+            rate = float(re.search(r"([\d,]+) tokens/s", stdout).group(1).replace(",", ""))
+            output = sum(os.path.getsize(os.path.join(out_dir, n)) for n in data.OUTPUTS) / 1e6
+            print(f"{kind:>8} {wall:>8.1f} {rate:>10,.0f} {peak_mb:>12.0f} {output:>10.0f}", flush=True)
+    same = all(open(os.path.join(work, "out_parquet", n), "rb").read() == open(os.path.join(work, "out_jsonl", n),
+               "rb").read() for n in ("train.bin", "val.bin", "train.idx"))
+    print(f"train.bin, val.bin, train.idx identical: {same}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{model,train,eval,sample,gp,nanogpt,data}",
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{model,train,eval,sample,gp,nanogpt,data,prepare}",
                                 parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
 
     def model_options(p):
@@ -631,12 +701,22 @@ def main(argv=None):
     p.add_argument("--repetitions", type=int, default=1, help="unique subset = train tokens / repetitions")
     p.add_argument("--batches", type=int, default=300, help="batches per loader and shape in each round")
     p.add_argument("--rounds", type=int, default=5, help="every loader runs once per round, in its own process")
+    p = sub.add_parser("prepare", help="data.py on parquet against the same documents as JSON lines: tokens/s, "
+                       "wall time, peak RSS")
+    p.add_argument("--corpus", default=os.path.join(SHARED_DATA, "corpus", "english_novels"))
+    p.add_argument("--copies", type=int, default=4, help="copies of the corpus (4: a 218 MB parquet file)")
+    p.add_argument("--compression", default="none", help="parquet compression (none, snappy, zstd)")
+    p.add_argument("--row_group_rows", type=int, default=10_000, help="documents per parquet row group")
+    p.add_argument("--vocab_size", type=int, default=8192, help="of the BPE trained on the first 2,000 documents")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--work_dir", help="where the inputs and outputs go (kept and reused; default: a new temp dir)")
     args = parser.parse_args(argv)
 
     if getattr(args, "threads", 0) and args.command in ("eval", "sample"):
         torch.set_num_threads(args.threads)
     {"model": bench_model, "train": bench_train, "eval": bench_eval, "sample": bench_sample, "gp": bench_gp,
-     "nanogpt": bench_nanogpt, "data": bench_data}[args.command](args)
+     "nanogpt": bench_nanogpt, "data": bench_data, "prepare": bench_prepare}[args.command](args)
 
 
 if __name__ == "__main__":
