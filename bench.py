@@ -619,8 +619,9 @@ def bench_prepare(args):
             t0 = time.perf_counter()
             with open(log, "w") as f:
                 data_py = [sys.executable, os.path.join(REPO, "data.py")]
-                run = subprocess.run([sys.executable, "-c", PEAK_RSS_OF_CHILD, *data_py, "--input", path, "--out_dir", out_dir, "--tokenizer", tokenizer, "--workers",
-                                      str(args.workers)], stdout=f, stderr=subprocess.STDOUT)
+                run = subprocess.run([sys.executable, "-c", PEAK_RSS_OF_CHILD, *data_py, "--input", path, "--out_dir",
+                                      out_dir, "--tokenizer", tokenizer, "--workers", str(args.workers)],
+                                     stdout=f, stderr=subprocess.STDOUT)
             wall = time.perf_counter() - t0
             stdout = open(log).read()
             if run.returncode != 0:
