@@ -167,7 +167,8 @@ def run_config_file(path, namespace):
     except (Exception, SystemExit) as e:  # SystemExit too: sys.exit() in a config would end train.py silently
         line = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path][-1]
         if isinstance(e, SystemExit):
-            message = "the file exits (sys.exit or SystemExit), so no run would start; a config file only assigns settings"
+            message = ("the file exits (sys.exit or SystemExit), so no run would start; "
+                       "a config file only assigns settings")
         else:
             message = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
         raise ConfigFileError(f"config file {path}:{line}: {message}") from None

@@ -112,16 +112,18 @@ def log_marginal_likelihood(theta, X, y, nu, alpha=ALPHA, gradient=False):
     return lml, grad
 
 
-def cholesky_with_jitter(A):
-    """Lower Cholesky factor of a symmetric PSD matrix, adding to its diagonal the smallest jitter
-    from 0, 1e-12, 1e-11, ..., 1e-6 (times its mean diagonal) that makes it work. Returns (L, jitter)."""
-    scale = np.mean(np.diag(A))
-    for jitter in [0.0] + [scale * 10.0**k for k in range(-12, -5)]:
+def cholesky_with_jitter(A, scale):
+    """Lower Cholesky factor of a symmetric PSD matrix A, and the jitter added to its diagonal: 0, or
+    the smallest of scale x 1e-15, 1e-14, ..., 1 that makes the factorisation work (grown tenfold at a
+    time, as GPyTorch's psd_safe_cholesky does). scale is the prior variance: a posterior covariance is
+    the prior minus what the runs explain, so its rounding errors are relative to the prior, and a
+    smooth, noise-free grid leaves posterior variances far below them. Returns (L, jitter)."""
+    for jitter in [0.0] + [scale * 10.0**k for k in range(-15, 1)]:
         try:
             return cholesky(A + jitter * np.eye(len(A)), lower=True, check_finite=False), jitter
         except LinAlgError:
             pass
-    raise ValueError("covariance is not positive definite even with jitter 1e-6 x its mean diagonal; "
+    raise ValueError("covariance is not positive definite even with jitter equal to the prior variance; "
                      "the fit is degenerate, check the runs for errors")
 
 
@@ -150,7 +152,7 @@ class GPFit:
         self.constant, self.noise = np.exp(self.theta[0]), np.exp(self.theta[3])
         self.length_scale = np.exp(self.theta[1:3])
         K = self.kernel(self.X, self.X) + (self.noise + alpha) * np.eye(len(self.X))
-        self.L, self.jitter = cholesky_with_jitter(K)  # jitter is 0 unless theta is degenerate
+        self.L, self.jitter = cholesky_with_jitter(K, self.constant)  # jitter is 0 unless theta is degenerate
         self.weights = cho_solve((self.L, True), self.y)
         self.log_marginal_likelihood = (-0.5 * self.y @ self.weights - np.log(np.diag(self.L)).sum()
                                         - 0.5 * len(self.y) * math.log(2 * math.pi))
@@ -197,7 +199,7 @@ class GPFit:
         diagonal (in normalised units; 0.0 when none was needed). We sample the function, not noisy
         runs: the optimum of the expected score is what we are after."""
         mean, cov = self.posterior(X)
-        L, jitter = cholesky_with_jitter(cov)
+        L, jitter = cholesky_with_jitter(cov, self.constant)
         samples = rng.standard_normal((n, len(mean))) @ (self.y_std * L.T)
         samples += self.y_mean + self.y_std * mean
         return samples, jitter
@@ -459,13 +461,26 @@ def analyse(runs, out_dir, nu=2.5, samples=10000, seed=0, restarts=10, at=(), gr
     if bad:  # never written: Infinity and NaN are not JSON, and they would be garbage anyway
         raise ValueError(f"the fit is not finite ({bad}); {rescale_hint(fit)}")
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "fit.json")
-    with open(path + ".tmp", "w") as f:  # atomically: a fit.json that exists is complete
-        json.dump(result, f, indent=1, allow_nan=False)
-    os.replace(path + ".tmp", path)
+    write_atomically(os.path.join(out_dir, "fit.json"),
+                     lambda f: json.dump(result, f, indent=1, allow_nan=False))
     print_summary(result)
     plot_figure(fit, runs, levels, figure or os.path.join(out_dir, "gp_fit.png"), lower_is_better)
     return result
+
+
+def write_atomically(path, write, mode="w"):
+    """write(f) into a temporary file beside path, then rename it to path: a file that exists is complete.
+    A failed write (a full disk) leaves no temporary behind and is an OSError that names path."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, mode, **({"newline": ""} if mode == "w" else {})) as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(f"could not write {path} ({e.strerror or e})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def rescale_hint(fit):
@@ -564,8 +579,11 @@ def plot_figure(fit, runs, levels, path, lower_is_better=False):
     bottom.set_xticks(ticks, [f"{2.0 ** t:g}" for t in ticks])
     bottom.set_xlabel("data repetitions r (log scale)")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    image_format = os.path.splitext(path)[1][1:] or "png"  # from the extension, as savefig(path) chooses it
+    try:
+        write_atomically(path, lambda f: fig.savefig(f, dpi=90, format=image_format), "wb")
+    finally:
+        plt.close(fig)
     print(f"wrote {path}")
 
 
@@ -575,7 +593,8 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
 
 def main(argv=None):
-    parser = OneLineArgumentParser(description="Gaussian-process analysis of a λ x repetitions sweep (§5.2, Figure 4)")
+    parser = OneLineArgumentParser(allow_abbrev=False,
+                                   description="Gaussian-process analysis of a λ x repetitions sweep (§5.2, Figure 4)")
     parser.add_argument("csv", nargs="*", help="CSV files: columns repetitions, lambda, score [, overfit]; a row per model")
     parser.add_argument("--results", nargs="+", default=[], metavar="FILE", help="eval.py result JSON files")
     parser.add_argument("--score", default=None, help="score column (default: score for CSV, causal for --results)")
@@ -598,10 +617,9 @@ def main(argv=None):
             raise ValueError("--synthetic replaces the input files; give one or the other")
         runs = synthetic_runs(seed=args.seed)
         os.makedirs(args.out_dir, exist_ok=True)
-        with open(os.path.join(args.out_dir, "synthetic_runs.csv"), "w", newline="") as f:  # to rerun from a table
-            writer = csv.writer(f)
-            writer.writerow(["repetitions", "lambda", "score", "overfit"])
-            writer.writerows(zip(runs["repetitions"], runs["lambda"], runs["score"], runs["overfit"]))
+        columns = ("repetitions", "lambda", "score", "overfit")
+        rows = [columns, *zip(*(runs[c] for c in columns))]  # the sweep as a table, to refit it from one
+        write_atomically(os.path.join(args.out_dir, "synthetic_runs.csv"), lambda f: csv.writer(f).writerows(rows))
     else:
         runs = read_runs(args.csv, args.results, args.score)
     analyse(runs, args.out_dir, nu=args.nu, samples=args.samples, seed=args.seed, restarts=args.restarts,

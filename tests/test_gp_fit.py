@@ -190,16 +190,22 @@ def test_cholesky_with_jitter():
     rng = np.random.default_rng(0)
     A = rng.normal(size=(5, 5))
     A = A @ A.T + np.eye(5)
-    L, jitter = cholesky_with_jitter(A)
+    L, jitter = cholesky_with_jitter(A, 1.0)
     assert jitter == 0.0
     np.testing.assert_allclose(L @ L.T, A)
     v = rng.normal(size=6)
     singular = np.outer(v, v)  # rank one: needs jitter
-    L, jitter = cholesky_with_jitter(singular)
+    L, jitter = cholesky_with_jitter(singular, 1.0)
     assert jitter > 0
     np.testing.assert_allclose(L @ L.T, singular + jitter * np.eye(6), atol=1e-12)
-    with pytest.raises(ValueError, match="not positive definite"):
-        cholesky_with_jitter(-np.eye(3))
+    # an eigenvalue of -2e-9 (rounding, relative to a prior variance of 10) beside posterior variances of 1e-6:
+    # the jitter is relative to the prior and grows until the factorisation works
+    Q = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    posterior = Q @ np.diag([-2e-9, 1e-6, 1e-6, 1e-6, 1e-6, 1e-6]) @ Q.T
+    L, jitter = cholesky_with_jitter(posterior, 10.0)
+    assert jitter == pytest.approx(10.0 * 1e-9)
+    with pytest.raises(ValueError, match="not positive definite even with jitter equal to the prior variance"):
+        cholesky_with_jitter(-np.eye(3), 1.0)
 
 
 def test_sample_posterior_has_the_posterior_mean_and_covariance():
@@ -322,13 +328,25 @@ def test_reads_the_result_file_eval_py_writes(tmp_path, tiny_checkpoint, shared_
         read_runs(results_paths=[str(path)])
 
 
-def test_jitter_is_reported(tmp_path, monkeypatch, capsys):
-    """Jitter is never needed on these data; pretend it was, and it must reach the output and fit.json."""
-    real = gp_fit.cholesky_with_jitter
-    monkeypatch.setattr(gp_fit, "cholesky_with_jitter", lambda A: (real(A)[0], 1e-9))
-    result = analyse(synthetic_runs(n=20, seed=1), tmp_path, samples=50, restarts=0)
-    assert "needed jitter 1e-09" in capsys.readouterr().out
-    assert result["jitter"] == 1e-9 and all(level["jitter"] == 1e-9 for level in result["optimal_lambda"])
+@pytest.mark.filterwarnings("ignore:The optimal value found")  # the noise goes to its lower bound, on both sides
+def test_a_noise_free_grid_is_fitted_as_scikit_learn_fits_it_and_the_jitter_is_reported(tmp_path, capsys):
+    """A smooth, noise-free 4 x 5 grid (issue 20): the posterior covariance on the λ grid has tiny
+    variances and rounding errors below zero, relative to the prior; sampling it needs jitter."""
+    R, L = (a.ravel() for a in np.meshgrid([1.0, 4.0, 16.0, 64.0], np.linspace(0, 1, 5), indexing="ij"))
+    y = np.sin(np.log2(R)) + L**2  # the best λ is 1 at every r
+    fit = fit_gp(np.column_stack([R, L]), y, restarts=0)
+    reference = sklearn_gpr(START, 2.5, optimizer="fmin_l_bfgs_b").fit(fit.X, y)
+    assert fit.log_marginal_likelihood >= reference.log_marginal_likelihood_value_ - 1e-3
+    grid = np.column_stack([np.full(101, 16.0), np.linspace(0, 1, 101)])
+    samples, jitter = fit.sample_posterior(grid, 4000, np.random.default_rng(0))
+    assert jitter > 0
+    at_fit = sklearn_gpr(fit.theta, 2.5).fit(fit.X, y)
+    mean, std = at_fit.predict(fit.standardise(grid), return_std=True)
+    assert np.all(np.abs(samples.mean(0) - mean) < 5 * std / np.sqrt(4000))
+    result = analyse({"repetitions": R, "lambda": L, "score": y}, tmp_path, samples=500, restarts=0)
+    assert f"needed jitter {jitter:.2g} on its diagonal" in capsys.readouterr().out
+    assert json.loads((tmp_path / "fit.json").read_text())["optimal_lambda"][2]["jitter"] == jitter
+    assert [level["mean"] for level in result["optimal_lambda"]] == [1.0] * 4
 
 
 def test_analysis_is_deterministic_and_works_without_matplotlib(tmp_path, monkeypatch, capsys):
@@ -399,7 +417,8 @@ BAD_CSV = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_CSV) + ["missing file", "bad nu", "bad at", "bad flag", "bad json"])
+@pytest.mark.parametrize("case", list(BAD_CSV) + ["missing file", "bad nu", "bad at", "bad flag", "bad json",
+                                  "abbreviated flag"])
 def test_bad_input_is_a_one_line_error(tmp_path, case):
     good = "repetitions,lambda,score\n1,0.5,3\n2,1,4\n4,0,5\n8,0.25,2\n16,0.75,1\n"
     args, expected = [write(tmp_path / "runs.csv", good)], None
@@ -412,6 +431,8 @@ def test_bad_input_is_a_one_line_error(tmp_path, case):
         args, expected = args + ["--nu", "2"], "nu must be one of 0.5, 1.5, 2.5"
     elif case == "bad flag":
         args, expected = args + ["--samples", "many"], "argument --samples: invalid int value"
+    elif case == "abbreviated flag":  # argparse would take it for --lower_is_better
+        args, expected = args + ["--lower"], "unrecognized arguments: --lower"
     elif case == "bad at":
         args, expected = args + ["--at", "0"], "repetition levels must be positive"
     elif case == "bad json":
@@ -439,3 +460,28 @@ def test_a_fit_that_is_not_finite_is_never_written(tmp_path, monkeypatch):
     monkeypatch.undo()
     analyse(runs, tmp_path, samples=50, restarts=0)
     json.loads((tmp_path / "fit.json").read_text(), parse_constant=lambda c: pytest.fail(f"fit.json holds {c}"))
+
+
+def test_a_failed_write_names_the_file_and_leaves_no_temporary(tmp_path):
+    """A write that fails as on a full disk (here a file size limit: EFBIG where a full disk gives ENOSPC)."""
+    pytest.importorskip("matplotlib")
+    import resource
+    import signal
+    runs = synthetic_runs(n=20, seed=1)
+    lines = ["repetitions,lambda,score"] + [f"{r},{lam},{s}" for r, lam, s in zip(*list(runs.values())[:3])]
+    csv_path = write(tmp_path / "runs.csv", "\n".join(lines) + "\n")
+
+    def run_with_file_limit(limit, out_dir):
+        def limit_files():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails instead of killing
+        return subprocess.run([sys.executable, str(REPO / "gp_fit.py"), str(csv_path), "--out_dir", str(out_dir),
+                               "--samples", "10", "--restarts", "0", "--grid", "11"], capture_output=True,
+                              text=True, env=ONE_THREAD, preexec_fn=limit_files)
+
+    for limit, name, kept in ((1_000, "fit.json", []), (20_000, "gp_fit.png", ["fit.json"])):
+        out_dir = tmp_path / name
+        run = run_with_file_limit(limit, out_dir)
+        assert run.returncode != 0 and "Traceback" not in run.stderr
+        assert run.stderr == f"gp_fit.py: error: could not write {out_dir / name} (File too large)\n"
+        assert sorted(os.listdir(out_dir)) == kept  # no temporary file
