@@ -123,21 +123,6 @@ def dense_mask(rule, B, T, device):
     return rule(b, None, q, k).expand(B, 1, T, T)
 
 
-_compiled_flex = None
-
-
-def flex(q, k, v, block_mask):
-    # flex attention only becomes a fused kernel under torch.compile. Inside a compiled model dynamo
-    # fuses it by itself; called eagerly on CUDA it is compiled on its own, once, lazily. On CPU (tests)
-    # the eager version computes the same function, slowly.
-    global _compiled_flex
-    if torch.compiler.is_compiling() or not q.is_cuda:
-        return flex_attention(q, k, v, block_mask=block_mask)
-    if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
-    return _compiled_flex(q, k, v, block_mask=block_mask)
-
-
 # -----------------------------------------------------------------------------
 # Building blocks. Plain formulas under autograd, eager and compiled alike: the code read here is the
 # code every run executes. (Hand-written backwards for RoPE, RMSNorm, SwiGLU and the loss saved about
@@ -190,8 +175,8 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.append(layer, k, v)
         kind, mask = attn
-        if kind == "flex":
-            y = flex(q, k, v, mask)
+        if kind == "flex":  # a fused kernel inside a compiled model (train.py on CUDA); eager, a slow reference
+            y = flex_attention(q, k, v, block_mask=mask)
         elif kind == "dense":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:  # "causal" or "full": no mask tensor needed, SDPA picks its fastest kernel
