@@ -312,11 +312,56 @@ def dataset_changes(old, new, times=True):
     return changes
 
 
+def resumable_checkpoint(ckpt_path, meta, tokenizer, fingerprint, config, log):
+    """The checkpoint to resume, once it is known to continue this run: written by train.py, on the
+    same dataset, with the same model and optimizer. Returns it and its segments, extended by one if
+    settings changed."""
+    if not os.path.isfile(ckpt_path):
+        raise ValueError(f"resume=True but there is no checkpoint at {ckpt_path}; run without --resume=True")
+    ckpt = modeling.read_checkpoint(ckpt_path)
+    missing = [k for k in ("optimizer", "config", "iter_num", "tokens_seen", "history", "tokenizer") if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {ckpt_path} lacks {', '.join(missing)}, so it cannot resume a run (it was "
+                         f"not written by train.py); start a fresh run in another out_dir")
+    if ckpt["model_config"]["vocab_size"] != meta["vocab_size"]:
+        raise ValueError(f"data folder {data_dir} has vocabulary size {meta['vocab_size']} but the checkpoint "
+                         f"was trained with {ckpt['model_config']['vocab_size']}; resume with the data it used")
+    if not data.same_tokenizer(ckpt["tokenizer"], tokenizer.to_spec()):
+        raise ValueError(f"the tokenizer of data folder {data_dir} differs from the one the checkpoint was "
+                         f"trained with (same vocabulary size, other tokens); resume with the data it used")
+    recorded = ckpt.get("data", {}).get("fingerprint")  # absent in checkpoints from before it was recorded
+    changes = dataset_changes(recorded, fingerprint, times=False) if recorded else []
+    if changes:
+        raise ValueError(f"data folder {data_dir} is not the dataset the checkpoint was trained on "
+                         f"({', '.join(changes)}); resume with the data it used")
+    if recorded and dataset_changes(recorded, fingerprint):
+        log(f"note: the files of data folder {data_dir} were written again since the checkpoint, with the same "
+            f"description and sizes: taken to be the same dataset")
+    for key in MODEL_KEYS + ("optimizer",):
+        if ckpt["config"].get(key) != config[key]:
+            raise ValueError(f"{key}={config[key]} differs from the checkpoint's {ckpt['config'].get(key)}; "
+                             f"resume with the configuration the run started with")
+    old_config = ckpt["config"]
+    changed = changed_settings(old_config, config)
+    if changed:  # allowed (e.g. a longer max_iters), but the run is then not the one that was started
+        log("note: resuming with changed settings: " + ", ".join(f"{k} {old_config[k]!r} -> {config[k]!r}"
+                                                                 for k in changed))
+    # a checkpoint from before segments were recorded: one segment, whatever happened in it
+    segments = ckpt.get("segments") or [{"from_iter": 0, "to_iter": ckpt["iter_num"], "settings": {}}]
+    return ckpt, next_segments(segments, old_config, config, ckpt["iter_num"])
+
+
+def changed_settings(old_config, config):
+    """The settings of config that differ from old_config's (resume and overwrite say how a run started,
+    not how it trains)."""
+    return [k for k in config if k in old_config and old_config[k] != config[k] and k not in ("resume", "overwrite")]
+
+
 def next_segments(segments, old_config, config, iter_num):
     """The checkpoint's record of how its model was trained: one segment per stretch of steps
     [from_iter, to_iter) run with the same settings. Each segment lists the settings that differ
     between segments, so a resume with lam 0.5 -> 1.0 shows exactly how many steps ran at each."""
-    changed = [k for k in config if k in old_config and old_config[k] != config[k] and k not in ("resume", "overwrite")]
+    changed = changed_settings(old_config, config)
     if not changed:
         return segments
     for segment in segments:  # a newly changed setting held its old value in every earlier segment
@@ -324,6 +369,30 @@ def next_segments(segments, old_config, config, iter_num):
             segment["settings"].setdefault(k, old_config[k])
     keys = segments[-1]["settings"]
     return segments + [{"from_iter": iter_num, "to_iter": iter_num, "settings": {k: config[k] for k in keys}}]
+
+
+def start_metrics(metrics_path, ckpt_path, iter_num):
+    """A fresh run starts a fresh log (and, with overwrite=True, drops the old checkpoint); a resumed
+    run drops what was logged after its checkpoint, at iter_num."""
+    if not resume:
+        for path in (metrics_path, ckpt_path):
+            if os.path.exists(path):
+                os.remove(path)
+        return
+    if not os.path.exists(metrics_path):
+        return
+
+    def logged_before_checkpoint(line):
+        try:
+            return json.loads(line)["iter"] <= iter_num
+        except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+            return False
+    with open(metrics_path) as f:
+        kept = [line for line in f if logged_before_checkpoint(line)]
+    with stop_if_write_fails(metrics_path, ckpt_path):  # rewritten atomically: the log is never lost
+        with open(metrics_path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(metrics_path + ".tmp", metrics_path)
 
 
 def main(argv):
@@ -397,42 +466,9 @@ def main(argv):
         f"= {epochs:.2f} epochs; {len(val_x)} validation windows")
 
     # --- model and optimizer -----------------------------------------------------------------
-    ckpt = None
-    segments = [{"from_iter": 0, "to_iter": 0, "settings": {}}]
+    ckpt, segments = None, [{"from_iter": 0, "to_iter": 0, "settings": {}}]
     if resume:
-        if not os.path.isfile(ckpt_path):
-            raise ValueError(f"resume=True but there is no checkpoint at {ckpt_path}; run without --resume=True")
-        ckpt = modeling.read_checkpoint(ckpt_path)
-        missing = [k for k in ("optimizer", "config", "iter_num", "tokens_seen", "history", "tokenizer")
-                   if k not in ckpt]
-        if missing:
-            raise ValueError(f"checkpoint {ckpt_path} lacks {', '.join(missing)}, so it cannot resume a run (it was "
-                             f"not written by train.py); start a fresh run in another out_dir")
-        if ckpt["model_config"]["vocab_size"] != meta["vocab_size"]:
-            raise ValueError(f"data folder {data_dir} has vocabulary size {meta['vocab_size']} but the checkpoint "
-                             f"was trained with {ckpt['model_config']['vocab_size']}; resume with the data it used")
-        if not data.same_tokenizer(ckpt["tokenizer"], tokenizer.to_spec()):
-            raise ValueError(f"the tokenizer of data folder {data_dir} differs from the one the checkpoint was "
-                             f"trained with (same vocabulary size, other tokens); resume with the data it used")
-        recorded = ckpt.get("data", {}).get("fingerprint")  # absent in checkpoints from before it was recorded
-        changes = dataset_changes(recorded, fingerprint, times=False) if recorded else []
-        if changes:
-            raise ValueError(f"data folder {data_dir} is not the dataset the checkpoint was trained on "
-                             f"({', '.join(changes)}); resume with the data it used")
-        if recorded and dataset_changes(recorded, fingerprint):
-            log(f"note: the files of data folder {data_dir} were written again since the checkpoint, with the same "
-                f"description and sizes: taken to be the same dataset")
-        for key in MODEL_KEYS + ("optimizer",):
-            if ckpt["config"].get(key) != config[key]:
-                raise ValueError(f"{key}={config[key]} differs from the checkpoint's {ckpt['config'].get(key)}; "
-                                 f"resume with the configuration the run started with")
-        changed = [f"{k} {ckpt['config'][k]!r} -> {config[k]!r}" for k in config
-                   if k in ckpt["config"] and ckpt["config"][k] != config[k] and k not in ("resume", "overwrite")]
-        if changed:  # allowed (e.g. a longer max_iters), but the run is then not the one that was started
-            log(f"note: resuming with changed settings: {', '.join(changed)}")
-        # a checkpoint from before segments were recorded: one segment, whatever happened in it
-        segments = ckpt.get("segments") or [{"from_iter": 0, "to_iter": ckpt["iter_num"], "settings": {}}]
-        segments = next_segments(segments, ckpt["config"], config, ckpt["iter_num"])
+        ckpt, segments = resumable_checkpoint(ckpt_path, meta, tokenizer, fingerprint, config, log)
     model_config = modeling.ModelConfig(
         vocab_size=meta["vocab_size"], block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
         intermediate_size=intermediate_size, rope_theta=rope_theta, tie_embeddings=tie_embeddings,
@@ -459,22 +495,7 @@ def main(argv):
     # --- metrics -----------------------------------------------------------------------------
     metrics_path = os.path.join(out_dir, "metrics.jsonl")
     if master:
-        if not resume:  # a fresh run starts a fresh log (and, with overwrite=True, drops the old checkpoint)
-            for path in (metrics_path, ckpt_path):
-                if os.path.exists(path):
-                    os.remove(path)
-        elif os.path.exists(metrics_path):  # resuming: drop what was logged after the checkpoint
-            def logged_before_checkpoint(line):
-                try:
-                    return json.loads(line)["iter"] <= iter_num
-                except (ValueError, KeyError, TypeError):  # a line cut short by the kill
-                    return False
-            with open(metrics_path) as f:
-                kept = [line for line in f if logged_before_checkpoint(line)]
-            with stop_if_write_fails(metrics_path, ckpt_path):  # rewritten atomically: the log is never lost
-                with open(metrics_path + ".tmp", "w") as f:
-                    f.writelines(kept)
-                os.replace(metrics_path + ".tmp", metrics_path)
+        start_metrics(metrics_path, ckpt_path, iter_num)
     curves_path = os.path.join(out_dir, "curves.png")
     draw_curves = master
     if master:
