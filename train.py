@@ -277,12 +277,17 @@ def stop_if_write_fails(path, ckpt_path):
         raise OSError(f"could not write {path} ({e.strerror or e}); {kept}") from None
 
 
-DATA_FILES = ("meta.json", "train.bin", "train.idx", "val.bin")
+DATA_FILES = ("train.bin", "train.idx", "val.bin")
 
 
 def dataset_fingerprint(data_dir):
     """What identifies a prepared dataset: meta.json's contents, and the size and modification time of
-    each of its files (None for a file that is missing). A few stat calls: cheap at every evaluation."""
+    each token file (None for a file that is missing). Cheap enough for every evaluation."""
+    try:
+        with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):  # missing, or caught half-written
+        meta = None
     files = {}
     for name in DATA_FILES:
         try:
@@ -290,11 +295,6 @@ def dataset_fingerprint(data_dir):
             files[name] = [st.st_size, st.st_mtime_ns]
         except OSError:
             files[name] = None
-    try:
-        with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError):  # missing, or caught half-written
-        meta = None
     return {"meta": meta, "files": files}
 
 
@@ -302,9 +302,9 @@ def dataset_changes(old, new, times=True):
     """What differs between two fingerprints, in words ([] if nothing). times=False compares contents
     only (meta.json and the sizes): a dataset copied or prepared again from the same corpus is the same."""
     changes = ["meta.json's contents"] if old["meta"] != new["meta"] else []
-    for name in DATA_FILES[1:]:
+    for name in DATA_FILES:
         a, b = old["files"].get(name), new["files"].get(name)
-        if a != b and (b is None or a is None or a[0] != b[0]):
+        if a != b and (a is None or b is None or a[0] != b[0]):
             changes.append(f"{name} " + ("missing" if b is None else "created" if a is None else
                                          f"{a[0]:,} -> {b[0]:,} bytes"))
         elif a != b and times:
