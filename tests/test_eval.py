@@ -11,7 +11,9 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -399,6 +401,58 @@ def test_interrupted_eval_keeps_finished_pairs_and_a_rerun_reuses_them(tiny, tok
     assert "differs in: checkpoint weights" in capsys.readouterr().out
 
 
+def test_results_of_other_tasks_and_modes_are_kept_and_changed_items_are_scored_again(tiny, tok, shared_data, tmp_path,
+                                                                                      capsys):
+    """Issue 20: a rerun with another subset of (task, mode) pairs keeps the pairs it does not run, and a
+    task whose items changed (its file cut from 4 items to 2) is scored again, saying what it replaces."""
+    out, task_file = tmp_path / "e.json", tmp_path / "csqa.jsonl"
+    lines = (shared_data / "csqa" / "dev_rand_split.jsonl").read_text(encoding="utf-8").splitlines()
+    task_file.write_text("\n".join(lines[:4]) + "\n", encoding="utf-8")
+    files = dict(task_files={"csqa": str(task_file)}, data_dir=str(shared_data), limit=3, progress=False)
+    ev.evaluate(tiny, tok, "piqa", "causal,causal", out=str(out), **files)  # a mode named twice runs once
+    first = json.loads(out.read_text())
+    assert first["settings"]["modes"] == ["causal"] and ev.format_table(first).splitlines()[0].count("causal") == 1
+    capsys.readouterr()
+    ev.evaluate(tiny, tok, "csqa", ("causal", "prefix"), out=str(out), **files)
+    merged = json.loads(out.read_text())
+    assert merged["tasks"]["piqa"] == first["tasks"]["piqa"] and list(merged["tasks"]["csqa"]) == ["causal", "prefix"]
+    assert merged["average"]["causal"] == pytest.approx(np.mean([merged["tasks"][t]["causal"]["normalized"]
+                                                                  for t in ("piqa", "csqa")]))
+    assert f"eval.py: keeping in {out} (same checkpoint and settings): piqa causal" in capsys.readouterr().out
+    ev.evaluate(tiny, tok, "csqa", ("causal",), out=str(out), **files)  # nothing to score
+    assert json.loads(out.read_text())["tasks"] == merged["tasks"]
+    said = capsys.readouterr().out
+    assert f"reusing from {out} (same checkpoint and settings): csqa causal\n" in said
+    assert "keeping in" in said and "piqa causal, csqa prefix" in said
+    task_file.write_text("\n".join(lines[:2]) + "\n", encoding="utf-8")  # the file was cut: another result
+    ev.evaluate(tiny, tok, "csqa", ("causal",), out=str(out), **files)
+    said = capsys.readouterr().out
+    assert f"eval.py: {out} scored csqa on other items (another task file, --limit, ...); replacing csqa causal, " \
+           f"csqa prefix" in said
+    final = json.loads(out.read_text())
+    assert final["tasks"]["csqa"]["causal"]["n_items"] == 2 and "prefix" not in final["tasks"]["csqa"]
+    assert final["tasks"]["piqa"] == first["tasks"]["piqa"]
+    ev.evaluate(tiny, tok, "csqa", ("causal",), out=str(out), **dict(files, seed=1))  # other settings: all replaced
+    assert "(differs in: seed); replacing piqa causal, csqa causal" in capsys.readouterr().out
+    assert list(json.loads(out.read_text())["tasks"]) == ["csqa"]
+
+
+def test_a_full_disk_names_the_path_and_leaves_no_temporary_file(tiny, tok, shared_data, tmp_path, monkeypatch):
+    tasks = {"piqa": load_items(shared_data, "piqa", 2)}
+    with pytest.raises(OSError, match="cannot write --dump /dev/full .No space left on device."):
+        ev.evaluate(tiny, tok, tasks, ("causal",), dump="/dev/full", progress=False)
+    out = tmp_path / "e.json"
+
+    def full_disk(obj, f, **kwargs):
+        f.write("{")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ev.json, "dump", full_disk)
+    with pytest.raises(OSError, match=f"cannot write --out {re.escape(str(out))} .No space left on device."):
+        ev.evaluate(tiny, tok, tasks, ("causal",), out=str(out), progress=False)
+    assert os.listdir(tmp_path) == []
+
+
 def test_whole_run_progress(tiny, tok, shared_data, capsys):
     """Every pass's progress line ends with the whole run's share of work and ETA, and each pair's
     result line with the share done so far: rising, 100% at the end."""
@@ -621,11 +675,13 @@ def test_items_without_two_different_choices_are_refused(tmp_path):
         "csqa": (qa_line("A", ["here"]), "1 choice(s); an item needs at least two different choices"),
         "obqa": (qa_line("AAAA", ["here", "there", "near", "far"]), "the choice labels ['A', 'A', 'A', 'A'] repeat"),
         "arc_easy": (qa_line("ABC", ["here", "here", "here"]), "3 choice(s), all the same text"),
+        # issue 20: with --per_char_space off it would score -inf
+        "arc_challenge": (qa_line("ABC", ["here", "", "there"]), "choice 1 has empty text"),
     }
     for task, (line, message) in cases.items():
         path = tmp_path / f"{task}.jsonl"
         path.write_text(f"{good}\n\n{line}\n", encoding="utf-8")
-        with pytest.raises(ValueError, match=re.escape(f"{path}:3: {message}")):
+        with pytest.raises(ValueError, match=re.escape(f"{task}: {path}:3: {message}")):
             ev.load_task(task, path=str(path))
     (tmp_path / "valid.jsonl").write_text('{"goal": "g", "sol1": "a", "sol2": "a"}\n', encoding="utf-8")
     (tmp_path / "valid-labels.lst").write_text("0\n", encoding="utf-8")
@@ -649,8 +705,11 @@ def test_items_without_two_different_choices_are_refused(tmp_path):
 # Command line
 
 def start_cli(*args):
+    # a shell's background job (`pytest ... &`) ignores SIGINT, and so would eval.py: give it the default
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
     return subprocess.Popen([sys.executable, str(REPO / "eval.py"), *map(str, args)], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            preexec_fn=restore)
 
 
 def test_cli(tiny_checkpoint, shared_data, tmp_path):
@@ -701,3 +760,64 @@ def test_cli(tiny_checkpoint, shared_data, tmp_path):
         assert proc.returncode != 0, expected
         assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
         assert stderr.startswith("eval.py: error: ") and expected in stderr, stderr
+
+
+def test_cli_never_writes_over_an_input_or_a_foreign_file(tiny_checkpoint, shared_data, tmp_path):
+    """Issue 20: each case is a one-line error (main's ValueError, which the command line prints as
+    "eval.py: error: ..."), and every file stays as it was. In-process: a process each would cost seconds."""
+    ok = ["--ckpt", tiny_checkpoint, "--data_dir", shared_data, "--tasks", "csqa", "--modes", "causal,prefix"]
+    # inputs and foreign files that a bad --out or --dump must leave as they are (issue 20)
+    ckpt, task = tmp_path / "ckpt.pt", tmp_path / "arc.jsonl"
+    shutil.copy(tiny_checkpoint, ckpt)
+    shutil.copy(shared_data / "arc" / "ARC-Easy-Test.jsonl", task)
+    notes, dump_like = tmp_path / "notes.json", tmp_path / "notes.jsonl"
+    notes.write_text('{"my": "notes"}')
+    dump_like.write_text('{"task": "csqa"}\n')
+    edited = {name: tmp_path / f"{name}.json" for name in ("missing", "string", "list", "text")}
+    entry = {"accuracy": 25.0, "normalized": 0.0}
+    for name, tasks in (("missing", {"csqa": {"causal": {"accuracy": 25.0}}}), ("string", {"csqa": {"causal": "x"}}),
+                        ("list", []), ("text", {"csqa": {"causal": dict(entry, accuracy="99")}})):
+        edited[name].write_text(json.dumps({"fingerprint": "f", "settings": {}, "tasks": tasks}))
+    untouched = {path: path.read_bytes() for path in [ckpt, task, notes, dump_like, *edited.values()]}
+    ok_copy = ["--ckpt", ckpt, "--data_dir", shared_data, "--tasks", "arc_easy", "--task_file", f"arc_easy={task}"]
+    (tmp_path / "piqa_alone.jsonl").write_text('{"goal": "g", "sol1": "a", "sol2": "b"}\n')
+    cases = {
+        f"--out {ckpt} is the --ckpt input": ok_copy + ["--out", ckpt],
+        f"--dump {task} is the --task_file arc_easy input": ok_copy + ["--dump", task],
+        "--out and --dump are both": ok_copy + ["--out", tmp_path / "e.json", "--dump", tmp_path / "x" / ".." / "e.json"],
+        f"--out {notes} is not a valid eval.py results file ('fingerprint' is missing": ok_copy + ["--out", notes],
+        f"--dump {dump_like} exists and is not an eval.py dump": ok_copy + ["--dump", dump_like],
+        "tasks.csqa.causal is not a result with a numeric": ok_copy + ["--out", edited["missing"]],
+        "tasks.csqa.causal is not a result": ok_copy + ["--out", edited["string"]],
+        "'tasks' is missing or not a JSON object); start afresh with another --out": ok_copy + ["--out", edited["list"]],
+        f"--out {edited['text']} is not a valid eval.py results file": ok_copy + ["--out", edited["text"]],
+        f"--task_file arc_easy={tmp_path} is a folder; arc_easy reads one file": ok + ["--tasks", "arc_easy", "--task_file", f"arc_easy={tmp_path}"],
+        f"--task_file blimp={task} is a file; blimp reads the folder of blimp": ok + ["--tasks", "blimp", "--task_file", f"blimp={task}"],
+        "piqa_alone-labels.lst is missing": ok + ["--tasks", "piqa", "--task_file", f"piqa={tmp_path / 'piqa_alone.jsonl'}"],
+        "is not an integer of 64 bits": ok + ["--seed", "123456789012345678901234"],
+        "--device=meta cannot run a model": ok + ["--device", "meta"],
+        "unrecognized arguments: --lim 2": ok + ["--lim", "2"],
+    }
+    for expected, args in cases.items():
+        with pytest.raises(ValueError) as error:
+            ev.main(list(map(str, args)))
+        assert expected in str(error.value) and "\n" not in str(error.value), (expected, str(error.value))
+    assert all(path.read_bytes() == content for path, content in untouched.items())
+    assert not (tmp_path / "e.json").exists() and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_ctrl_c_says_what_was_kept(tiny_checkpoint, shared_data, tmp_path):
+    """Ctrl-C once the first (task, mode) pair is in --out: one line that says --out keeps it, no traceback."""
+    out = tmp_path / "e.json"
+    proc = start_cli("--ckpt", tiny_checkpoint, "--data_dir", shared_data, "--tasks", "csqa,blimp",
+                     "--modes", "causal,pll,mc", "--limit", "3", "--out", out)
+    deadline = time.time() + 120
+    while not out.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last == f"eval.py: interrupted (Ctrl-C); {out} keeps every (task, mode) result finished so far; " \
+                   f"the same command goes on from there", stderr
+    assert json.loads(out.read_text())["tasks"]["csqa"]["causal"]["n_items"] == 3
