@@ -299,7 +299,8 @@ def read_flat(task, path):
             labels.append(line.strip())
     if len(labels) != len(records):
         raise malformed(labels_path, f"{len(labels)} labels for {len(records)} items")
-    return [flat_item(task, where, record, label, str(n)) for n, ((where, record), label) in enumerate(zip(records, labels))]
+    return [flat_item(task, where, record, label, str(n))
+            for n, ((where, record), label) in enumerate(zip(records, labels))]
 
 
 def blimp_item(where, record):
@@ -911,7 +912,8 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
             dump_file.writelines(json.dumps(line) + "\n" for line in lines)
             dump_file.flush()
         except OSError as e:
-            raise OSError(f"cannot write --dump {dump} ({e.strerror}); free some space or give another --dump") from None
+            raise OSError(f"cannot write --dump {dump} ({e.strerror}); free some space or give another --dump") \
+                from None
 
     try:
         for name, mode in todo:
@@ -1056,7 +1058,6 @@ def keep_results(out, results, modes, dump=None):
             results["tasks"][task] = dict(entries)
             if old_digests.get(task):
                 results["items_sha256"].setdefault(task, old_digests[task])
-    results["average"] = average_scores(results["tasks"])
     reused = {t: [m for m in modes if m in results["tasks"].get(t, {})] for t in running}
     others = {t: [m for m in e if t not in running or m not in modes] for t, e in results["tasks"].items()}
     if any(reused.values()):
@@ -1085,8 +1086,8 @@ def evaluate_mode(model, task, items, req, mode, settings, autocast, dump, run=N
     per_k = {}
     for k in mode_ks(mode, settings):
         key = (task, mode, k)
-        bar = None if run is None else Progress(len(items), desc=f"{task} {mode}" + (f" k={k}" if mode == "pll" else ""),
-                                                unit="items", suffix=run.line)
+        desc = f"{task} {mode}" + (f" k={k}" if mode == "pll" else "")
+        bar = None if run is None else Progress(len(items), desc=desc, unit="items", suffix=run.line)
 
         def advance(fraction):  # items' worth of the work done, so items/s and ETA hold throughout
             if bar is not None:
@@ -1216,7 +1217,8 @@ def format_table(results):
         return f"{entry['accuracy']:>13.1f} ({entry['normalized']:5.1f})" if entry else " " * 22
 
     lines = [f"{'task':<14}" + "".join(f"{m + ' acc (norm)':>22}" for m in modes)]
-    lines += [f"{task:<14}" + "".join(cell(entries.get(m)) for m in modes) for task, entries in results["tasks"].items()]
+    lines += [f"{task:<14}" + "".join(cell(entries.get(m)) for m in modes)
+              for task, entries in results["tasks"].items()]
     lines.append(f"{'average':<14}" + "".join(f"{'':>13} ({results['average'][m]:5.1f})" for m in modes))
     return "\n".join(lines)
 

@@ -780,20 +780,24 @@ def test_cli_never_writes_over_an_input_or_a_foreign_file(tiny_checkpoint, share
         edited[name].write_text(json.dumps({"fingerprint": "f", "settings": {}, "tasks": tasks}))
     untouched = {path: path.read_bytes() for path in [ckpt, task, notes, dump_like, *edited.values()]}
     ok_copy = ["--ckpt", ckpt, "--data_dir", shared_data, "--tasks", "arc_easy", "--task_file", f"arc_easy={task}"]
-    (tmp_path / "piqa_alone.jsonl").write_text('{"goal": "g", "sol1": "a", "sol2": "b"}\n')
+    piqa_alone = tmp_path / "piqa_alone.jsonl"
+    piqa_alone.write_text('{"goal": "g", "sol1": "a", "sol2": "b"}\n')
     cases = {
         f"--out {ckpt} is the --ckpt input": ok_copy + ["--out", ckpt],
         f"--dump {task} is the --task_file arc_easy input": ok_copy + ["--dump", task],
-        "--out and --dump are both": ok_copy + ["--out", tmp_path / "e.json", "--dump", tmp_path / "x" / ".." / "e.json"],
+        "--out and --dump are both": ok_copy + ["--out", tmp_path / "e.json", "--dump", tmp_path / "x/../e.json"],
         f"--out {notes} is not a valid eval.py results file ('fingerprint' is missing": ok_copy + ["--out", notes],
         f"--dump {dump_like} exists and is not an eval.py dump": ok_copy + ["--dump", dump_like],
         "tasks.csqa.causal is not a result with a numeric": ok_copy + ["--out", edited["missing"]],
         "tasks.csqa.causal is not a result": ok_copy + ["--out", edited["string"]],
-        "'tasks' is missing or not a JSON object); start afresh with another --out": ok_copy + ["--out", edited["list"]],
+        "'tasks' is missing or not a JSON object); start afresh with another --out":
+            ok_copy + ["--out", edited["list"]],
         f"--out {edited['text']} is not a valid eval.py results file": ok_copy + ["--out", edited["text"]],
-        f"--task_file arc_easy={tmp_path} is a folder; arc_easy reads one file": ok + ["--tasks", "arc_easy", "--task_file", f"arc_easy={tmp_path}"],
-        f"--task_file blimp={task} is a file; blimp reads the folder of blimp": ok + ["--tasks", "blimp", "--task_file", f"blimp={task}"],
-        "piqa_alone-labels.lst is missing": ok + ["--tasks", "piqa", "--task_file", f"piqa={tmp_path / 'piqa_alone.jsonl'}"],
+        f"--task_file arc_easy={tmp_path} is a folder; arc_easy reads one file":
+            ok + ["--tasks", "arc_easy", "--task_file", f"arc_easy={tmp_path}"],
+        f"--task_file blimp={task} is a file; blimp reads the folder of blimp":
+            ok + ["--tasks", "blimp", "--task_file", f"blimp={task}"],
+        "piqa_alone-labels.lst is missing": ok + ["--tasks", "piqa", "--task_file", f"piqa={piqa_alone}"],
         "is not an integer of 64 bits": ok + ["--seed", "123456789012345678901234"],
         "--device=meta cannot run a model": ok + ["--device", "meta"],
         "unrecognized arguments: --lim 2": ok + ["--lim", "2"],
