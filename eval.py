@@ -966,12 +966,13 @@ def average_scores(task_results):
 
 
 def fingerprint(model, tokenizer):
-    """sha256 of the model's weights, shape and tokenizer: what makes two evaluations of a checkpoint
-    comparable, whatever its path or file time."""
-    digest = hashlib.sha256(json.dumps([asdict(model.config), tokenizer.to_spec()], sort_keys=True).encode())
+    """sha256 of the model's weights and the tokenizer: with the model config (in "run"), what makes two
+    evaluations of a checkpoint comparable, whatever its path or file time."""
+    digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(json.dumps(tokenizer.to_spec(), sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -984,8 +985,8 @@ def results_problem(r):
     """What makes `r` (a parsed results file) unfit to merge into, or None."""
     if not isinstance(r, dict):
         return "not a JSON object"
-    for key, kind in (("fingerprint", str), ("settings", dict), ("tasks", dict), ("items_sha256", dict)):
-        if not isinstance(r.get(key, {} if key == "items_sha256" else None), kind):
+    for key, kind in (("fingerprint", str), ("settings", dict), ("tasks", dict), ("items_sha256", dict), ("run", dict)):
+        if not isinstance(r.get(key, {} if key in ("items_sha256", "run") else None), kind):
             return f"{key!r} is missing or not a {'string' if kind is str else 'JSON object'}"
     for task, entries in r["tasks"].items():
         if task not in TASKS or not isinstance(entries, dict):
@@ -1042,6 +1043,8 @@ def keep_results(out, results, modes, dump=None):
         return
     running, old_digests = dict(results["items_sha256"]), previous.get("items_sha256", {})
     differ = ["checkpoint weights"] if previous["fingerprint"] != results["fingerprint"] else []
+    if json.loads(json.dumps(results["run"]["model_config"])) != (previous.get("run") or {}).get("model_config"):
+        differ.append("model config")  # the window (block_size) decides where long sequences are cut
     old, new = (json.loads(json.dumps([r["settings"].get(k) for k in SCORING])) for r in (previous, results))
     differ += [key for key, a, b in zip(SCORING, old, new) if a != b]
     if differ:

@@ -399,6 +399,10 @@ def test_interrupted_eval_keeps_finished_pairs_and_a_rerun_reuses_them(tiny, tok
     ev.evaluate(other, tok, tasks, ("causal",), out=str(out), per_char_space=False, progress=False)
     assert scored == [("piqa", "causal"), ("csqa", "causal")]
     assert "differs in: checkpoint weights" in capsys.readouterr().out
+    scored.clear()  # the same weights in a shorter window, which cuts long sequences elsewhere
+    ev.evaluate(with_window(other, 64), tok, tasks, ("causal",), out=str(out), per_char_space=False, progress=False)
+    assert scored == [("piqa", "causal"), ("csqa", "causal")]
+    assert "differs in: model config" in capsys.readouterr().out
 
 
 def test_results_of_other_tasks_and_modes_are_kept_and_changed_items_are_scored_again(tiny, tok, shared_data, tmp_path,
