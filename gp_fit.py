@@ -284,8 +284,10 @@ def optimal_lambda(fit, repetitions, grid=None, samples=10000, seed=0, lower_is_
     """
     grid = np.arange(101) / 100 if grid is None else np.asarray(grid, dtype=float)
     best_of = np.argmin if lower_is_better else np.argmax
-    if any(not r > 0 for r in repetitions):
-        raise ValueError(f"repetition levels must be positive, got {sorted(set(repetitions))}; check --at")
+    bad = sorted({float(r) for r in repetitions if not 0 < r < math.inf})
+    if bad:
+        raise ValueError(f"repetition levels must be positive finite numbers, got {', '.join(map(str, bad))}; "
+                         f"check --at")
     levels = []
     for r in sorted(set(float(r) for r in repetitions)):
         X = np.column_stack([np.full_like(grid, r), grid])

@@ -418,7 +418,7 @@ BAD_CSV = {
 
 
 @pytest.mark.parametrize("case", list(BAD_CSV) + ["missing file", "bad nu", "bad at", "bad flag", "bad json",
-                                  "abbreviated flag"])
+                                  "abbreviated flag", "infinite at"])
 def test_bad_input_is_a_one_line_error(tmp_path, case):
     good = "repetitions,lambda,score\n1,0.5,3\n2,1,4\n4,0,5\n8,0.25,2\n16,0.75,1\n"
     args, expected = [write(tmp_path / "runs.csv", good)], None
@@ -434,7 +434,9 @@ def test_bad_input_is_a_one_line_error(tmp_path, case):
     elif case == "abbreviated flag":  # argparse would take it for --lower_is_better
         args, expected = args + ["--lower"], "unrecognized arguments: --lower"
     elif case == "bad at":
-        args, expected = args + ["--at", "0"], "repetition levels must be positive"
+        args, expected = args + ["--at", "0"], "repetition levels must be positive finite numbers, got 0.0;"
+    elif case == "infinite at":
+        args, expected = args + ["--at", "inf"], "repetition levels must be positive finite numbers, got inf; check --at"
     elif case == "bad json":
         args, expected = ["--results", write(tmp_path / "r.json", '{"run": {"lam": 0.5}}')], 'no "run" with'
     out = run_cli(*args, "--out_dir", tmp_path / "out", "--samples", 10, "--restarts", 0)
