@@ -681,7 +681,8 @@ def test_a_dataset_rewritten_under_a_run_stops_it_and_a_resume_refuses_another_d
     run = subprocess.run([sys.executable, "-c", train_driver(rewrite, args)], capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert_one_line_error(run, f"data folder {run_data} changed during training (meta.json's contents, train.bin ",
-                          f"stopped before step 2 so as not to mix two datasets; the last checkpoint is {out / 'ckpt.pt'}")
+                          "stopped before step 2 so as not to mix two datasets; the last checkpoint is "
+                          f"{out / 'ckpt.pt'}")
     ckpt = M.read_checkpoint(str(out / "ckpt.pt"))
     assert ckpt["iter_num"] == 0 and ckpt["data"]["fingerprint"]["meta"] == data.load_meta(tiny_dataset)
     run = run_train(args + ["--resume=True"], check=False)
