@@ -1042,11 +1042,10 @@ def keep_results(out, results, modes, dump=None):
     if previous is None:
         return
     running, old_digests = dict(results["items_sha256"]), previous.get("items_sha256", {})
-    differ = ["checkpoint weights"] if previous["fingerprint"] != results["fingerprint"] else []
-    if json.loads(json.dumps(results["run"]["model_config"])) != (previous.get("run") or {}).get("model_config"):
-        differ.append("model config")  # the window (block_size) decides where long sequences are cut
-    old, new = (json.loads(json.dumps([r["settings"].get(k) for k in SCORING])) for r in (previous, results))
-    differ += [key for key, a, b in zip(SCORING, old, new) if a != b]
+    # the model config with the weights: its window (block_size) decides where long sequences are cut
+    old, new = (json.loads(json.dumps({"checkpoint weights": r["fingerprint"], "model config": r.get("run", {}).get(
+        "model_config"), **{k: r["settings"].get(k) for k in SCORING}})) for r in (previous, results))
+    differ = [key for key in new if old[key] != new[key]]
     if differ:
         if previous["tasks"]:
             print(f"eval.py: {out} holds results of another evaluation (differs in: {', '.join(differ)}); "
