@@ -475,7 +475,7 @@ def write_atomically(path, write, mode="w"):
     A failed write (a full disk) leaves no temporary behind and is an OSError that names path."""
     tmp = f"{path}.tmp"
     try:
-        with open(tmp, mode, **({"newline": ""} if mode == "w" else {})) as f:
+        with open(tmp, mode, newline=None if "b" in mode else "") as f:  # "": csv writes its own line ends
             write(f)
         os.replace(tmp, path)
     except OSError as e:
