@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from cli import Progress, check_output_file
+from cli import Progress, check_distinct_paths, check_output_file
 from model import KVCache, load_checkpoint, parse_device, special_ids
 
 SAMPLERS = ("ancestral", "confidence")
@@ -383,13 +383,33 @@ def format_curve(rows):
 # -----------------------------------------------------------------------------
 # Command line
 
+def check_out(path, inputs):
+    """--out may replace an earlier output of sample.py, but never an input or any other file."""
+    check_output_file("--out", path, "samples.jsonl")
+    check_distinct_paths([("--out", path)], inputs)
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    try:  # the first line is enough to tell: every line of an output is one sample or one curve row
+        with open(path, encoding="utf-8") as f:
+            first = json.loads(f.readline(1 << 20))
+        ours = isinstance(first, dict) and ({"sample", "text", "ids"} <= first.keys() or
+                                            {"method", "steps", "nll"} <= first.keys())
+    except (OSError, ValueError):  # unreadable, binary, or not JSON
+        ours = False
+    if not ours:
+        raise ValueError(f"--out {path} exists and is not an output of sample.py (JSON lines of samples or curve "
+                         f"rows); give another path, or delete that file first")
+
+
 def check_args(args):
     """Fail fast, before the checkpoint is loaded, on options that cannot work."""
     if args.mode not in ("ar", "diffusion"):
         raise ValueError(f"unknown mode {args.mode!r}; use --mode ar or --mode diffusion")
     check_sampling_args(args.temperature, args.top_k, args.top_p)
     if args.out:  # now, not after the generation
-        check_output_file("--out", args.out, "samples.jsonl")
+        check_out(args.out, [("--ckpt", args.ckpt), ("--prompt_file", args.prompt_file)])
+    if not 0 <= args.seed < 2**64:
+        raise ValueError(f"--seed={args.seed} must be an integer from 0 to 2**64 - 1 (torch's generators take 64 bits)")
     if args.steps < 1:
         raise ValueError(f"--steps={args.steps} must be at least 1")
     for name in ("max_new_tokens", "num_samples"):
@@ -419,9 +439,9 @@ def parse_steps_list(text):
     return steps
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description="Generate text from a nanodual checkpoint, autoregressively "
-                                                 "or by masked diffusion.")
+                                                 "or by masked diffusion.", allow_abbrev=False)
     parser.error = lambda message: sys.exit(f"sample.py: error: {message}")  # one line, like every other error
     parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
     parser.add_argument("--mode", default="ar", help="ar (left to right) or diffusion (iterative unmasking)")
@@ -448,18 +468,42 @@ def main(argv=None):
     parser.add_argument("--out", help="write one JSON line per sample (per curve row with --sweep_steps)")
     args = parser.parse_args(argv)
     check_args(args)
-    steps_list = parse_steps_list(args.sweep_steps) if args.sweep_steps else None
-    prompt = args.prompt or ""
-    if args.prompt_file is not None:
-        if not os.path.isfile(args.prompt_file):
-            raise FileNotFoundError(f"prompt file {args.prompt_file} does not exist")
-        try:
-            with open(args.prompt_file, encoding="utf-8") as f:
-                prompt = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"cannot read prompt file {args.prompt_file} as UTF-8 text ({e}); "
-                             f"save it as UTF-8") from None
+    return args
 
+
+def read_prompt(args):
+    if args.prompt_file is None:
+        return args.prompt or ""
+    try:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"prompt file {args.prompt_file} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"--prompt_file {args.prompt_file} is a folder; give the path of a text file") from None
+    except OSError as e:
+        raise ValueError(f"cannot read prompt file {args.prompt_file} ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"cannot read prompt file {args.prompt_file} as UTF-8 text ({e}); save it as UTF-8") from None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    existed = bool(args.out) and os.path.exists(args.out)
+    try:
+        write_samples(args)
+    except KeyboardInterrupt:  # --out is written once, at the end: it is either complete or as it was
+        if args.out:
+            kept = f"{args.out} is as it was" if existed else f"nothing was written to {args.out}"
+        else:
+            kept = "the rows printed above are complete" if args.sweep_steps else "no sample was complete"
+        sys.exit(f"sample.py: interrupted (Ctrl-C); {kept}")
+
+
+def write_samples(args):
+    """Generate, print and (--out) write what args ask for."""
+    steps_list = parse_steps_list(args.sweep_steps) if args.sweep_steps else None
+    prompt = read_prompt(args)
     device = parse_device(args.device)
     model = load_checkpoint(args.ckpt, device)
     if "tokenizer" not in model.meta:

@@ -6,6 +6,8 @@ MDLM reveal probability (t-s)/t (a counting test)."""
 import json
 import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -446,6 +448,10 @@ BAD_INPUT = {  # case: (extra arguments, text the one-line error must contain)
     "bad_device": (["--device", "gpu0"], "is not a device"),
     "binary_prompt_file": (["--prompt_file", "BINARY"], "as UTF-8 text"),
     "unknown_reveal": (["--mode", "diffusion", "--reveal", "all"], "unknown --reveal 'all'"),
+    "prompt_file_is_a_folder": (["--prompt_file", "TMP"], "--prompt_file TMP is a folder; give the path of a text file"),
+    "seed_beyond_64_bits": (["--seed", "9" * 24], f"--seed={'9' * 24} must be an integer from 0 to 2**64 - 1"),
+    "meta_device": (["--device", "meta"], "--device=meta cannot run a model"),
+    "abbreviated_option": (["--temp", 0], "unrecognized arguments: --temp 0"),  # not taken as --temperature
     # output paths are checked before the checkpoint is even read (CORRUPT: this one is garbage)
     "out_in_missing_folder": (["--ckpt", "CORRUPT", "--out", "TMP/missing/samples.jsonl"],
                               "--out TMP/missing/samples.jsonl: the folder TMP/missing does not exist or is not writable"),
@@ -473,3 +479,48 @@ def test_cli_bad_input_is_one_line(tiny_checkpoint, tmp_path, case):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sample.py: error:") and "Traceback" not in r.stderr, r.stderr
     assert message.replace("TMP", str(tmp_path)) in lines[0], lines[0]
+
+
+def test_cli_out_never_replaces_an_input_or_another_file(tiny_checkpoint, tmp_path):
+    ckpt, prompt, notes = tmp_path / "ckpt.pt", tmp_path / "prompt.txt", tmp_path / "notes.txt"
+    shutil.copy(tiny_checkpoint, ckpt)
+    (tmp_path / "link.pt").symlink_to(ckpt)
+    prompt.write_text("ROMEO:", encoding="utf-8")
+    notes.write_text("my notes\n")
+    before = {path: path.read_bytes() for path in (ckpt, prompt, notes)}
+    for out, message in ((ckpt, f"--out {ckpt} is the --ckpt input: writing it would destroy that file"),
+                         (tmp_path / "link.pt", "is the --ckpt input"),
+                         (prompt, f"--out {prompt} is the --prompt_file input"),
+                         (notes, f"--out {notes} exists and is not an output of sample.py")):
+        r = run_cli("--ckpt", ckpt, "--prompt_file", prompt, "--max_new_tokens", 4, "--out", out)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode != 0 and len(lines) == 1 and message in lines[0], r.stderr
+    assert all(path.read_bytes() == content for path, content in before.items())
+    # sample.py's own output, samples or curve rows, is replaced by the next run
+    out = tmp_path / "samples.jsonl"
+    for extra in (["--mode", "diffusion", "--sweep_steps", "1", "--num_samples", 1], ["--mode", "ar"]):
+        r = run_cli("--ckpt", ckpt, "--max_new_tokens", 4, "--out", out, *extra)
+        assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["sample"] == 0
+
+
+def test_cli_ctrl_c_is_one_line_that_says_what_was_kept(tiny_checkpoint, tmp_path):
+    out = tmp_path / "samples.jsonl"
+    out.write_text(json.dumps({"sample": 0, "text": "earlier", "ids": [5]}) + "\n")
+    before = out.read_bytes()
+    # the default SIGINT disposition: a background pytest (a job control shell) starts its children ignoring it
+    proc = subprocess.Popen([sys.executable, str(REPO / "sample.py"), "--ckpt", str(tiny_checkpoint),
+                             "--max_new_tokens", "1000000", "--out", str(out)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        line = proc.stderr.readline()
+        while line and not line.startswith("generate: "):  # its progress line: generating
+            line = proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    lines = [line for line in stderr.splitlines() if not line.startswith("generate: ")]
+    assert proc.returncode != 0 and lines == [f"sample.py: interrupted (Ctrl-C); {out} is as it was"], stderr
+    assert out.read_bytes() == before
