@@ -558,7 +558,7 @@ def test_cli_options_are_never_abbreviated(tmp_path):
 
 
 def write_parquet(path, texts, row_group_size, column="text", **extra_columns):
-    import pyarrow as pa
+    pa = pytest.importorskip("pyarrow")  # optional (requirements-dev.txt has it, so CI runs these tests)
     import pyarrow.parquet as pq
     pq.write_table(pa.table({column: texts, **extra_columns}), path, row_group_size=row_group_size)
 
