@@ -1,26 +1,19 @@
 """
-Zero-shot evaluation of a nanodual checkpoint: nine multiple-choice tasks, each scored in four ways
-(paper §4). Every convention here is fixed by EVAL_SPEC.md, cited below as "spec §n".
+Zero-shot evaluation of a nanodual checkpoint: nine multiple-choice tasks, each scored in four modes
+(paper §4), as EVAL_SPEC.md fixes them ("spec §n" below). docs/eval.md is the reference: the task
+files, the modes, the results JSON and when a rerun reuses it.
 
     python eval.py --ckpt out/ckpt.pt --tasks all --modes causal,prefix,pll,mc --out results.json
 
-A task item is a context, a list of continuations and the index of the gold one. A *mode* turns a
-(context, continuation) pair into an estimate of log p(continuation | context), the task's
-*normalisation* turns that into a score, and the prediction is the argmax. The modes differ only in
-what the model sees and which hidden states are read; under MNTP the hidden state at position i
-always predicts token i+1 (paper §3):
+An item is a context, a few continuations and the index of the gold one. A mode estimates
+log p(continuation | context), the task's normalisation turns that into a score, and the prediction
+is the argmax. Under MNTP the hidden state at position i predicts token i+1 in every mode (paper §3):
+causal is the exact AR log-likelihood (Eq. 2), prefix lets <s> + context attend bidirectionally
+(§5.4), pll masks k tokens per continuation token (App. E/H; k = 1 and 6, the better one reported),
+and mc is a Monte-Carlo estimate of the diffusion ELBO of the continuation (App. D, Eq. 4).
 
-    causal  causal attention over <s> + context + continuation: the exact AR log-likelihood (Eq. 2)
-    prefix  as causal, but <s> + context attend to each other bidirectionally (paper §5.4)
-    pll     one bidirectional pass per continuation token, with k <mask>s over the target and the
-            k-1 tokens after it (semi-autoregressive pseudo-log-likelihood, App. E/H); k = 1 and 6,
-            and each task reports the better of the two
-    mc      Monte-Carlo estimate of the masked-diffusion ELBO of the continuation (App. D, Eq. 4):
-            N mask ratios t_j = j/N, each masking a seeded random subset of the continuation
-
-The file reads top to bottom: the tasks (readers for the release files), tokenisation, the batched
-scorer shared by all modes, the four modes, task scores, evaluate() and its kept results, the
-command line.
+The file reads top to bottom: the tasks, tokenisation, the batched scorer shared by all modes, the
+four modes, task scores, evaluate() and its kept results, the command line.
 """
 import argparse
 import csv
@@ -33,6 +26,7 @@ import re
 import sys
 import time
 import zlib
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -43,7 +37,7 @@ from cli import Progress, RunProgress, check_distinct_paths, check_output_file
 # where task files are looked for when --data_dir is not given (README: "Evaluation data")
 DEFAULT_DATA_DIR = os.environ.get("NANODUAL_EVAL_DATA", "eval_data")
 
-# name: (normalisation, random baseline r in %), spec §2.1 and paper App. C. r = 100/choices.
+# name: (normalisation, random baseline r = 100/choices in %), spec §2.1 and paper App. C
 TASKS = {
     "arc_easy": ("per_char", 25.0),
     "arc_challenge": ("pmi", 25.0),
@@ -68,13 +62,12 @@ OLMES_SUBSAMPLED = ("arc_easy", "hellaswag", "piqa", "siqa")  # spec §1.7
 class Item:
     id: str                 # stable across runs: names the item in --dump and seeds its MC masks
     context: str            # "" for BLiMP, whose sentences are scored whole (spec §2.3)
-    continuations: list     # the strings scored, " " + choice for every OLMES task
+    continuations: list
     gold: int
     subtask: str = ""       # BLiMP paradigm or MMLU subject: both tasks are macro-averaged
 
 
-# Files looked for under data_dir, first existing wins: the official release names first, then
-# the variants documented in shared/data/README.md (README section "Evaluation data").
+# under data_dir, first existing wins: the release names, then shared/data's layouts (docs/eval.md)
 TASK_FILES = {
     "arc_easy": ["arc/ARC-Easy-Test.jsonl", "arc/arc_easy_test.jsonl"],
     "arc_challenge": ["arc/ARC-Challenge-Test.jsonl", "arc/arc_challenge_test.jsonl"],
@@ -94,10 +87,9 @@ def malformed(where, what):
 
 
 def checked(where, item):
-    """The item, if its choices can tell a right answer from a wrong one: at least two, not all the same
-    text (else the first maximum, choice 0, always wins), none empty (per-char normalisation would divide
-    by zero). Some choices may repeat: the release files have such items (e.g. CSQA's
-    dev_rand_split.jsonl:23), and a tie goes to the first (spec §1.1)."""
+    """The item, if its choices can tell right from wrong: two or more, not all one text (choice 0
+    would always win), none empty. Some may repeat, as in the release files (CSQA's
+    dev_rand_split.jsonl:23); a tie goes to the first (spec §1.1)."""
     n = len(item.continuations)
     if n < 2 or len(set(item.continuations)) < 2:
         raise malformed(where, f"{n} choice(s)" + (", all the same text" if n > 1 else "") +
@@ -111,9 +103,7 @@ def checked(where, item):
 def read_lines(path):
     try:
         with open(path, encoding="utf-8") as f:
-            # split on newlines only: str.splitlines() would also cut at U+2028, \x0c, ... which JSON
-            # strings may hold raw, and the reported line numbers would drift
-            lines = f.read().split("\n")
+            lines = f.read().split("\n")  # not splitlines(): JSON strings may hold a raw U+2028 or \x0c
         return lines[:-1] if lines[-1] == "" else lines
     except UnicodeDecodeError as e:
         raise malformed(path, f"not UTF-8 text ({e.reason})") from None
@@ -150,9 +140,8 @@ def get(record, *keys, where, kind=str):
 
 
 def qa_item(where, record, item_id):
-    """ARC, CommonsenseQA and OpenBookQA share the AI2 layout {question: {stem, choices: [{text,
-    label}]}, answerKey}. Gold is the key's position among the labels, which also covers ARC's digit
-    labels "1".."5" (spec §2.2; same result as OLMES's digit -> letter map)."""
+    """The AI2 layout of ARC, CSQA and OBQA. Gold is the answerKey's position among the labels, which
+    also covers ARC's digit labels (spec §2.2)."""
     stem = get(record, "question", "stem", where=where)
     choices = get(record, "question", "choices", where=where, kind=list)
     labels = [get(c, "label", where=where) for c in choices]
@@ -167,18 +156,18 @@ def qa_item(where, record, item_id):
 
 
 def read_qa(path):
-    records = jsonl_records(path)
-    if records and "query" in records[0][1]:  # the MosaicML variant of ARC (shared/data/README.md)
-        items = []
-        for n, (where, record) in enumerate(records):
+    items = []
+    for n, (where, record) in enumerate(jsonl_records(path)):
+        if "query" in record:  # the MosaicML variant of ARC, turned into the AI2 layout
             query, choices = get(record, "query", where=where), get(record, "choices", where=where, kind=list)
             gold = get(record, "gold", where=where, kind=int)
             if not query.startswith("Question: ") or not 0 <= gold < len(choices):
                 raise malformed(where, "expected a 'Question: ...' query and 0 <= gold < number of choices")
-            items.append(checked(where, Item(f"{os.path.basename(path)}:{n}", query + "\nAnswer:",
-                                             [" " + c for c in choices], gold)))
-        return items
-    return [qa_item(where, record, where) for where, record in records]
+            record = {"id": f"{os.path.basename(path)}:{n}", "answerKey": str(gold),
+                      "question": {"stem": query.removeprefix("Question: "),
+                                   "choices": [{"label": str(i), "text": c} for i, c in enumerate(choices)]}}
+        items.append(qa_item(where, record, where))
+    return items
 
 
 def read_obqa_tsv(path):
@@ -196,18 +185,15 @@ def read_obqa_tsv(path):
         choices = re.findall(r"\(([A-Z])\) (.*?)(?= \([A-Z]\) |$)", cols.get("Choices", ""))
         if len(cols) != len(header) or not choices:
             raise malformed(f"{path}:{n}", f"expected {len(header)} tab-separated columns with '(A) ...' choices")
-        record = {"id": cols["ID"], "answerKey": cols["Answer Key"], "question": {
-            "stem": cols["Question Stem"], "choices": [{"label": lab, "text": t} for lab, t in choices]}}
-        items.append(qa_item(f"{path}:{n}", record, cols["ID"]))
+        items.append(qa_item(f"{path}:{n}", {"id": cols["ID"], "answerKey": cols["Answer Key"], "question": {
+            "stem": cols["Question Stem"], "choices": [{"label": a, "text": t} for a, t in choices]}}, cols["ID"]))
     return items
 
 
 def hellaswag_preprocess(text):
     """OLMES's HellaSwag clean-up (spec §2.2): WikiHow [title]/[step] markers out, double spaces in."""
-    text = text.strip()
-    text = re.sub(r"\.? \[title\]", ". ", text)
-    text = re.sub(r"\[.*?\]", "", text)
-    return text.replace("  ", " ")
+    text = re.sub(r"\.? \[title\]", ". ", text.strip())
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
 
 
 def hellaswag_item(where, record, item_id):
@@ -224,8 +210,7 @@ def hellaswag_item(where, record, item_id):
 def read_hellaswag(path):
     if path.endswith(".jsonl"):
         return [hellaswag_item(where, record, where) for where, record in jsonl_records(path)]
-    # the 6-line text variant (shared/data/README.md): "label: ctx", gold, 4 endings. Its fields are
-    # already preprocessed and ctx_b lost its capitalisation, which cannot be restored.
+    # the 6-line text variant: "label: ctx", gold, 4 endings, already preprocessed (ctx_b's capital is lost)
     lines = read_lines(path)
     if len(lines) % 6:
         raise malformed(f"{path}:{len(lines) - len(lines) % 6 + 1}", "the last item has fewer than 6 lines")
@@ -243,13 +228,14 @@ def mmlu_item(where, subject, question, choices, gold, item_id, description=True
     """OLMES v0.1 prepends the subject line even at 0 shots; spec §2.2 keeps it by default."""
     prompt = f"Question: {question.strip()}\nAnswer:"
     if description:
-        prompt = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n" + prompt
+        about = subject.replace("_", " ")
+        prompt = f"The following are multiple choice questions (with answers) about {about}.\n\n" + prompt
     return checked(where, Item(item_id, prompt, [" " + c for c in choices], gold, subtask=subject))
 
 
 def read_mmlu(folder, description=True):
-    """data/test/<subject>_test.csv: no header; question, A, B, C, D, answer letter. Every field is read
-    as a string, so choices like "0,1" survive (spec §2.2)."""
+    """<subject>_test.csv: no header; question, A, B, C, D, answer letter. Fields stay strings, so
+    choices like "0,1" survive (spec §2.2)."""
     paths = sorted(glob.glob(os.path.join(folder, "*_test.csv")))
     if not paths:
         raise FileNotFoundError(f"no *_test.csv files in {folder}")
@@ -270,7 +256,7 @@ def read_mmlu(folder, description=True):
     return items
 
 
-# PIQA and SIQA: flat records whose labels come from a .lst file beside the jsonl, one per line.
+# PIQA and SIQA: flat records, their labels in a .lst file beside the jsonl, one per line.
 # task: (prompt template over the record's fields, the choice fields, the labels in choice order)
 FLAT_LAYOUTS = {
     "piqa": ("Goal: {goal}\nAnswer:", ("sol1", "sol2"), ("0", "1")),
@@ -305,8 +291,7 @@ def read_flat(task, path):
 
 def blimp_item(where, record):
     uid = get(record, "UID", where=where)
-    # not `checked`: the release has 7 pairs whose two sentences are the same (passive_1.jsonl:325), which
-    # spec §2.3 scores as LMH does (a tie counts as correct)
+    # not `checked`: the release has 7 pairs of one sentence twice (passive_1.jsonl:325), a tie (spec §2.3)
     return Item(f"{uid}/{record.get('pairID', where)}", "",
                 [get(record, "sentence_good", where=where), get(record, "sentence_bad", where=where)], 0, subtask=uid)
 
@@ -323,65 +308,10 @@ def read_task_file(name, path, mmlu_description=True):
         return read_hellaswag(path)
     if name in FLAT_LAYOUTS:
         return read_flat(name, path)
-    if name == "obqa" and path.endswith(".tsv"):
-        return read_obqa_tsv(path)
-    return read_qa(path)  # arc_easy, arc_challenge, csqa, obqa
+    return read_obqa_tsv(path) if name == "obqa" and path.endswith(".tsv") else read_qa(path)
 
 
-def find_task_file(name, data_dir):
-    """The first existing candidate path, or FileNotFoundError naming every path looked for."""
-    candidates = [os.path.join(data_dir, c) for c in TASK_FILES[name]]
-    for path in candidates:
-        if os.path.exists(path):
-            return path
-    raise FileNotFoundError(" or ".join(candidates))
-
-
-def select_items(name, items, limit=None, olmes_subsample=False):
-    """OLMES's 1000-item subsample (off by default, spec §1.7), then the first `limit` items, per
-    sub-task for BLiMP and MMLU so that their macro-average keeps every paradigm/subject."""
-    if olmes_subsample and name in OLMES_SUBSAMPLED and len(items) > 1000:
-        items = random.Random(1234).sample(items, 1000)
-    if limit is None:
-        return items
-    kept, taken = [], {}
-    for it in items:
-        if taken.get(it.subtask, 0) < limit:
-            kept.append(it)
-            taken[it.subtask] = taken.get(it.subtask, 0) + 1
-    return kept
-
-
-def load_task(name, data_dir=DEFAULT_DATA_DIR, limit=None, olmes_subsample=False, mmlu_description=True, path=None):
-    """Items of one task from its release files under data_dir, or from `path` (--task_file).
-    FileNotFoundError (message: the paths looked for) when the task is absent from data_dir;
-    ValueError for a malformed file, or a `path` that is missing or of the wrong kind."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
-    explicit = path is not None
-    if not explicit:
-        path = find_task_file(name, data_dir)
-    elif not os.path.exists(path):
-        raise ValueError(f"--task_file {name}={path} does not exist")
-    elif os.path.isdir(path) != (name in FOLDER_TASKS):
-        kind = "the folder of" if name in FOLDER_TASKS else "one file, not a folder, like"
-        raise ValueError(f"--task_file {name}={path} is {'a folder' if os.path.isdir(path) else 'a file'}; "
-                         f"{name} reads {kind} {TASK_FILES[name][0]}")
-    try:
-        items = read_task_file(name, path, mmlu_description)
-    except FileNotFoundError as e:
-        if not explicit:
-            raise
-        raise ValueError(f"--task_file {name}={path}: {e}") from None  # not a skipped task: the user named it
-    except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
-    if not items:  # else every score would be the mean of nothing
-        raise malformed(path, "holds no items")
-    return select_items(name, items, limit, olmes_subsample)
-
-
-# The Hugging Face route (optional): the same tasks from the hub, converted to the record layouts
-# of the release files so that the same item builders apply.
+# The Hugging Face route (--source hf): the hub's rows, put in the release layouts for the same builders.
 HF_DATASETS = {  # name: (dataset, config, split)
     "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "test"),
     "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "test"),
@@ -395,29 +325,28 @@ HF_DATASETS = {  # name: (dataset, config, split)
 }
 
 
-def hf_item(name, n, row, mmlu_description=True):
-    """The Item of Hugging Face row n (a dict) of task `name`."""
-    where = f"{HF_DATASETS[name][0]} row {n}"
-    if name in FLAT_LAYOUTS:
-        return flat_item(name, where, row, row["label"], str(n))
-    if name == "hellaswag":
-        return hellaswag_item(where, row, str(n))
-    if name == "mmlu":
-        return mmlu_item(where, row["subject"], row["question"], row["choices"], int(row["answer"]),
-                         f"{row['subject']}/{n}", mmlu_description)
-    if name == "blimp":
-        return blimp_item(where, row)
-    choices = [{"text": t, "label": lab} for t, lab in zip(row["choices"]["text"], row["choices"]["label"])]
-    stem = row["question_stem"] if name == "obqa" else row["question"]
-    return qa_item(where, {"id": row["id"], "question": {"stem": stem, "choices": choices},
-                           "answerKey": row["answerKey"]}, str(n))
-
-
 def hf_items(name, rows, mmlu_description=True):
-    return [hf_item(name, n, row, mmlu_description) for n, row in enumerate(rows)]
+    items = []
+    for n, row in enumerate(rows):
+        where = f"{HF_DATASETS[name][0]} row {n}"
+        if name in FLAT_LAYOUTS:
+            items.append(flat_item(name, where, row, row["label"], str(n)))
+        elif name == "hellaswag":
+            items.append(hellaswag_item(where, row, str(n)))
+        elif name == "mmlu":
+            items.append(mmlu_item(where, row["subject"], row["question"], row["choices"], int(row["answer"]),
+                                   f"{row['subject']}/{n}", mmlu_description))
+        elif name == "blimp":
+            items.append(blimp_item(where, row))
+        else:
+            choices = [{"text": t, "label": lab} for t, lab in zip(row["choices"]["text"], row["choices"]["label"])]
+            stem = row["question_stem"] if name == "obqa" else row["question"]
+            items.append(qa_item(where, {"id": row["id"], "question": {"stem": stem, "choices": choices},
+                                         "answerKey": row["answerKey"]}, str(n)))
+    return items
 
 
-def load_task_hf(name, limit=None, olmes_subsample=False, mmlu_description=True):
+def hf_rows(name):
     try:
         import datasets
     except ImportError:
@@ -426,11 +355,54 @@ def load_task_hf(name, limit=None, olmes_subsample=False, mmlu_description=True)
     path, config, split = HF_DATASETS[name]
     try:
         configs = datasets.get_dataset_config_names(path) if name == "blimp" else [config]
-        rows = [row for c in configs for row in datasets.load_dataset(path, c, split=split)]
+        return [row for c in configs for row in datasets.load_dataset(path, c, split=split)]
     except Exception as e:  # offline, renamed dataset, script-based loader refused, ...
         raise ValueError(f"could not load {path} from the Hugging Face hub ({type(e).__name__}); "
                          f"use the release files with --data_dir instead") from None
-    return select_items(name, hf_items(name, rows, mmlu_description), limit, olmes_subsample)
+
+
+def load_task(name, data_dir=DEFAULT_DATA_DIR, limit=None, olmes_subsample=False, mmlu_description=True, path=None,
+              source="files"):
+    """Items of one task: from its release files under data_dir, from `path` (--task_file), or from the
+    hub (source "hf"); then OLMES's 1000-item subsample (spec §1.7) and the first `limit` items, per
+    sub-task for BLiMP and MMLU so that their macro-average keeps every paradigm and subject.
+    FileNotFoundError (message: the paths looked for) when the task is absent from data_dir;
+    ValueError for a malformed file, or a `path` that is missing or of the wrong kind."""
+    explicit = path is not None
+    if source == "hf":
+        items = hf_items(name, hf_rows(name), mmlu_description)
+    else:
+        if not explicit:
+            candidates = [os.path.join(data_dir, c) for c in TASK_FILES[name]]
+            path = next((c for c in candidates if os.path.exists(c)), None)
+            if path is None:
+                raise FileNotFoundError(" or ".join(candidates))
+        elif not os.path.exists(path):
+            raise ValueError(f"--task_file {name}={path} does not exist")
+        elif os.path.isdir(path) != (name in FOLDER_TASKS):
+            kind = "the folder of" if name in FOLDER_TASKS else "one file, not a folder, like"
+            raise ValueError(f"--task_file {name}={path} is {'a folder' if os.path.isdir(path) else 'a file'}; "
+                             f"{name} reads {kind} {TASK_FILES[name][0]}")
+        try:
+            items = read_task_file(name, path, mmlu_description)
+        except FileNotFoundError as e:
+            if not explicit:
+                raise
+            raise ValueError(f"--task_file {name}={path}: {e}") from None  # not a skipped task: the user named it
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        if not items:  # else every score would be the mean of nothing
+            raise malformed(path, "holds no items")
+    if olmes_subsample and name in OLMES_SUBSAMPLED and len(items) > 1000:
+        items = random.Random(1234).sample(items, 1000)
+    if limit is None:
+        return items
+    kept, taken = [], Counter()
+    for it in items:
+        taken[it.subtask] += 1
+        if taken[it.subtask] <= limit:
+            kept.append(it)
+    return kept
 
 
 # -----------------------------------------------------------------------------
@@ -440,10 +412,9 @@ def load_task_hf(name, limit=None, olmes_subsample=False, mmlu_description=True)
 def encode_pairs(tokenizer, pairs, bos_id):
     """[(context, continuation)] -> (token arrays, start P of each continuation, prefix-property flags).
 
-    P = 1 + len(enc(context)) when enc(context + continuation) starts with enc(context) (the prefix
-    property, spec §1.4). Where it fails, a token straddles the boundary; P is then put at the first
-    token that differs, so every token holding a continuation character is scored (the straddling
-    one included) and none is lost, and the flag lets the caller count it."""
+    P = 1 + len(enc(context)) when enc(context + continuation) starts with enc(context) (spec §1.4).
+    Where it does not, a token straddles the boundary: P is the first token that differs, so that the
+    straddling token is scored with the continuation, and the flag lets the caller count it."""
     contexts = tokenizer.encode_batch([c for c, _ in pairs])
     wholes = tokenizer.encode_batch([c + x for c, x in pairs])
     ids, starts, prefix_ok = [], [], []
@@ -459,17 +430,13 @@ def encode_pairs(tokenizer, pairs, bos_id):
 
 
 def rolling_windows(ids, start, max_len):
-    """[(window ids, start)]: the windows in which a sequence is scored, each at most max_len tokens.
-
-    A sequence that fits is its own window. A longer one is scored with rolling windows, as
+    """[(window ids, start)]: a sequence that fits is its own window. A longer one is scored as
     lm-evaluation-harness scores long documents: the continuation is cut into pieces of max_len // 2
-    tokens, and each piece is scored in a window that ends with it and is filled up with the tokens
-    before it, <s> kept first (the context is cut from the left, spec §1.5). Every continuation token
-    is thus scored exactly once, with at least half a window of left context; none is dropped."""
+    tokens, each scored in a window that ends with it, filled with the tokens before it, <s> first
+    (spec §1.5). Every continuation token is scored once, with at least half a window of context."""
     if len(ids) <= max_len:
         return [(ids, start)]
-    piece = max(1, max_len // 2)
-    windows = []
+    piece, windows = max(1, max_len // 2), []
     for first in range(start, len(ids), piece):
         end = min(first + piece, len(ids))
         left = max(1, end - max_len + 1)  # the first token after <s> that still fits
@@ -494,13 +461,11 @@ class Rows:
 @torch.inference_mode()
 def run_rows(model, attention, table, starts, rows, batch_size=64, batch_tokens=None, autocast=False,
              on_rows_done=None):
-    """Sum of log p(clean token p+1) over each row's read positions. `attention` is "causal", "prefix"
-    (<s> + context bidirectional) or "bidirectional"; `table` holds the chunk's clean sequences,
-    padded, at least one column wider than the longest row. At most batch_size rows and batch_tokens
-    padded tokens per forward pass; autocast: bf16 (CUDA)."""
+    """Sum of log p(clean token p+1) over each row's read positions. `attention`: "causal", "prefix"
+    or "bidirectional"; `table`: the chunk's clean sequences, padded, one column wider than the
+    longest row. At most batch_size rows and batch_tokens padded tokens per pass; autocast: bf16."""
     cfg, device = model.config, table.device
-    # a CPU runs a small model fastest on batches that stay in its caches (2048 tokens: ~1.4x faster
-    # than 16384 for the tiny test model); a GPU wants large batches
+    # a CPU runs a small model fastest on batches that stay in its caches, a GPU wants large ones
     batch_tokens = batch_tokens or (16384 if device.type == "cuda" else 2048)
     sums = np.zeros(len(rows.seq))
     order = np.argsort(-rows.length, kind="stable")  # longest first: an out-of-memory shows at once
@@ -518,65 +483,48 @@ def run_rows(model, attention, table, starts, rows, batch_size=64, batch_tokens=
         prefix_len = starts[seq] if attention == "prefix" else None
         # pads form their own document: no real token attends to them
         doc_ids = (~valid).int() if attention == "bidirectional" and not bool(valid.all()) else None
-        # (on CUDA the model gives eager callers like this one dense SDPA masks, not shape-compiled flex)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             h = model.hidden_states(x, mode=attention, prefix_len=prefix_len, doc_ids=doc_ids)
         row, p = torch.from_numpy(rows.read[batch, :T]).to(device).nonzero(as_tuple=True)
-        logp = target_logprobs(model, h[row, p], clean[row, p + 1])
+        # log softmax(lm_head(h))[target] in fp32 (spec §4.1), a slice at a time to keep the logits small
+        logp, step = torch.zeros(len(row), dtype=torch.float64, device=device), max(1, 2 ** 25 // cfg.vocab_size)
+        with torch.autocast(device.type, enabled=False):
+            for i in range(0, len(row), step):
+                r, q = row[i:i + step], p[i:i + step]
+                logits = model.lm_head(h[r, q].float())
+                logp[i:i + step] = logits.gather(1, clean[r, q + 1][:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
         sums[batch] += torch.zeros(count, dtype=torch.float64, device=device).index_add_(0, row, logp).cpu().numpy()
         if on_rows_done is not None:
             on_rows_done(batch)
     return sums
 
 
-def target_logprobs(model, h, targets):
-    """log softmax(lm_head(h))[target] in fp32 (spec §4.1), a slice of positions at a time so that
-    the (positions, vocab) logits stay small."""
-    out = []
-    step = max(1, 2 ** 25 // model.config.vocab_size)
-    with torch.autocast(h.device.type, enabled=False):
-        for i in range(0, len(h), step):
-            logits = model.lm_head(h[i:i + step].float())
-            picked = logits.gather(1, targets[i:i + step, None])[:, 0]
-            out.append((picked - torch.logsumexp(logits, dim=-1)).double())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=h.device)
-
-
-def positions(n_rows, width):
-    return np.broadcast_to(np.arange(width), (n_rows, width))
-
-
 def causal_rows(lengths, starts):
     """One row per sequence: input s_0..s_{L-2}, read P-1..L-2 (spec §4.2; prefix mode §4.3 too)."""
     L, P = np.asarray(lengths), np.asarray(starts)
-    pos = positions(len(L), int(L.max()) - 1)
+    pos = np.arange(int(L.max()) - 1)
     read = (pos >= P[:, None] - 1) & (pos <= L[:, None] - 2)
     return Rows(np.arange(len(L)), L - 1, np.zeros_like(read), read)
 
 
 def pll_rows(lengths, starts, k, right_context="visible", tail="append"):
-    """One row per continuation position j (spec §4.4): <mask> over j..j+k-1, read z_{j-1}.
-
-    right_context "visible": the tokens after the masks stay in the input (BERTS §2.2), "dropped":
-    the row ends after the masks. tail "append": near the end extra <mask>s keep the count at k,
-    "truncate": only positions inside the sequence are masked."""
+    """One row per continuation position j (spec §4.4): <mask> over j..j+k-1, read z_{j-1}. The tokens
+    after the masks stay (right_context "visible", BERTS §2.2) or go ("dropped"); near the end, extra
+    <mask>s keep the count at k (tail "append") or only positions inside the sequence are masked."""
     L, P = np.asarray(lengths), np.asarray(starts)
     seq = np.repeat(np.arange(len(L)), L - P)
     j = np.concatenate([np.arange(p, n) for p, n in zip(P, L)])
     end = j + k if tail == "append" else np.minimum(j + k, L[seq])  # one past the last mask
     length = np.maximum(L[seq], end) if right_context == "visible" else end
-    pos = positions(len(seq), int(length.max()))
-    masked = (pos >= j[:, None]) & (pos < end[:, None])
-    return Rows(seq, length, masked, pos == j[:, None] - 1)
+    pos = np.arange(int(length.max()))
+    return Rows(seq, length, (pos >= j[:, None]) & (pos < end[:, None]), pos == j[:, None] - 1)
 
 
 def mc_mask_patterns(seed, n_cont, n_samples, masking="count"):
-    """(n_samples, n_cont) masks for the MC estimator (spec §4.5) and the weight of each sample.
-
-    Sample j has t_j = j/N. masking "count" (default): mask exactly n_j = ceil(t_j * n_cont) tokens, a
-    uniformly random subset, weight n_cont / n_j (the realised fraction, as DUAL's training weights).
-    "bernoulli" (MDLM): mask each token with probability t_j, weight 1 / t_j. The generator is seeded
-    by `seed`, so estimates are reproducible bit for bit."""
+    """(n_samples, n_cont) masks of the MC estimator (spec §4.5), seeded, and each sample's weight.
+    Sample j has t_j = j/N; "count" masks exactly ceil(t_j * n_cont) tokens, weight n_cont / count
+    (the realised fraction, as DUAL's training weights); "bernoulli" (MDLM) each with probability t_j,
+    weight 1 / t_j."""
     noise = np.random.default_rng(seed).random((n_samples, n_cont))
     t = np.arange(1, n_samples + 1) / n_samples
     if masking == "bernoulli":
@@ -620,78 +568,66 @@ def max_length(mode, block_size, k=1, right_context="visible", tail="append"):
     return block_size
 
 
-def scoring_windows(seqs, limit):
-    """Every window the sequences are scored in (rolling_windows with windows of `limit` tokens), and
-    for each the sequence it belongs to and its number within that sequence."""
+def scoring_windows(seqs, limit, mode, n_samples=128):
+    """Every window the sequences are scored in (rolling_windows of at most `limit` tokens), the
+    sequence each belongs to and its number in it, and each window's rows and row tokens: the work
+    behind progress and ETA. MC shares a pass between identical mask patterns (2^n - 1 at most)."""
     windows, owner, number = [], [], []
     for i, (ids, start) in enumerate(seqs):
         for w, window in enumerate(rolling_windows(ids, start, limit)):
             windows.append(window)
             owner.append(i)
             number.append(w)
-    return windows, np.array(owner, dtype=np.int64), np.array(number, dtype=np.int64)
-
-
-def window_work(windows, mode, n_samples=128):
-    """Rows per window and row tokens per window: the work estimate behind progress and ETA. MC
-    shares one pass between identical mask patterns, of which n tokens have at most 2^n - 1."""
     lengths = np.array([len(ids) for ids, _ in windows])
     cont = lengths - np.array([start for _, start in windows])
     rows = {"pll": cont, "mc": np.minimum(n_samples, 2.0 ** np.minimum(cont, 60) - 1)}.get(mode, np.ones(len(windows)))
-    return rows, rows * lengths
+    return windows, np.array(owner, dtype=np.int64), np.array(number, dtype=np.int64), rows, rows * lengths
 
 
 def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="append", n_samples=128,
                      mc_masking="count", seeds=None, batch_size=64, batch_tokens=None, autocast=False,
                      on_progress=None, chunk_cells=1 << 23):
-    """Log-likelihood estimate of each sequence's continuation in `mode`.
+    """Log-likelihood estimate of each sequence's continuation in `mode`: (ll, stderr, truncated).
 
-    seqs: [(ids, start)], ids = [<s>] + context + continuation tokens, continuation from `start`.
-    Returns (ll, stderr, truncated) arrays; stderr is the MC standard error (zeros for the exact
-    modes). A sequence longer than the model's window is scored over rolling windows
-    (rolling_windows), each window in `mode` as a sequence of its own, and the window estimates add
-    up (MC: their variances too); `truncated` flags these sequences, whose context was cut.
-    Work goes chunk by chunk (at most `chunk_cells` row x position cells) so memory stays bounded.
-    on_progress(fraction) is called after every forward pass with the share of the work done (row
-    tokens, estimated up front), so that a progress bar's rate and ETA hold from the first batch."""
+    seqs: [(ids, start)], ids = [<s>] + context + continuation tokens, the continuation from `start`.
+    stderr is the MC standard error (zeros for the exact modes). A sequence longer than the model's
+    window is scored over rolling windows, each as a sequence of its own, and their estimates (MC:
+    and variances) add up; `truncated` flags these. Chunks of at most `chunk_cells` row x position
+    cells bound the memory. on_progress(share of the work done) is called after every forward pass."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     limit = max_length(mode, model.config.block_size, k, tail=tail)
     if limit < 3:  # <s>, one token of context and one to score
         raise ValueError(f"pll_k={k} leaves no room in the model's window of {model.config.block_size} tokens; "
                          f"use a smaller k")
-    windows, owner, number = scoring_windows(seqs, limit)
-    truncated = np.array([len(ids) > limit for ids, _ in seqs], dtype=bool)
-    n = len(windows)
-    ll, variance = np.zeros(n), np.zeros(n)
-    attention = {"causal": "causal", "prefix": "prefix"}.get(mode, "bidirectional")
-    device = next(model.parameters()).device
+    windows, owner, number, rows_per_window, work = scoring_windows(seqs, limit, mode, n_samples)
     lengths = np.array([len(ids) for ids, _ in windows])
-    rows_per_window, work = window_work(windows, mode, n_samples)
+    ll, variance = np.zeros(len(windows)), np.zeros(len(windows))
+    attention = mode if mode in ("causal", "prefix") else "bidirectional"
+    device = next(model.parameters()).device
     work_total, work_before = max(float(work.sum()), 1.0), 0.0
     order = np.argsort(-lengths, kind="stable")
     first = 0
-    while first < n:
+    while first < len(order):
         width = int(lengths[order[first]]) + k + 1
         last, cells = first, 0
-        while last < n and (last == first or cells + rows_per_window[order[last]] * width <= chunk_cells):
+        while last < len(order) and (last == first or cells + rows_per_window[order[last]] * width <= chunk_cells):
             cells += rows_per_window[order[last]] * width
             last += 1
         chunk = order[first:last]
         first = last
-        L = lengths[chunk]
-        P = np.array([windows[i][1] for i in chunk])
+        L, P = lengths[chunk], np.array([windows[i][1] for i in chunk])
         table = np.full((len(chunk), width), model.config.pad_id, dtype=np.int64)
         for r, i in enumerate(chunk):
-            table[r, :lengths[i]] = windows[i][0]
-        if mode in ("causal", "prefix"):
-            rows = causal_rows(L, P)
-        elif mode == "pll":
+            table[r, :L[r]] = windows[i][0]
+        if mode == "pll":
             rows = pll_rows(L, P, k, right_context, tail)
-        else:
+        elif mode == "mc":
             # the first window keeps the sequence's seed; later ones get their own stream from it
             window_seeds = [seeds[owner[i]] if number[i] == 0 else [seeds[owner[i]], int(number[i])] for i in chunk]
             rows, inverses, weights = mc_rows(L, P, window_seeds, n_samples, mc_masking)
+        else:
+            rows = causal_rows(L, P)
         chunk_work, chunk_rows, rows_done_work = float(work[chunk].sum()), float(rows.length.sum()), 0.0
 
         def rows_done(batch):
@@ -703,27 +639,25 @@ def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="a
         sums = run_rows(model, attention, torch.from_numpy(table).to(device), torch.from_numpy(P).to(device), rows,
                         batch_size, batch_tokens, autocast, rows_done)
         work_before += chunk_work
-        per_row_start = np.concatenate([[0], np.cumsum(np.bincount(rows.seq, minlength=len(chunk)))])
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(rows.seq, minlength=len(chunk)))])
         for r, i in enumerate(chunk):
-            row_sums = sums[per_row_start[r]:per_row_start[r + 1]]
-            if mode != "mc":
-                ll[i] = row_sums.sum()
-            else:
-                # sample j's estimate: its weight (L_c / n_j) times the sum of log p over its masked tokens (spec §4.5)
+            row_sums = sums[bounds[r]:bounds[r + 1]]
+            if mode == "mc":  # sample j: its weight times log p summed over its masked tokens (spec §4.5)
                 values = weights[r] * row_sums[inverses[r]]
-                ll[i] = values.mean()
-                variance[i] = values.var(ddof=1) / n_samples
+                ll[i], variance[i] = values.mean(), values.var(ddof=1) / n_samples
+            else:
+                ll[i] = row_sums.sum()
     # a sequence's estimate is the sum over its windows; independent MC estimates add their variances
     return (np.bincount(owner, ll, minlength=len(seqs)), np.sqrt(np.bincount(owner, variance, minlength=len(seqs))),
-            truncated)
+            np.array([len(ids) > limit for ids, _ in seqs], dtype=bool))
 
 
 # -----------------------------------------------------------------------------
 # Task scores (spec §3, §1.6)
 
 def n_chars(continuation, count_space=True):
-    """Characters the per-char normalisation divides by: code points of " " + choice, the leading space
-    counted as OLMES does (spec §3); count_space=False drops it (LMH acc_norm)."""
+    """What per-char normalisation divides by: the code points of " " + choice, the space counted as
+    OLMES does (spec §3), or not (count_space=False, LMH acc_norm)."""
     return len(continuation) if count_space or not continuation.startswith(" ") else len(continuation) - 1
 
 
@@ -752,41 +686,43 @@ def task_accuracy(items, correct):
 # -----------------------------------------------------------------------------
 # evaluate(): tasks x modes -> results
 
+# the options with a fixed set of values, the default first (the alternatives: spec §8, docs/eval.md)
+CHOICES = {"pll_right_context": ("visible", "dropped"), "pll_tail": ("append", "truncate"),
+           "mc_masking": ("count", "bernoulli"), "random_baseline": ("task", "items"), "source": ("files", "hf")}
+
+
 @dataclass
 class Settings:
-    """Every option of an evaluation; `settings` in the results JSON."""
-    limit: int = None                # first N items per task (per sub-task for BLiMP and MMLU)
+    """Every option of an evaluation (`settings` in the results JSON; `eval.py --help` says what each does)."""
+    limit: int = None
     batch_size: int = 64
     batch_tokens: int = None         # None: 2048 on CPU, 16384 on CUDA
     pll_k: tuple = (1, 6)
     pll_right_context: str = "visible"
     pll_tail: str = "append"
     mc_samples: int = 128
-    mc_masking: str = "count"        # or "bernoulli" (spec §8)
-    random_baseline: str = "task"    # r = 100/choices of the task, or "items": mean of 100/choices per item
+    mc_masking: str = "count"
+    random_baseline: str = "task"
     seed: int = 0
     per_char_space: bool = True
     mmlu_description: bool = True
     olmes_subsample: bool = False
-    source: str = "files"            # "files" (release files under data_dir) or "hf"
+    source: str = "files"
     task_files: dict = field(default_factory=dict)  # task -> file overriding the data_dir lookup
 
     def __post_init__(self):
         self.pll_k = tuple(self.pll_k)
         checks = [
-            (self.limit is None or (isinstance(self.limit, int) and self.limit >= 1), "limit must be a positive integer"),
+            (self.limit is None or (isinstance(self.limit, int) and self.limit >= 1),
+             "limit must be a positive integer"),
             (self.batch_size >= 1 and (self.batch_tokens or 1) >= 1, "batch_size and batch_tokens must be >= 1"),
             (len(self.pll_k) > 0 and all(isinstance(k, int) and k >= 1 for k in self.pll_k),
              f"pll_k={list(self.pll_k)}: every k counts masks and must be an integer >= 1"),
-            (self.pll_right_context in ("visible", "dropped"), "pll_right_context must be 'visible' or 'dropped'"),
-            (self.pll_tail in ("append", "truncate"), "pll_tail must be 'append' or 'truncate'"),
             (self.mc_samples >= 2, "mc_samples must be >= 2 (a standard error needs two samples)"),
-            (self.mc_masking in ("count", "bernoulli"), "mc_masking must be 'count' or 'bernoulli'"),
-            (self.random_baseline in ("task", "items"), "random_baseline must be 'task' or 'items'"),
             (isinstance(self.seed, int) and -2 ** 63 <= self.seed < 2 ** 63, "seed must be an integer of 64 bits"),
-            (self.source in ("files", "hf"), "source must be 'files' or 'hf'"),
             (set(self.task_files) <= set(TASKS), f"task_files names unknown tasks; valid tasks: {', '.join(TASKS)}"),
-        ]
+        ] + [(getattr(self, name) in valid, f"{name} must be {' or '.join(map(repr, valid))}")
+             for name, valid in CHOICES.items()]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -799,7 +735,8 @@ SCORING = ("device", "autocast_bf16", "pll_k", "pll_right_context", "pll_tail", 
 
 
 def parse_names(value, valid, what):
-    names = list(valid) if value == "all" else [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
+    names = value.split(",") if isinstance(value, str) else value
+    names = list(valid) if value == "all" else [v.strip() for v in names]
     unknown = [v for v in names if v not in valid]
     if unknown or not names:
         raise ValueError(f"unknown {what} {', '.join(map(repr, unknown)) or '(none given)'}; "
@@ -818,31 +755,29 @@ def build_requests(tokenizer, task, items, seed, bos_id):
         pairs += [(UNCONDITIONAL_CONTEXT, c) for c in uncond]
         keys += [f"{seed}|{task}|uncond|{c}" for c in uncond]
     ids, starts, prefix_ok = encode_pairs(tokenizer, pairs, bos_id)
-    seeds = [zlib.crc32(key.encode("utf-8")) for key in keys]
-    return dict(seqs=list(zip(ids, starts)), seeds=seeds, uncond=uncond,
+    return dict(seqs=list(zip(ids, starts)), seeds=[zlib.crc32(key.encode("utf-8")) for key in keys], uncond=uncond,
                 prefix_mismatches=int(len(prefix_ok) - sum(prefix_ok)))
 
 
-def score_task(task, items, req, mode_name, ll, stderr, truncated, settings, dump, k=None):
+def score_task(task, items, req, mode, ll, stderr, truncated, settings, dump, k=None):
     """Accuracy etc. of one task under one log-likelihood estimate; hands the --dump lines to `dump`."""
     normalisation, baseline = TASKS[task]
-    if settings.random_baseline == "items":  # spec §8: differs from 100/k only where items have other counts (ARC)
+    if settings.random_baseline == "items":  # differs from 100/k only where items have other counts (ARC)
         baseline = float(np.mean([100.0 / len(it.continuations) for it in items]))
     correct, lines, seq = [], [], 0
     for it in items:
         scores = []
         for ci, cont in enumerate(it.continuations):
-            u = req["uncond"].get(cont) if normalisation == "pmi" else None
-            chars = n_chars(cont, settings.per_char_space)
+            u, chars = req["uncond"].get(cont), n_chars(cont, settings.per_char_space)
             scores.append(choice_score(normalisation, ll[seq], None if u is None else ll[u], chars))
             if dump is not None:
                 ids, start = req["seqs"][seq]
-                lines.append({"task": task, "mode": mode_name, "k": k, "item": it.id, "subtask": it.subtask or None,
+                lines.append({"task": task, "mode": mode, "k": k, "item": it.id, "subtask": it.subtask or None,
                               "choice": ci, "gold": it.gold, "context": it.context, "continuation": cont,
                               "n_tokens": int(len(ids) - start), "n_chars": chars, "ll": float(ll[seq]),
                               "ll_uncond": None if u is None else float(ll[u]), "normalizer": normalisation,
                               "score": float(scores[-1]), "truncated": bool(truncated[seq])})
-                if mode_name == "mc":
+                if mode == "mc":
                     lines[-1].update(seed=req["seeds"][seq], samples=settings.mc_samples,
                                      masking=settings.mc_masking, stderr=float(stderr[seq]))
             seq += 1
@@ -851,50 +786,81 @@ def score_task(task, items, req, mode_name, ll, stderr, truncated, settings, dum
         dump(lines)
     accuracy, subtasks = task_accuracy(items, correct)
     out = {"accuracy": accuracy, "normalized": normalized_score(accuracy, baseline), "random_baseline": baseline}
-    if subtasks:
-        out["subtasks"] = subtasks
-    return out
+    return dict(out, subtasks=subtasks) if subtasks else out
+
+
+def evaluate_mode(model, task, items, req, mode, settings, autocast, dump, run=None):
+    """One (task, mode) pair: its results entry. `run`: the whole run's progress, None for silence."""
+    per_k = {}
+    for k in settings.pll_k if mode == "pll" else (1,):
+        key = (task, mode, k)
+        desc = f"{task} {mode}" + (f" k={k}" if mode == "pll" else "")
+        bar = None if run is None else Progress(len(items), desc=desc, unit="items", suffix=run.line)
+
+        def advance(fraction):  # items' worth of the work done, so items/s and ETA hold throughout
+            if bar is not None:
+                run.advance(key, fraction)
+                bar.update(int(fraction * len(items)) - bar.count)
+
+        start = time.time()
+        ll, stderr, truncated = sequence_logliks(
+            model, req["seqs"], mode, k=k, right_context=settings.pll_right_context, tail=settings.pll_tail,
+            n_samples=settings.mc_samples, mc_masking=settings.mc_masking, seeds=req["seeds"],
+            batch_size=settings.batch_size, batch_tokens=settings.batch_tokens, autocast=autocast,
+            on_progress=advance)
+        if bar is not None:
+            run.advance(key, 1.0)
+            bar.close()
+        per_k[k] = score_task(task, items, req, mode, ll, stderr, truncated, settings, dump,
+                              k if mode == "pll" else None)
+        per_k[k]["seconds"] = time.time() - start
+    best = max(per_k, key=lambda k: per_k[k]["normalized"])  # per-task max over k (spec §4.4)
+    entry = {**per_k[best], "n_items": len(items), "prefix_mismatches": req["prefix_mismatches"],
+             "truncated": int(truncated.sum()), "seconds": sum(r["seconds"] for r in per_k.values())}
+    if mode == "pll":
+        entry["best_k"] = best
+        entry["k"] = {str(k): {"accuracy": r["accuracy"], "normalized": r["normalized"]} for k, r in per_k.items()}
+    if mode == "mc":
+        entry["stderr"] = {"samples": settings.mc_samples, "mean": float(stderr.mean()),
+                           "median": float(np.median(stderr)), "max": float(stderr.max())}
+    return entry
 
 
 def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_DATA_DIR, dump=None,
              checkpoint=None, progress=True, autocast=None, out=None, **options):
     """Evaluate `model` on `tasks` ("all", names, or {name: [Item]}) in `modes`; returns the results
-    dict that eval.py writes (README: "Results JSON"). `options` are the fields of Settings; `dump`
-    a path for the per-(item, choice) JSONL audit lines; autocast defaults to bf16 on CUDA.
-
-    `out`: a path the results are written to, atomically, after every (task, mode) pair, so that an
-    interrupted run keeps what it finished. What `out` already holds is kept (keep_results)."""
+    dict that eval.py writes (docs/eval.md: "Results JSON"). `options` are the fields of Settings;
+    `dump` a path for the per-(item, choice) JSONL audit lines; autocast defaults to bf16 on CUDA.
+    `out`: where the results are written, atomically, after every (task, mode) pair, so that an
+    interrupted run keeps what it finished; what `out` already holds is kept (keep_results)."""
     settings = Settings(**options)
     modes = parse_names(modes, MODES, "mode")
-    given = tasks if isinstance(tasks, dict) else dict.fromkeys(parse_names(tasks, TASKS, "task"))
-    parse_names(list(given), TASKS, "task")
+    given = {name: tasks[name] if isinstance(tasks, dict) else None for name in parse_names(tasks, TASKS, "task")}
     device = next(model.parameters()).device
     autocast = device.type == "cuda" if autocast is None else autocast
     cfg = model.config
     if (tokenizer.bos_id, tokenizer.mask_id, tokenizer.pad_id) != (cfg.bos_id, cfg.mask_id, cfg.pad_id):
-        raise ValueError("the tokenizer's <s>/<mask>/<pad> ids differ from the model's; use the checkpoint's own tokenizer")
+        raise ValueError("the tokenizer's <s>/<mask>/<pad> ids differ from the model's; "
+                         "use the checkpoint's own tokenizer")
     results = {"checkpoint": checkpoint, "fingerprint": fingerprint(model, tokenizer), "run": run_info(model),
                "settings": {"tasks": list(given), "modes": modes, "data_dir": data_dir, "device": str(device),
                             "autocast_bf16": autocast, **asdict(settings)},
                "complete": False, "tasks": {}, "average": {}, "skipped": {}, "items_sha256": {}}
-    # read every task first, so a malformed file fails before any model time is spent
-    loaded = {}
+    loaded = {}  # every task read first, so that a malformed file fails before any model time is spent
     for name, items in given.items():
-        if items is None:
-            try:
-                if settings.source == "hf":
-                    items = load_task_hf(name, settings.limit, settings.olmes_subsample, settings.mmlu_description)
-                else:
-                    items = load_task(name, data_dir, settings.limit, settings.olmes_subsample,
-                                      settings.mmlu_description, settings.task_files.get(name))
-            except FileNotFoundError as e:
-                results["skipped"][name] = str(e)
-                print(f"eval.py: skipping {name}: not found ({e})", flush=True)
-                continue
+        try:
+            items = items if items is not None else load_task(
+                name, data_dir, settings.limit, settings.olmes_subsample, settings.mmlu_description,
+                settings.task_files.get(name), settings.source)
+        except FileNotFoundError as e:
+            results["skipped"][name] = str(e)
+            print(f"eval.py: skipping {name}: not found ({e})", flush=True)
+            continue
         if not items:
             raise ValueError(f"task {name} has no items to evaluate")
         loaded[name] = items
-        results["items_sha256"][name] = items_digest(items)
+        # the items as scored: changes with the task file's content, --limit, the subsample...
+        results["items_sha256"][name] = hashlib.sha256(json.dumps([vars(it) for it in items]).encode()).hexdigest()
     keep_results(out, results, modes, dump)
     todo = [(name, mode) for name in loaded for mode in modes if mode not in results["tasks"].get(name, {})]
     requests = {name: build_requests(tokenizer, name, loaded[name], settings.seed, cfg.bos_id)
@@ -903,8 +869,10 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
         if req["prefix_mismatches"]:
             print(f"eval.py: {name}: {req['prefix_mismatches']} of {len(req['seqs'])} sequences break the "
                   f"tokenisation prefix property; their boundary token is scored as continuation", flush=True)
-    run = RunProgress({(name, mode, k): pass_work(requests[name]["seqs"], mode, k, cfg.block_size, settings)
-                       for name, mode in todo for k in mode_ks(mode, settings)})
+    # the whole run's work: the row tokens of every (task, mode, k) pass
+    run = RunProgress({(name, mode, k): float(scoring_windows(
+        requests[name]["seqs"], max_length(mode, cfg.block_size, k, tail=settings.pll_tail), mode,
+        settings.mc_samples)[4].sum()) for name, mode in todo for k in (settings.pll_k if mode == "pll" else (1,))})
     dump_file = open(dump, "w", encoding="utf-8") if dump else None
 
     def write_dump(lines):
@@ -920,7 +888,9 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
             entry = evaluate_mode(model, name, loaded[name], requests[name], mode, settings, autocast,
                                   write_dump if dump_file else None, run if progress else None)
             if progress:
-                print(f"eval.py: {name} {mode}: {describe_entry(entry)}; {run.line()}", flush=True)
+                best_k = f", best k={entry['best_k']}" if "best_k" in entry else ""
+                print(f"eval.py: {name} {mode}: accuracy {entry['accuracy']:.1f}% (normalised "
+                      f"{entry['normalized']:.1f}){best_k}, {entry['seconds']:.1f}s; {run.line()}", flush=True)
             results["tasks"].setdefault(name, {})[mode] = entry
             results["average"] = average_scores(results["tasks"])
             if out:
@@ -938,24 +908,6 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
     return results
 
 
-def mode_ks(mode, settings):
-    """The mask counts a mode runs: every k of --pll_k for pll, one pass otherwise."""
-    return settings.pll_k if mode == "pll" else (1,)
-
-
-def pass_work(seqs, mode, k, block_size, settings):
-    """Row tokens one (task, mode, k) pass will run: the unit of the whole-run progress and ETA."""
-    windows, _, _ = scoring_windows(seqs, max_length(mode, block_size, k, tail=settings.pll_tail))
-    return float(window_work(windows, mode, settings.mc_samples)[1].sum())
-
-
-def describe_entry(entry):
-    text = f"accuracy {entry['accuracy']:.1f}% (normalised {entry['normalized']:.1f})"
-    if "best_k" in entry:
-        text += f", best k={entry['best_k']}"
-    return text + f", {entry['seconds']:.1f}s"
-
-
 def average_scores(task_results):
     """Mean normalised score per mode over the tasks evaluated in that mode."""
     scores = {}
@@ -966,7 +918,7 @@ def average_scores(task_results):
 
 
 def fingerprint(model, tokenizer):
-    """sha256 of the model's weights and the tokenizer: with the model config (in "run"), what makes two
+    """sha256 of the weights and the tokenizer: with the model config (in "run"), what makes two
     evaluations of a checkpoint comparable, whatever its path or file time."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
@@ -976,10 +928,24 @@ def fingerprint(model, tokenizer):
     return digest.hexdigest()
 
 
-def items_digest(items):
-    """sha256 of a task's items as scored: changes with the task file's content, --limit, the subsample..."""
-    return hashlib.sha256(json.dumps([vars(it) for it in items]).encode()).hexdigest()
+def run_info(model):
+    """What gp_fit.py and the sweep need to place this checkpoint: lambda, repetitions, tokens seen."""
+    meta = getattr(model, "meta", None) or {}
+    config = meta.get("config") or {}
+    # segments: stretches of steps with different settings (a resume with a new lam, say); `config` holds
+    # the last one's, so a lam or repetitions that changed during the run is not the run's
+    segments = meta.get("segments") or []
+    varied = set().union(*(s.get("settings", {}) for s in segments)) if segments else set()
+    return {"lam": None if "lam" in varied else config.get("lam"),
+            "repetitions": None if "repetitions" in varied else config.get("repetitions"),
+            "tokens_seen": meta.get("tokens_seen"), "iter_num": meta.get("iter_num"),
+            "n_params": model.num_params(), "n_params_non_embedding": model.num_params(non_embedding=True),
+            "model_config": asdict(model.config), "segments": segments,
+            "config": {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool, type(None)))}}
 
+
+# -----------------------------------------------------------------------------
+# Kept results: what --out holds is merged into a rerun when it still stands (docs/eval.md: Kept results)
 
 def results_problem(r):
     """What makes `r` (a parsed results file) unfit to merge into, or None."""
@@ -999,8 +965,8 @@ def results_problem(r):
 
 
 def read_results(path):
-    """The results file at `path` (None where there is none), checked: a one-line ValueError for a file
-    that is not a valid results file, which is then never overwritten."""
+    """The results file at `path`, or None where there is none; a one-line ValueError for a file that
+    is not a valid results file, which is then never overwritten."""
     if not path or not os.path.exists(path):
         return None
     try:
@@ -1034,10 +1000,9 @@ def pair_list(entries):
 
 
 def keep_results(out, results, modes, dump=None):
-    """Put into results["tasks"] what the results file `out` holds that still stands: every entry, if
-    it comes from a model with the same fingerprint and the same SCORING settings, except those of a
-    task run now whose items differ from the ones it was scored on. Says in one line what it reuses,
-    what it keeps besides, and what it replaces."""
+    """Put into results["tasks"] what `out` holds that still stands: every entry, if it comes from a
+    model with the same fingerprint and config and the same SCORING settings, except those of a task
+    run now whose items changed. Says in one line each what it reuses, keeps besides, and replaces."""
     previous = read_results(out)
     if previous is None:
         return
@@ -1083,60 +1048,6 @@ def write_results(path, results):
             os.remove(tmp)
 
 
-def evaluate_mode(model, task, items, req, mode, settings, autocast, dump, run=None):
-    """One (task, mode) pair: its results entry. `run`: the whole run's progress, None for silence."""
-    per_k = {}
-    for k in mode_ks(mode, settings):
-        key = (task, mode, k)
-        desc = f"{task} {mode}" + (f" k={k}" if mode == "pll" else "")
-        bar = None if run is None else Progress(len(items), desc=desc, unit="items", suffix=run.line)
-
-        def advance(fraction):  # items' worth of the work done, so items/s and ETA hold throughout
-            if bar is not None:
-                run.advance(key, fraction)
-                bar.update(int(fraction * len(items)) - bar.count)
-
-        start = time.time()
-        ll, stderr, truncated = sequence_logliks(
-            model, req["seqs"], mode, k=k, right_context=settings.pll_right_context, tail=settings.pll_tail,
-            n_samples=settings.mc_samples, mc_masking=settings.mc_masking, seeds=req["seeds"],
-            batch_size=settings.batch_size, batch_tokens=settings.batch_tokens, autocast=autocast,
-            on_progress=advance)
-        if bar is not None:
-            run.advance(key, 1.0)
-            bar.close()
-        per_k[k] = score_task(task, items, req, mode, ll, stderr, truncated, settings, dump,
-                              k if mode == "pll" else None)
-        per_k[k]["seconds"] = time.time() - start
-    best = max(per_k, key=lambda k: per_k[k]["normalized"])  # per-task max over k (spec §4.4)
-    entry = {**per_k[best], "n_items": len(items), "prefix_mismatches": req["prefix_mismatches"],
-             "truncated": int(truncated.sum()), "seconds": sum(r["seconds"] for r in per_k.values())}
-    if mode == "pll":
-        entry["best_k"] = best
-        entry["k"] = {str(k): {"accuracy": r["accuracy"], "normalized": r["normalized"]} for k, r in per_k.items()}
-    if mode == "mc":
-        entry["stderr"] = {"samples": settings.mc_samples, "mean": float(stderr.mean()),
-                           "median": float(np.median(stderr)), "max": float(stderr.max())}
-    return entry
-
-
-def run_info(model):
-    """What gp_fit.py and the sweep need to place this checkpoint: lambda, repetitions, tokens seen."""
-    meta = getattr(model, "meta", None) or {}
-    config = meta.get("config") or {}
-    # segments: the stretches of steps that ran with different settings (a resume with a new lam, say);
-    # `config` holds the last one's, so lam or repetitions that changed during the run are not the run's
-    segments = meta.get("segments") or []
-    varied = set().union(*(s.get("settings", {}) for s in segments)) if segments else set()
-    info = {"lam": None if "lam" in varied else config.get("lam"),
-            "repetitions": None if "repetitions" in varied else config.get("repetitions"),
-            "tokens_seen": meta.get("tokens_seen"), "iter_num": meta.get("iter_num"),
-            "n_params": model.num_params(), "n_params_non_embedding": model.num_params(non_embedding=True),
-            "model_config": asdict(model.config), "segments": segments}
-    info["config"] = {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool, type(None)))}
-    return info
-
-
 # -----------------------------------------------------------------------------
 # Command line
 
@@ -1169,9 +1080,8 @@ task_file = arg_type(lambda t: t.split("=", 1) if "=" in t and t.split("=", 1)[0
 
 
 def parse_args(argv):
-    p = ArgumentParser(prog="eval.py", allow_abbrev=False,
-                       description="Zero-shot evaluation of a nanodual checkpoint (nine tasks, four scoring modes; "
-                                   "see EVAL_SPEC.md).")
+    p = ArgumentParser(prog="eval.py", allow_abbrev=False, description="Zero-shot evaluation of a nanodual "
+                       "checkpoint: nine tasks, four scoring modes (EVAL_SPEC.md; docs/eval.md).")
     p.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
     p.add_argument("--tasks", default="all", help=f"'all' or a comma list of: {', '.join(TASKS)}")
     p.add_argument("--modes", default="causal", help=f"comma list of: {', '.join(MODES)}")
@@ -1179,31 +1089,30 @@ def parse_args(argv):
                    help="folder with the task files (default: $NANODUAL_EVAL_DATA or ./eval_data)")
     p.add_argument("--task_file", dest="task_files", type=task_file, action="append", default=[], metavar="TASK=PATH",
                    help="read TASK from PATH instead of looking in --data_dir (repeatable)")
-    p.add_argument("--source", default="files", choices=["files", "hf"],
-                   help="'hf': load the tasks from the Hugging Face hub (needs the datasets package)")
+    p.add_argument("--source", default="files", choices=CHOICES["source"],
+                   help="'hf': the tasks from the Hugging Face hub (needs the datasets package)")
     p.add_argument("--limit", type=positive_int, help="first N items per task (per sub-task for BLiMP/MMLU)")
     p.add_argument("--batch_size", type=positive_int, default=64, help="rows per forward pass at most")
     p.add_argument("--batch_tokens", type=positive_int,
                    help="padded tokens per forward pass at most (default: 2048 on CPU, 16384 on CUDA)")
     p.add_argument("--pll_k", type=k_list, default=(1, 6), help="mask counts for pll, e.g. 1,6")
-    p.add_argument("--pll_right_context", default="visible", choices=["visible", "dropped"])
-    p.add_argument("--pll_tail", default="append", choices=["append", "truncate"])
+    p.add_argument("--pll_right_context", default="visible", choices=CHOICES["pll_right_context"])
+    p.add_argument("--pll_tail", default="append", choices=CHOICES["pll_tail"])
     p.add_argument("--mc_samples", type=positive_int, default=128, help="N, the number of mask ratios t_j = j/N")
-    p.add_argument("--mc_masking", default="count", choices=["count", "bernoulli"],
-                   help="count: mask exactly ceil(t_j*n) tokens, weight n/count; "
-                        "bernoulli: each token with probability t_j, weight 1/t_j")
+    p.add_argument("--mc_masking", default="count", choices=CHOICES["mc_masking"],
+                   help="count: ceil(t_j*n) tokens, weight n/count; bernoulli: probability t_j, weight 1/t_j")
     p.add_argument("--seed", type=seed_int, default=0, help="seeds the MC mask subsets")
-    p.add_argument("--random_baseline", default="task", choices=["task", "items"],
-                   help="r of the normalised score: 100/choices of the task, or the mean of 100/choices over the items")
+    p.add_argument("--random_baseline", default="task", choices=CHOICES["random_baseline"],
+                   help="r of the normalised score: 100/choices of the task, or its mean over the items")
     p.add_argument("--per_char_space", type=on_off, default=True, metavar="on|off",
                    help="count the continuation's leading space in per-char normalisation (OLMES: on)")
     p.add_argument("--mmlu_description", type=on_off, default=True, metavar="on|off",
                    help="prepend MMLU's subject line at 0 shots (OLMES v0.1: on)")
     p.add_argument("--olmes_subsample", action="store_true",
                    help="OLMES's Random(1234) 1000-item subsample of ARC-E, HellaSwag, PIQA, SIQA")
-    p.add_argument("--out", help="write the results JSON here, after every (task, mode) pair; rerun with the same "
-                                 "--out to reuse and keep the pairs it holds (same checkpoint and scoring settings)")
-    p.add_argument("--dump", help="write one JSON line per (item, choice, mode) here")
+    p.add_argument("--out", help="the results JSON, written after every (task, mode) pair; a rerun with the same "
+                                 "--out reuses and keeps its pairs (same checkpoint and scoring settings)")
+    p.add_argument("--dump", help="one JSON line per (item, choice, mode)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
                    help="compute dtype on CUDA (bf16 autocast); CPU always runs float32")
@@ -1242,9 +1151,8 @@ def run(args):
     model = load_checkpoint(args.ckpt, device=device)
     if "tokenizer" not in model.meta:
         raise ValueError(f"checkpoint {args.ckpt} has no tokenizer spec; pass a checkpoint written by train.py")
-    tokenizer = data.Tokenizer.from_spec(model.meta["tokenizer"])
-    results = evaluate(model, tokenizer, tasks, modes, data_dir=args.data_dir, dump=args.dump,
-                       checkpoint=os.path.abspath(args.ckpt), out=args.out,
+    results = evaluate(model, data.Tokenizer.from_spec(model.meta["tokenizer"]), tasks, modes, data_dir=args.data_dir,
+                       dump=args.dump, checkpoint=os.path.abspath(args.ckpt), out=args.out,
                        autocast=device.type == "cuda" and args.dtype == "bfloat16",
                        **{f.name: getattr(args, f.name) for f in fields(Settings)})
     if not results["tasks"]:
