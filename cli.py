@@ -1,5 +1,6 @@
 """
-Small command-line helpers shared by the scripts: progress lines, and checks of output paths.
+Small command-line helpers shared by the scripts: progress lines, checks of output paths, argument
+parsing whose errors are one line, and atomic writes.
 
 A tiny progress line for long loops: count, rate and ETA, printed to stderr at most every
 `every` seconds (and once at the end). No dependency on tqdm, so it works everywhere,
@@ -11,6 +12,7 @@ including in CI logs where a carriage-return bar would be noise.
         p.update(1)
     p.close()
 """
+import argparse
 import os
 import sys
 import time
@@ -73,7 +75,8 @@ class RunProgress:
 def check_output_file(flag, path, example):
     """One line, before any work, for an output file path that the work could not be written to."""
     if os.path.isdir(path):
-        raise ValueError(f"{flag} {path} is a folder; give the path of a file in it, e.g. {os.path.join(path, example)}")
+        raise ValueError(f"{flag} {path} is a folder; give the path of a file in it, "
+                         f"e.g. {os.path.join(path, example)}")
     folder = os.path.dirname(os.path.abspath(path))
     if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
         raise ValueError(f"{flag} {path}: the folder {folder} does not exist or is not writable; create it first")
@@ -101,3 +104,40 @@ def check_distinct_paths(outputs, inputs):
             if same_file(path, other_path):
                 raise ValueError(f"{flag} and {other_flag} are both {path}: one would overwrite the other; "
                                  f"give each its own path")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """A bad command line is a ValueError, which the script prints as its other one-line errors (not
+    usage text plus a message)."""
+
+    def error(self, message):
+        raise ValueError(message)
+
+
+def arg_type(convert, problem):
+    """An argparse type: convert(text), or `problem` (said of the text) when it raises or gives None."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"{text!r} {problem}")
+        return value
+    return parse
+
+
+def write_atomically(flag, path, write):
+    """write(f) into a temporary file beside `path`, then rename it onto `path`, so that a file that
+    exists is whole. A failed write (a full disk) leaves no temporary file behind and is one OSError
+    that names the flag and the path."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            write(f)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(f"cannot write {flag} {path} ({e.strerror}); free some space or give another {flag}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,21 +1,17 @@
 """
-Zero-shot evaluation of a nanodual checkpoint: nine multiple-choice tasks, each scored in four modes
-(paper §4), as EVAL_SPEC.md fixes them ("spec §n" below). docs/eval.md is the reference: the task
-files, the modes, the results JSON and when a rerun reuses it.
+Zero-shot evaluation of a nanodual checkpoint: nine multiple-choice tasks in four scoring modes (paper
+§4), as EVAL_SPEC.md ("spec §n") fixes them; docs/eval.md is the reference for files, modes and results.
 
     python eval.py --ckpt out/ckpt.pt --tasks all --modes causal,prefix,pll,mc --out results.json
 
-An item is a context, a few continuations and the index of the gold one. A mode estimates
-log p(continuation | context), the task's normalisation turns that into a score, and the prediction
-is the argmax. Under MNTP the hidden state at position i predicts token i+1 in every mode (paper §3):
-causal is the exact AR log-likelihood (Eq. 2), prefix lets <s> + context attend bidirectionally
-(§5.4), pll masks k tokens per continuation token (App. E/H; k = 1 and 6, the better one reported),
-and mc is a Monte-Carlo estimate of the diffusion ELBO of the continuation (App. D, Eq. 4).
-
-The file reads top to bottom: the tasks, tokenisation, the batched scorer shared by all modes, the
-four modes, task scores, evaluate() and its kept results, the command line.
+An item is a context, a few continuations and the gold index. A mode estimates log p(continuation |
+context), the task's normalisation turns it into a score, the prediction is the argmax. Under MNTP the
+hidden state at position i predicts token i+1 in every mode (paper §3): causal is the AR likelihood
+(Eq. 2), prefix lets <s> + context attend bidirectionally (§5.4), pll masks k tokens per continuation
+token (App. E/H), mc estimates the diffusion ELBO by Monte Carlo (App. D, Eq. 4).
+The file reads top to bottom: tasks, tokenisation, the batched scorer, the four modes, task scores,
+evaluate() and its kept results, the command line.
 """
-import argparse
 import csv
 import glob
 import hashlib
@@ -26,29 +22,37 @@ import re
 import sys
 import time
 import zlib
-from collections import Counter
+from collections import Counter, namedtuple
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
 
-from cli import Progress, RunProgress, check_distinct_paths, check_output_file
+from cli import (ArgumentParser, Progress, RunProgress, arg_type, check_distinct_paths, check_output_file,
+                 write_atomically)
 
 # where task files are looked for when --data_dir is not given (README: "Evaluation data")
 DEFAULT_DATA_DIR = os.environ.get("NANODUAL_EVAL_DATA", "eval_data")
 
-# name: (normalisation, random baseline r = 100/choices in %), spec §2.1 and paper App. C
+# Every task: its normalisation and random baseline r = 100/choices in % (spec §2.1, paper App. C), its
+# files under --data_dir, the first that exists wins (the release's, then the other layouts that
+# shared/data has), and its Hugging Face dataset, config and split (--source hf).
+Task = namedtuple("Task", "normalisation baseline files hf")
 TASKS = {
-    "arc_easy": ("per_char", 25.0),
-    "arc_challenge": ("pmi", 25.0),
-    "blimp": ("none", 50.0),
-    "csqa": ("pmi", 20.0),
-    "hellaswag": ("per_char", 25.0),
-    "mmlu": ("per_char", 25.0),
-    "obqa": ("pmi", 25.0),
-    "piqa": ("per_char", 50.0),
-    "siqa": ("per_char", 100.0 / 3),
+    "arc_easy": Task("per_char", 25.0, ["arc/ARC-Easy-Test.jsonl", "arc/arc_easy_test.jsonl"],
+                     ("allenai/ai2_arc", "ARC-Easy", "test")),
+    "arc_challenge": Task("pmi", 25.0, ["arc/ARC-Challenge-Test.jsonl", "arc/arc_challenge_test.jsonl"],
+                          ("allenai/ai2_arc", "ARC-Challenge", "test")),
+    "blimp": Task("none", 50.0, ["blimp"], ("nyu-mll/blimp", None, "train")),  # hub: one config per paradigm
+    "csqa": Task("pmi", 20.0, ["csqa/dev_rand_split.jsonl"], ("tau/commonsense_qa", None, "validation")),
+    "hellaswag": Task("per_char", 25.0, ["hellaswag/hellaswag_val.jsonl", "hellaswag/hellaswag_val_full.txt"],
+                      ("Rowan/hellaswag", None, "validation")),
+    "mmlu": Task("per_char", 25.0, ["mmlu/test"], ("cais/mmlu", "all", "test")),
+    "obqa": Task("pmi", 25.0, ["obqa/test.jsonl", "obqa/test.tsv"], ("allenai/openbookqa", "main", "test")),
+    "piqa": Task("per_char", 50.0, ["piqa/valid.jsonl"], ("ybisk/piqa", None, "validation")),
+    "siqa": Task("per_char", 100.0 / 3, ["siqa/dev.jsonl"], ("allenai/social_i_qa", None, "validation")),
 }
+FOLDER_TASKS = ("blimp", "mmlu")  # one file per paradigm or subject
 MODES = ("causal", "prefix", "pll", "mc")
 UNCONDITIONAL_CONTEXT = "Answer:"  # the PMI reference context of OLMES (spec §3)
 OLMES_SUBSAMPLED = ("arc_easy", "hellaswag", "piqa", "siqa")  # spec §1.7
@@ -67,29 +71,13 @@ class Item:
     subtask: str = ""       # BLiMP paradigm or MMLU subject: both tasks are macro-averaged
 
 
-# under data_dir, first existing wins: the release names, then shared/data's layouts (docs/eval.md)
-TASK_FILES = {
-    "arc_easy": ["arc/ARC-Easy-Test.jsonl", "arc/arc_easy_test.jsonl"],
-    "arc_challenge": ["arc/ARC-Challenge-Test.jsonl", "arc/arc_challenge_test.jsonl"],
-    "blimp": ["blimp"],
-    "csqa": ["csqa/dev_rand_split.jsonl"],
-    "hellaswag": ["hellaswag/hellaswag_val.jsonl", "hellaswag/hellaswag_val_full.txt"],
-    "mmlu": ["mmlu/test"],
-    "obqa": ["obqa/test.jsonl", "obqa/test.tsv"],
-    "piqa": ["piqa/valid.jsonl"],
-    "siqa": ["siqa/dev.jsonl"],
-}
-FOLDER_TASKS = ("blimp", "mmlu")  # one file per paradigm or subject
-
-
 def malformed(where, what):
     return ValueError(f"{where}: {what}; fix the file or download it again (README: Evaluation data)")
 
 
 def checked(where, item):
-    """The item, if its choices can tell right from wrong: two or more, not all one text (choice 0
-    would always win), none empty. Some may repeat, as in the release files (CSQA's
-    dev_rand_split.jsonl:23); a tie goes to the first (spec §1.1)."""
+    """The item, if its choices can tell right from wrong: two or more, not all one text, none empty. Some
+    may repeat, as in the release files (CSQA's dev_rand_split.jsonl:23): a tie goes to the first (§1.1)."""
     n = len(item.continuations)
     if n < 2 or len(set(item.continuations)) < 2:
         raise malformed(where, f"{n} choice(s)" + (", all the same text" if n > 1 else "") +
@@ -296,39 +284,11 @@ def blimp_item(where, record):
                 [get(record, "sentence_good", where=where), get(record, "sentence_bad", where=where)], 0, subtask=uid)
 
 
-def read_task_file(name, path, mmlu_description=True):
-    if name == "blimp":
-        paths = sorted(glob.glob(os.path.join(path, "*.jsonl")))
-        if not paths:
-            raise FileNotFoundError(f"no <paradigm>.jsonl files in {path}")
-        return [blimp_item(where, record) for p in paths for where, record in jsonl_records(p)]
-    if name == "mmlu":
-        return read_mmlu(path, mmlu_description)
-    if name == "hellaswag":
-        return read_hellaswag(path)
-    if name in FLAT_LAYOUTS:
-        return read_flat(name, path)
-    return read_obqa_tsv(path) if name == "obqa" and path.endswith(".tsv") else read_qa(path)
-
-
-# The Hugging Face route (--source hf): the hub's rows, put in the release layouts for the same builders.
-HF_DATASETS = {  # name: (dataset, config, split)
-    "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "test"),
-    "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "test"),
-    "blimp": ("nyu-mll/blimp", None, "train"),  # one config per paradigm
-    "csqa": ("tau/commonsense_qa", None, "validation"),
-    "hellaswag": ("Rowan/hellaswag", None, "validation"),
-    "mmlu": ("cais/mmlu", "all", "test"),
-    "obqa": ("allenai/openbookqa", "main", "test"),
-    "piqa": ("ybisk/piqa", None, "validation"),
-    "siqa": ("allenai/social_i_qa", None, "validation"),
-}
-
-
 def hf_items(name, rows, mmlu_description=True):
+    """--source hf: the Items of a task's rows on the hub, put in the release layouts for the same builders."""
     items = []
     for n, row in enumerate(rows):
-        where = f"{HF_DATASETS[name][0]} row {n}"
+        where = f"{TASKS[name].hf[0]} row {n}"
         if name in FLAT_LAYOUTS:
             items.append(flat_item(name, where, row, row["label"], str(n)))
         elif name == "hellaswag":
@@ -352,7 +312,7 @@ def hf_rows(name):
     except ImportError:
         raise ValueError("--source hf needs the datasets package (pip install datasets); "
                          "or use the release files with --data_dir") from None
-    path, config, split = HF_DATASETS[name]
+    path, config, split = TASKS[name].hf
     try:
         configs = datasets.get_dataset_config_names(path) if name == "blimp" else [config]
         return [row for c in configs for row in datasets.load_dataset(path, c, split=split)]
@@ -363,17 +323,15 @@ def hf_rows(name):
 
 def load_task(name, data_dir=DEFAULT_DATA_DIR, limit=None, olmes_subsample=False, mmlu_description=True, path=None,
               source="files"):
-    """Items of one task: from its release files under data_dir, from `path` (--task_file), or from the
-    hub (source "hf"); then OLMES's 1000-item subsample (spec §1.7) and the first `limit` items, per
-    sub-task for BLiMP and MMLU so that their macro-average keeps every paradigm and subject.
-    FileNotFoundError (message: the paths looked for) when the task is absent from data_dir;
-    ValueError for a malformed file, or a `path` that is missing or of the wrong kind."""
+    """Items of one task, from data_dir, `path` (--task_file) or the hub, then OLMES's subsample (spec §1.7)
+    and the first `limit` per sub-task (BLiMP and MMLU keep every paradigm and subject). FileNotFoundError
+    (the paths looked for) when data_dir lacks the task; ValueError for a malformed or a wrong `path`."""
     explicit = path is not None
     if source == "hf":
         items = hf_items(name, hf_rows(name), mmlu_description)
     else:
         if not explicit:
-            candidates = [os.path.join(data_dir, c) for c in TASK_FILES[name]]
+            candidates = [os.path.join(data_dir, c) for c in TASKS[name].files]
             path = next((c for c in candidates if os.path.exists(c)), None)
             if path is None:
                 raise FileNotFoundError(" or ".join(candidates))
@@ -382,9 +340,21 @@ def load_task(name, data_dir=DEFAULT_DATA_DIR, limit=None, olmes_subsample=False
         elif os.path.isdir(path) != (name in FOLDER_TASKS):
             kind = "the folder of" if name in FOLDER_TASKS else "one file, not a folder, like"
             raise ValueError(f"--task_file {name}={path} is {'a folder' if os.path.isdir(path) else 'a file'}; "
-                             f"{name} reads {kind} {TASK_FILES[name][0]}")
+                             f"{name} reads {kind} {TASKS[name].files[0]}")
         try:
-            items = read_task_file(name, path, mmlu_description)
+            if name == "blimp":
+                paradigms = sorted(glob.glob(os.path.join(path, "*.jsonl")))
+                if not paradigms:
+                    raise FileNotFoundError(f"no <paradigm>.jsonl files in {path}")
+                items = [blimp_item(where, record) for p in paradigms for where, record in jsonl_records(p)]
+            elif name == "mmlu":
+                items = read_mmlu(path, mmlu_description)
+            elif name == "hellaswag":
+                items = read_hellaswag(path)
+            elif name in FLAT_LAYOUTS:
+                items = read_flat(name, path)
+            else:
+                items = read_obqa_tsv(path) if name == "obqa" and path.endswith(".tsv") else read_qa(path)
         except FileNotFoundError as e:
             if not explicit:
                 raise
@@ -411,10 +381,8 @@ def load_task(name, data_dir=DEFAULT_DATA_DIR, limit=None, olmes_subsample=False
 
 def encode_pairs(tokenizer, pairs, bos_id):
     """[(context, continuation)] -> (token arrays, start P of each continuation, prefix-property flags).
-
-    P = 1 + len(enc(context)) when enc(context + continuation) starts with enc(context) (spec §1.4).
-    Where it does not, a token straddles the boundary: P is the first token that differs, so that the
-    straddling token is scored with the continuation, and the flag lets the caller count it."""
+    P = 1 + len(enc(context)) where enc(context + continuation) starts with enc(context) (spec §1.4); else
+    a token straddles the boundary, and P is the first token that differs: it is scored as continuation."""
     contexts = tokenizer.encode_batch([c for c, _ in pairs])
     wholes = tokenizer.encode_batch([c + x for c, x in pairs])
     ids, starts, prefix_ok = [], [], []
@@ -445,17 +413,13 @@ def rolling_windows(ids, start, max_len):
 
 
 # -----------------------------------------------------------------------------
-# The batched scorer. Every mode reduces to rows: an input sequence, some positions that are
-# <mask>, and some positions p whose hidden state is read to score the clean token at p+1 (MNTP).
-# Rows are built for a chunk of sequences at a time (numpy), sorted by length, cut into batches,
-# run through the trunk once, and only the read positions go through the LM head.
-
-@dataclass
-class Rows:
-    seq: np.ndarray         # (R,) which sequence of the chunk a row comes from
-    length: np.ndarray      # (R,) input length of the row
-    masked: np.ndarray      # (R, T) True where the input is <mask>
-    read: np.ndarray        # (R, T) True where the hidden state is read (scores token p+1)
+# The batched scorer. Every mode reduces to rows: an input sequence, some positions that are <mask>,
+# and some positions p whose hidden state is read to score the clean token at p+1 (MNTP). Rows are
+# built for a chunk of sequences at a time (numpy), sorted by length, cut into batches, run through the
+# trunk once, and only the read positions go through the LM head. A row's fields: `seq`, the sequence
+# of the chunk it comes from; `length` of its input; (R, T) masks `masked` (<mask> in the input) and
+# `read` (the hidden states read).
+Rows = namedtuple("Rows", "seq length masked read")
 
 
 @torch.inference_mode()
@@ -521,10 +485,9 @@ def pll_rows(lengths, starts, k, right_context="visible", tail="append"):
 
 
 def mc_mask_patterns(seed, n_cont, n_samples, masking="count"):
-    """(n_samples, n_cont) masks of the MC estimator (spec §4.5), seeded, and each sample's weight.
-    Sample j has t_j = j/N; "count" masks exactly ceil(t_j * n_cont) tokens, weight n_cont / count
-    (the realised fraction, as DUAL's training weights); "bernoulli" (MDLM) each with probability t_j,
-    weight 1 / t_j."""
+    """(n_samples, n_cont) seeded masks of the MC estimator (spec §4.5), and each sample's weight. Sample j
+    has t_j = j/N; "count" masks ceil(t_j * n_cont) tokens, weight n_cont / count (the realised fraction,
+    as DUAL's training weights); "bernoulli" (MDLM) each with probability t_j, weight 1 / t_j."""
     noise = np.random.default_rng(seed).random((n_samples, n_cont))
     t = np.arange(1, n_samples + 1) / n_samples
     if masking == "bernoulli":
@@ -539,18 +502,14 @@ def mc_rows(lengths, starts, seeds, n_samples, masking):
     sequence also which row each sample is, and the samples' weights."""
     L, P = np.asarray(lengths), np.asarray(starts)
     patterns, inverses, weights = [], [], []
-    for seed, n_cont in zip(seeds, L - P):
-        pattern, weight = mc_mask_patterns(seed, int(n_cont), n_samples, masking)
+    for seed, start, n in zip(seeds, P, L):
+        pattern, weight = mc_mask_patterns(seed, int(n - start), n_samples, masking)
         unique, inverse = np.unique(pattern, axis=0, return_inverse=True)
-        patterns.append(unique)
+        patterns.append(np.pad(unique, ((0, 0), (start, L.max() - n))))  # over the continuation
         inverses.append(inverse.reshape(-1))
         weights.append(weight)
     seq = np.repeat(np.arange(len(L)), [len(u) for u in patterns])
-    masked = np.zeros((len(seq), int(L.max())), dtype=bool)
-    r = 0
-    for i, unique in enumerate(patterns):
-        masked[r:r + len(unique), P[i]:L[i]] = unique
-        r += len(unique)
+    masked = np.concatenate(patterns)
     read = np.zeros_like(masked)
     read[:, :-1] = masked[:, 1:]  # the masked token at i is read at z_{i-1} (MNTP)
     return Rows(seq, L[seq], masked, read), inverses, weights
@@ -559,7 +518,7 @@ def mc_rows(lengths, starts, seeds, n_samples, masking):
 # -----------------------------------------------------------------------------
 # The four modes: log-likelihood estimates for a list of sequences (ids, start)
 
-def max_length(mode, block_size, k=1, right_context="visible", tail="append"):
+def max_length(mode, block_size, k=1, tail="append"):
     """Longest sequence a mode can score in one row of block_size tokens."""
     if mode in ("causal", "prefix"):
         return block_size + 1  # the last token is a target, never an input
@@ -587,13 +546,11 @@ def scoring_windows(seqs, limit, mode, n_samples=128):
 def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="append", n_samples=128,
                      mc_masking="count", seeds=None, batch_size=64, batch_tokens=None, autocast=False,
                      on_progress=None, chunk_cells=1 << 23):
-    """Log-likelihood estimate of each sequence's continuation in `mode`: (ll, stderr, truncated).
-
-    seqs: [(ids, start)], ids = [<s>] + context + continuation tokens, the continuation from `start`.
-    stderr is the MC standard error (zeros for the exact modes). A sequence longer than the model's
-    window is scored over rolling windows, each as a sequence of its own, and their estimates (MC:
-    and variances) add up; `truncated` flags these. Chunks of at most `chunk_cells` row x position
-    cells bound the memory. on_progress(share of the work done) is called after every forward pass."""
+    """Log-likelihood estimate of each continuation in `mode`: (ll, MC standard error, truncated). seqs:
+    [(ids, start)], ids = [<s>] + context + continuation, the continuation from `start`. A sequence longer
+    than the window is scored over rolling windows, each as a sequence of its own, and their estimates (and
+    MC variances) add up; `truncated` flags these. Chunks of at most `chunk_cells` row x position cells
+    bound the memory; on_progress(share of the work done) follows every forward pass."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     limit = max_length(mode, model.config.block_size, k, tail=tail)
@@ -713,13 +670,9 @@ class Settings:
     def __post_init__(self):
         self.pll_k = tuple(self.pll_k)
         checks = [
-            (self.limit is None or (isinstance(self.limit, int) and self.limit >= 1),
-             "limit must be a positive integer"),
-            (self.batch_size >= 1 and (self.batch_tokens or 1) >= 1, "batch_size and batch_tokens must be >= 1"),
             (len(self.pll_k) > 0 and all(isinstance(k, int) and k >= 1 for k in self.pll_k),
              f"pll_k={list(self.pll_k)}: every k counts masks and must be an integer >= 1"),
             (self.mc_samples >= 2, "mc_samples must be >= 2 (a standard error needs two samples)"),
-            (isinstance(self.seed, int) and -2 ** 63 <= self.seed < 2 ** 63, "seed must be an integer of 64 bits"),
             (set(self.task_files) <= set(TASKS), f"task_files names unknown tasks; valid tasks: {', '.join(TASKS)}"),
         ] + [(getattr(self, name) in valid, f"{name} must be {' or '.join(map(repr, valid))}")
              for name, valid in CHOICES.items()]
@@ -750,7 +703,7 @@ def build_requests(tokenizer, task, items, seed, bos_id):
     pairs = [(it.context, c) for it in items for c in it.continuations]
     keys = [f"{seed}|{task}|{it.id}|{ci}" for it in items for ci in range(len(it.continuations))]
     uncond = {}
-    if TASKS[task][0] == "pmi":
+    if TASKS[task].normalisation == "pmi":
         uncond = {c: len(pairs) + n for n, c in enumerate(dict.fromkeys(c for _, c in pairs))}
         pairs += [(UNCONDITIONAL_CONTEXT, c) for c in uncond]
         keys += [f"{seed}|{task}|uncond|{c}" for c in uncond]
@@ -761,7 +714,7 @@ def build_requests(tokenizer, task, items, seed, bos_id):
 
 def score_task(task, items, req, mode, ll, stderr, truncated, settings, dump, k=None):
     """Accuracy etc. of one task under one log-likelihood estimate; hands the --dump lines to `dump`."""
-    normalisation, baseline = TASKS[task]
+    normalisation, baseline = TASKS[task][:2]
     if settings.random_baseline == "items":  # differs from 100/k only where items have other counts (ARC)
         baseline = float(np.mean([100.0 / len(it.continuations) for it in items]))
     correct, lines, seq = [], [], 0
@@ -828,11 +781,10 @@ def evaluate_mode(model, task, items, req, mode, settings, autocast, dump, run=N
 
 def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_DATA_DIR, dump=None,
              checkpoint=None, progress=True, autocast=None, out=None, **options):
-    """Evaluate `model` on `tasks` ("all", names, or {name: [Item]}) in `modes`; returns the results
-    dict that eval.py writes (docs/eval.md: "Results JSON"). `options` are the fields of Settings;
-    `dump` a path for the per-(item, choice) JSONL audit lines; autocast defaults to bf16 on CUDA.
-    `out`: where the results are written, atomically, after every (task, mode) pair, so that an
-    interrupted run keeps what it finished; what `out` already holds is kept (keep_results)."""
+    """Evaluate `model` on `tasks` ("all", names, or {name: [Item]}) in `modes`: the results dict that --out
+    holds (docs/eval.md). `options`: the fields of Settings; `dump`: a path for the per-(item, choice)
+    lines; autocast: bf16, by default on CUDA. `out` is written after every (task, mode) pair, so that an
+    interrupted run keeps what it finished, and what it holds already is kept (keep_results)."""
     settings = Settings(**options)
     modes = parse_names(modes, MODES, "mode")
     given = {name: tasks[name] if isinstance(tasks, dict) else None for name in parse_names(tasks, TASKS, "task")}
@@ -894,7 +846,7 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
             results["tasks"].setdefault(name, {})[mode] = entry
             results["average"] = average_scores(results["tasks"])
             if out:
-                write_results(out, results)
+                write_atomically("--out", out, lambda f: json.dump(results, f, indent=2))
     finally:
         if dump_file:
             try:
@@ -904,17 +856,14 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
     results["complete"] = True
     results["average"] = average_scores(results["tasks"])
     if out and results["tasks"]:
-        write_results(out, results)
+        write_atomically("--out", out, lambda f: json.dump(results, f, indent=2))
     return results
 
 
 def average_scores(task_results):
     """Mean normalised score per mode over the tasks evaluated in that mode."""
-    scores = {}
-    for entries in task_results.values():
-        for mode, entry in entries.items():
-            scores.setdefault(mode, []).append(entry["normalized"])
-    return {mode: float(np.mean(scores[mode])) for mode in MODES if mode in scores}
+    scores = {mode: [e[mode]["normalized"] for e in task_results.values() if mode in e] for mode in MODES}
+    return {mode: float(np.mean(values)) for mode, values in scores.items() if values}
 
 
 def fingerprint(model, tokenizer):
@@ -981,20 +930,6 @@ def read_results(path):
     return previous
 
 
-def check_dump_file(path):
-    """--dump may overwrite an earlier dump, and no other file."""
-    if not path or not os.path.isfile(path) or os.path.getsize(path) == 0:
-        return
-    with open(path, "rb") as f:
-        first = f.readline(1 << 20)
-    try:
-        record = json.loads(first)
-    except ValueError:
-        record = None
-    if not (isinstance(record, dict) and {"task", "mode", "item", "choice", "ll"} <= set(record)):
-        raise ValueError(f"--dump {path} exists and is not an eval.py dump; give another --dump")
-
-
 def pair_list(entries):
     return ", ".join(f"{task} {mode}" for task, modes in entries.items() for mode in modes)
 
@@ -1034,40 +969,8 @@ def keep_results(out, results, modes, dump=None):
         print(f"eval.py: keeping in {out} (same checkpoint and settings): {pair_list(others)}", flush=True)
 
 
-def write_results(path, results):
-    """Atomically: a results file that exists is whole, and no temporary file is left behind."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OSError(f"cannot write --out {path} ({e.strerror}); free some space or give another --out") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 # -----------------------------------------------------------------------------
 # Command line
-
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line like every other error, instead of usage + message
-        raise ValueError(message)
-
-
-def arg_type(convert, problem):
-    """An argparse type: convert(text), or `problem` (said of the text) when it raises or gives None."""
-    def parse(text):
-        try:
-            value = convert(text)
-        except ValueError:
-            value = None
-        if value is None:
-            raise argparse.ArgumentTypeError(f"{text!r} {problem}")
-        return value
-    return parse
-
 
 positive_int = arg_type(lambda t: int(t) if t.strip().isdigit() and int(t) >= 1 else None, "is not a positive integer")
 seed_int = arg_type(lambda t: int(t) if -2 ** 63 <= int(t) < 2 ** 63 else None,
@@ -1123,49 +1026,49 @@ def parse_args(argv):
 
 def format_table(results):
     modes = list(results["average"])  # every mode that has a result, in MODES order
-
-    def cell(entry):
-        return f"{entry['accuracy']:>13.1f} ({entry['normalized']:5.1f})" if entry else " " * 22
-
     lines = [f"{'task':<14}" + "".join(f"{m + ' acc (norm)':>22}" for m in modes)]
-    lines += [f"{task:<14}" + "".join(cell(entries.get(m)) for m in modes)
-              for task, entries in results["tasks"].items()]
+    lines += [f"{task:<14}" + "".join(f"{e[m]['accuracy']:>13.1f} ({e[m]['normalized']:5.1f})" if m in e else " " * 22
+                                      for m in modes) for task, e in results["tasks"].items()]
     lines.append(f"{'average':<14}" + "".join(f"{'':>13} ({results['average'][m]:5.1f})" for m in modes))
     return "\n".join(lines)
-
-
-def run(args):
-    tasks = parse_names(args.tasks, TASKS, "task")
-    modes = parse_names(args.modes, MODES, "mode")
-    from model import load_checkpoint, parse_device
-    device = parse_device(args.device)
-    # fail now, not after the evaluation, and never write over an input or a file of another kind
-    for flag, path, example in (("--out", args.out, "results.json"), ("--dump", args.dump, "dump.jsonl")):
-        if path:
-            check_output_file(flag, path, example)
-    check_distinct_paths([("--out", args.out), ("--dump", args.dump)],
-                         [("--ckpt", args.ckpt)] + [(f"--task_file {t}", p) for t, p in args.task_files.items()])
-    read_results(args.out)
-    check_dump_file(args.dump)
-    import data  # the tokenizer lives with the dataset code
-    model = load_checkpoint(args.ckpt, device=device)
-    if "tokenizer" not in model.meta:
-        raise ValueError(f"checkpoint {args.ckpt} has no tokenizer spec; pass a checkpoint written by train.py")
-    results = evaluate(model, data.Tokenizer.from_spec(model.meta["tokenizer"]), tasks, modes, data_dir=args.data_dir,
-                       dump=args.dump, checkpoint=os.path.abspath(args.ckpt), out=args.out,
-                       autocast=device.type == "cuda" and args.dtype == "bfloat16",
-                       **{f.name: getattr(args, f.name) for f in fields(Settings)})
-    if not results["tasks"]:
-        raise FileNotFoundError(f"none of the tasks were found under {args.data_dir} (looked for "
-                                f"{'; '.join(results['skipped'].values())}); see README: Evaluation data")
-    print(format_table(results))
-    return results
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        return run(args)
+        tasks = parse_names(args.tasks, TASKS, "task")
+        modes = parse_names(args.modes, MODES, "mode")
+        from model import load_checkpoint, parse_device
+        device = parse_device(args.device)
+        # fail now, not after the evaluation, and never write over an input or a file of another kind
+        for flag, path, example in (("--out", args.out, "results.json"), ("--dump", args.dump, "dump.jsonl")):
+            if path:
+                check_output_file(flag, path, example)
+        check_distinct_paths([("--out", args.out), ("--dump", args.dump)],
+                             [("--ckpt", args.ckpt)] + [(f"--task_file {t}", p) for t, p in args.task_files.items()])
+        read_results(args.out)
+        if args.dump and os.path.isfile(args.dump) and os.path.getsize(args.dump):  # overwrite an earlier dump only
+            with open(args.dump, "rb") as f:
+                try:
+                    record = json.loads(f.readline(1 << 20))
+                except ValueError:
+                    record = None
+            if not (isinstance(record, dict) and {"task", "mode", "item", "choice", "ll"} <= set(record)):
+                raise ValueError(f"--dump {args.dump} exists and is not an eval.py dump; give another --dump")
+        import data  # the tokenizer lives with the dataset code
+        model = load_checkpoint(args.ckpt, device=device)
+        if "tokenizer" not in model.meta:
+            raise ValueError(f"checkpoint {args.ckpt} has no tokenizer spec; pass a checkpoint written by train.py")
+        tokenizer = data.Tokenizer.from_spec(model.meta["tokenizer"])
+        results = evaluate(model, tokenizer, tasks, modes, data_dir=args.data_dir, dump=args.dump,
+                           checkpoint=os.path.abspath(args.ckpt), out=args.out,
+                           autocast=device.type == "cuda" and args.dtype == "bfloat16",
+                           **{f.name: getattr(args, f.name) for f in fields(Settings)})
+        if not results["tasks"]:
+            raise FileNotFoundError(f"none of the tasks were found under {args.data_dir} (looked for "
+                                    f"{'; '.join(results['skipped'].values())}); see README: Evaluation data")
+        print(format_table(results))
+        return results
     except KeyboardInterrupt:
         kept = (f"{args.out} keeps every (task, mode) result finished so far; the same command goes on from there"
                 if args.out and os.path.exists(args.out) else "no results were written")

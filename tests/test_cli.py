@@ -69,3 +69,27 @@ def test_check_distinct_paths_refuses_an_output_that_is_an_input_or_the_other_ou
         cli.check_distinct_paths([("--out", str(tmp_path / "x")), ("--dump", str(tmp_path / "sub/../x"))], [])
     cli.check_distinct_paths([("--out", str(tmp_path / "e.json")), ("--dump", None)], [("--ckpt", str(ckpt))])
     assert ckpt.read_bytes() == b"weights"
+
+
+def test_argument_errors_are_one_value_error_naming_the_text():
+    parser = cli.ArgumentParser(prog="x", allow_abbrev=False)
+    parser.add_argument("--n", type=cli.arg_type(lambda t: int(t) if int(t) > 0 else None, "is not a positive integer"))
+    assert parser.parse_args(["--n", "3"]).n == 3
+    for argv, expected in ((["--n", "0"], "'0' is not a positive integer"), (["--n", "x"], "'x' is not a positive"),
+                           (["--m", "1"], "unrecognized arguments: --m 1")):
+        with pytest.raises(ValueError, match=expected):
+            parser.parse_args(argv)
+
+
+def test_write_atomically_leaves_the_old_file_whole_and_no_temporary_on_a_failed_write(tmp_path):
+    path = tmp_path / "e.json"
+    cli.write_atomically("--out", str(path), lambda f: f.write("old"))
+    assert path.read_text() == "old"
+
+    def full_disk(f):
+        f.write("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match=f"cannot write --out {path} .No space left on device.; free some space"):
+        cli.write_atomically("--out", str(path), full_disk)
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["e.json"]
