@@ -14,26 +14,34 @@ Each cell is two subprocesses, exactly the commands a user would type:
 so a sweep is only a loop, and a cell can be rerun or inspected by hand. Extra `--key=value`
 arguments go to every train.py call (e.g. --data_dir=my_corpus). The sweep resumes: a cell whose
 checkpoint exists is continued with --resume=True (a finished run returns at once), and a cell with
-an eval.json is not evaluated again. Results (small, meant to be committed) go to results/NAME/:
-results.csv (one row per cell) and curves.csv (every evaluation of every run), each row recording
-the git commit that trained and evaluated it.
+an eval.json is not evaluated again. A cell counts only if it was run with this sweep's settings: the
+train.py settings its checkpoint records, and the eval settings its cell.json records. A cell run with
+other settings (another --seed=, --max_iters=, --eval_limit, ...) stops the sweep before any work, with
+the settings that differ; --overwrite runs such cells again instead. Ctrl-C or kill stops the cells'
+train.py and eval.py too. Results (small, meant to be committed) go to results/NAME/: results.csv (one
+row per cell) and curves.csv (every evaluation of every run), each row recording the git commit that
+trained and evaluated it.
 """
 import argparse
 import concurrent.futures
 import csv
+import functools
 import io
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from cli import Progress
+from configurator import configure, settings
 from data import write_atomically
-from cli import Progress, format_seconds
 
 REPO = Path(__file__).resolve().parent
 RESULT_COLUMNS = [
@@ -45,6 +53,11 @@ RESULT_COLUMNS = [
 ]
 CURVE_COLUMNS = ["repetitions", "lambda", "iter", "tokens", "epoch", "train_ar_loss", "train_md_loss",
                  "val_ar_loss", "val_md_loss"]
+# train.py settings the sweep sets for each cell, and what to use instead
+PER_CELL = {"lam": "--lams", "repetitions": "--repetitions", "out_dir": "--runs_dir", "overwrite": "--overwrite",
+            "resume": "nothing: rerunning a sweep resumes it"}
+# train.py settings that say where and how a run reports, not what it trains: a cell is the same without them
+NOT_COMPARED = ("out_dir", "resume", "overwrite", "log_interval", "wandb_log", "wandb_project", "wandb_run_name")
 
 
 def git_commit():
@@ -66,6 +79,8 @@ def parse_floats(text, what):
         raise ValueError(f"--{what} must be a comma list of numbers, got {text!r}") from None
     if not values:
         raise ValueError(f"--{what} is empty; give a comma list such as 1,4,16")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"--{what} must be finite numbers, got {text!r}")
     return values
 
 
@@ -91,6 +106,49 @@ def cell_name(r, lam):
     return f"r{r:g}_lam{lam:g}"
 
 
+def train_args(config, r, lam, cell_dir, train_overrides):
+    """train.py's arguments for one cell."""
+    return [config, f"--lam={lam!r}", f"--repetitions={float(r)!r}", f"--out_dir={cell_dir}", *train_overrides]
+
+
+@functools.cache
+def train_defaults():
+    import train  # and torch with it: only a sweep that trains needs them, not --figures
+    return {k: getattr(train, k) for k in settings(vars(train))}
+
+
+def train_config(argv):
+    """The settings train.py would run with for argv, resolved and checked by train.py's own code
+    without running it: a value train.py refuses fails here, before any cell starts."""
+    import train
+    defaults = train_defaults()
+    namespace = vars(train)
+    namespace.update(defaults)  # every call starts from train.py's defaults
+    configure(namespace, argv)
+    train.check_settings()
+    train.ar_micro_batches(train.lam, train.gradient_accumulation_steps)  # λ a multiple of 1/G
+    return {k: namespace[k] for k in defaults}
+
+
+def eval_settings(args):
+    """What a cell's evaluation depends on, by sweep.py option; cell.json records it with eval.json."""
+    return {"eval_tasks": args.eval_tasks, "eval_modes": args.eval_modes, "pll_k": args.pll_k,
+            "eval_limit": args.eval_limit, "eval_data_dir": args.eval_data_dir}
+
+
+def read_run(cell_dir):
+    """A cell's checkpoint, memory-mapped (only its small entries are read); {} if it has none."""
+    import torch
+    path = cell_dir / "ckpt.pt"
+    if not path.exists():
+        return {}
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # truncated or foreign: torch raises many kinds
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} cannot be read ({reason}); move that cell folder out of the runs folder") from None
+
+
 def read_record(cell_dir):
     """cell.json, the sweep's notes on what a cell has done ({} before its first stage finished)."""
     path = cell_dir / "cell.json"
@@ -103,38 +161,120 @@ def read_record(cell_dir):
                            "and rerun: the cell resumes from its checkpoint") from None
 
 
+def differences(recorded, wanted):
+    """'key recorded -> wanted' for each setting that differs. A key only one side has is skipped: a
+    setting train.py gained or lost since the cell ran (its default keeps the old behaviour)."""
+    return [f"{k} {recorded[k]!r} -> {wanted[k]!r}" for k in sorted(wanted)
+            if k in recorded and k not in NOT_COMPARED and recorded[k] != wanted[k]]
+
+
+def stale_cells(cells, runs_dir, config, train_overrides, args):
+    """({cell name: the settings that differ}, names of the cells to train again) for the cells run
+    with other settings than this sweep's: the train.py settings their checkpoint records, or the eval
+    settings cell.json records beside eval.json. Resolves every cell's train.py settings on the way,
+    so that a value train.py refuses fails before any work."""
+    stale, retrain = {}, set()
+    for r, lam in cells:
+        cell_dir = runs_dir / cell_name(r, lam)
+        try:
+            wanted = train_config(train_args(config, r, lam, cell_dir, train_overrides))
+        except ValueError as e:
+            raise ValueError(f"train.py would refuse cell {cell_dir.name}: {e}") from None
+        if cell_dir.exists() and not cell_dir.is_dir():
+            raise ValueError(f"{cell_dir} is a file where the sweep keeps a cell folder; move it away")
+        differ = differences(read_run(cell_dir).get("config", {}), wanted)
+        if differ:
+            retrain.add(cell_dir.name)
+        try:
+            record = read_record(cell_dir)
+        except RuntimeError:
+            record = {}  # run_cell fails that cell in one line, and the sweep goes on with the others
+        if evaluating(args) and (cell_dir / "eval.json").exists() and "eval" in record:
+            differ += differences(record["eval"], eval_settings(args))
+        if differ:
+            stale[cell_dir.name] = differ
+    return stale, retrain
+
+
+class Stopped(Exception):
+    """A signal (Ctrl-C, kill) stopped the sweep."""
+
+
+class Subprocesses:
+    """The train.py and eval.py processes of the running cells. stop(), the sweep's signal handler,
+    passes the signal on to them and keeps new ones from starting: a train.py left running would hold
+    its cell's lock and block the rerun. They run in sessions of their own, so that a Ctrl-C reaches
+    them once, through the sweep. The lock makes "stopped, or started and listed" one step; only the
+    worker threads start processes, so the handler (in the main thread) never waits on itself."""
+
+    def __init__(self):
+        self.lock, self.running, self.stopped_by = threading.Lock(), set(), None
+
+    def stop(self, signum, frame=None):
+        with self.lock:
+            self.stopped_by = signal.Signals(signum).name
+            for child in self.running:
+                child.send_signal(signum)
+
+    def run(self, cmd, **kwargs):
+        """Run cmd to its end and return its exit code; raises Stopped once the sweep is stopped."""
+        with self.lock:
+            if self.stopped_by:
+                raise Stopped
+            child = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+            self.running.add(child)
+        try:
+            code = child.wait()
+        finally:
+            with self.lock:
+                self.running.discard(child)
+        if self.stopped_by:
+            raise Stopped
+        return code
+
+
+SUBPROCESSES = Subprocesses()
+
+
 def run_logged(cmd, log_path, threads):
     """Run cmd with its output in log_path; a failure raises with the log's last line."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        code = SUBPROCESSES.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
     if code != 0:
         lines = Path(log_path).read_text().strip().splitlines()
         raise RuntimeError(f"{Path(log_path).parent.name}: `{' '.join(cmd[:3])} ...` failed: "
                            f"{lines[-1] if lines else 'no output'} (full log: {log_path})")
 
 
-def run_cell(cell_dir, config, r, lam, args, train_overrides, threads):
-    """Train (or resume, or find finished) and evaluate one cell; returns what was done."""
+def run_cell(cell_dir, config, r, lam, args, train_overrides, threads, retrain=False):
+    """Train (or resume, or find finished) and evaluate one cell; returns what was done. retrain: the
+    cell holds a run of other settings, which --overwrite replaces."""
+    if SUBPROCESSES.stopped_by:
+        raise Stopped
     cell_dir.mkdir(parents=True, exist_ok=True)
     record_path = cell_dir / "cell.json"
+    if retrain:  # forget the old run first: a failure below must not leave its record beside a new checkpoint
+        for name in ("cell.json", "eval.json"):
+            (cell_dir / name).unlink(missing_ok=True)
     record = read_record(cell_dir)
     done = []
     if args.stage in ("all", "train") and not record.get("train_done"):
-        cmd = [sys.executable, "train.py", config, f"--lam={lam!r}", f"--repetitions={float(r)!r}",
-               f"--out_dir={cell_dir}", *train_overrides]
-        if (cell_dir / "ckpt.pt").exists():
+        cmd = [sys.executable, "train.py", *train_args(config, r, lam, cell_dir, train_overrides)]
+        if retrain:
+            cmd.append("--overwrite=True")
+        elif (cell_dir / "ckpt.pt").exists():
             cmd.append("--resume=True")
         t0, commit = time.time(), git_commit()  # the code as the subprocess loads it
         run_logged(cmd, cell_dir / "train.log", threads)
         record.update(train_done=True, train_commit=commit,
                       train_seconds=round(record.get("train_seconds", 0) + time.time() - t0, 1))
         write_atomically(record_path, json.dumps(record, indent=1))
-        done.append("trained")
+        done.append("trained again (--overwrite)" if retrain else "trained")
     if args.stage in ("all", "eval") and evaluating(args) and record.get("train_done") and \
-            not (cell_dir / "eval.json").exists():
+            not evaluated(cell_dir, record, args):
         cmd = [sys.executable, "eval.py", "--ckpt", str(cell_dir / "ckpt.pt"), "--tasks", args.eval_tasks,
                "--modes", args.eval_modes, "--pll_k", args.pll_k, "--out", str(cell_dir / "eval.json.tmp")]
         if args.eval_limit:
@@ -144,11 +284,12 @@ def run_cell(cell_dir, config, r, lam, args, train_overrides, threads):
         t0, commit = time.time(), git_commit()
         run_logged(cmd, cell_dir / "eval.log", threads)
         os.replace(cell_dir / "eval.json.tmp", cell_dir / "eval.json")  # eval.json exists only when complete
-        record.update(eval_commit=commit, eval_seconds=round(time.time() - t0, 1))
+        record.update(eval=eval_settings(args), eval_commit=commit, eval_seconds=round(time.time() - t0, 1))
         write_atomically(record_path, json.dumps(record, indent=1))
         done.append("evaluated")
     if not done:
-        done.append("already done" if finished(cell_dir, args) else "not trained yet")
+        done.append("already done" if finished(cell_dir, args) else
+                    "not evaluated yet" if record.get("train_done") else "not trained yet")
     return done
 
 
@@ -156,11 +297,16 @@ def evaluating(args):
     return args.eval_tasks != "none"
 
 
+def evaluated(cell_dir, record, args):
+    """eval.json exists and cell.json records that it was made with this sweep's eval settings (an
+    eval.json that an older sweep.py left without that record is made again)."""
+    return (cell_dir / "eval.json").exists() and record.get("eval") == eval_settings(args)
+
+
 def finished(cell_dir, args):
     """Trained, and evaluated unless the sweep skips evaluation (--eval_tasks none)."""
-    if not read_record(cell_dir).get("train_done"):
-        return False
-    return not evaluating(args) or (cell_dir / "eval.json").exists()
+    record = read_record(cell_dir)
+    return bool(record.get("train_done")) and (not evaluating(args) or evaluated(cell_dir, record, args))
 
 
 def read_metrics(cell_dir):
@@ -177,12 +323,10 @@ def blimp_accuracy(evaluation, mode):
 
 def result_row(cell_dir, r, lam):
     """One results.csv row from a finished cell's metrics.jsonl, eval.json and cell.json."""
-    import torch  # only here: the rest of the sweep never needs it
     history = read_metrics(cell_dir)
     record = read_record(cell_dir)
     evaluation = json.loads((cell_dir / "eval.json").read_text()) if (cell_dir / "eval.json").exists() else {}
-    ckpt_path = cell_dir / "ckpt.pt"
-    run = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)["data"] if ckpt_path.exists() else {}
+    run = read_run(cell_dir).get("data", {})
     last = history[-1]
 
     def lowest(key):
@@ -190,7 +334,6 @@ def result_row(cell_dir, r, lam):
         return min(values) if values else None
 
     speeds = sorted(h["tokens_per_sec"] for h in history if h.get("tokens_per_sec"))
-    ckpt_data = evaluation.get("run", {}).get("config", {})
     blimp = {mode: blimp_accuracy(evaluation, mode) for mode in ("causal", "pll")}
     known = [v for v in blimp.values() if v is not None]
     row = {
@@ -209,10 +352,6 @@ def result_row(cell_dir, r, lam):
         "train_commit": record.get("train_commit"), "eval_commit": record.get("eval_commit"),
     }
     row["overfit"] = row["overfit_ar"] or row["overfit_md"]
-    trained_lam = ckpt_data.get("lam")
-    if trained_lam is not None and not math.isclose(trained_lam, lam):
-        raise ValueError(f"{cell_dir} holds a model trained with λ={trained_lam:g}, but its name says λ={lam:g}; "
-                         f"move that folder out of the runs folder and rerun")
     return row, [{"repetitions": r, "lambda": lam, **{k: h.get(k) for k in CURVE_COLUMNS[2:]}} for h in history]
 
 
@@ -257,6 +396,10 @@ def sweep(args, train_overrides):
     name = Path(args.config).stem
     runs_dir = Path(args.runs_dir or REPO / "runs" / name).resolve()
     results_dir = Path(args.results_dir or REPO / "results" / name).resolve()
+    folders = (("--runs_dir", runs_dir), ("--results_dir", results_dir))
+    for flag, folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{flag} {folder} is a file, not a folder; give a folder")
     reps = unique_values(parse_floats(args.repetitions, "repetitions"), "repetitions")
     lams = unique_values(parse_floats(args.lams, "lams"), "lams")
     for lam in lams:
@@ -266,25 +409,54 @@ def sweep(args, train_overrides):
         if r < 1:
             raise ValueError(f"--repetitions value {r} is below 1; r is how often each token is seen")
     cells = [(r, lam) for r in reps for lam in lams]
+    stale, retrain = stale_cells(cells, runs_dir, args.config, train_overrides, args)
+    if stale and not args.overwrite:
+        first = next(iter(stale))
+        more = f" and {len(stale) - 1} more cell(s)" if len(stale) > 1 else ""
+        raise ValueError(f"{first}{more} in {runs_dir} ran with other settings ({', '.join(stale[first])}); give this "
+                         f"sweep another --runs_dir (and --results_dir), or pass --overwrite to run them again")
+    if retrain and args.stage == "eval":
+        raise ValueError(f"--overwrite would train {len(retrain)} cell(s) again, which --stage eval does not do; "
+                         f"use --stage all or --stage train")
+    for flag, folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"{flag} {folder} cannot be created ({e.strerror}); give another folder") from None
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     print(f"sweep {name}: {len(reps)} repetitions x {len(lams)} lambdas = {len(cells)} cells, {args.jobs} at a "
           f"time with {threads} thread(s) each; runs in {runs_dir}, results in {results_dir}", flush=True)
+    if stale:
+        print(f"--overwrite: {len(stale)} cell(s) ran with other settings and are run again: {', '.join(stale)}",
+              flush=True)
     progress = Progress(total=len(cells), desc="sweep", unit="cells", every=0)
     failures = []
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # threads only wait on subprocesses
-        futures = {pool.submit(run_cell, runs_dir / cell_name(r, lam), args.config, r, lam, args,
-                               train_overrides, threads): (r, lam) for r, lam in cells}
-        for future in concurrent.futures.as_completed(futures):
-            r, lam = futures[future]
-            try:
-                done = future.result()
-                print(f"{cell_name(r, lam)}: {' and '.join(done)}", flush=True)
-            except RuntimeError as e:  # a failed train.py or eval.py, or an unreadable cell.json
-                failures.append(str(e))
-                print(f"FAILED {e}", flush=True)
-            collect(cells, runs_dir, results_dir, args)
-            progress.update(1)
+    handlers = {sig: signal.signal(sig, SUBPROCESSES.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # threads only wait on subprocesses
+            futures = {pool.submit(run_cell, runs_dir / cell_name(r, lam), args.config, r, lam, args, train_overrides,
+                                   threads, cell_name(r, lam) in retrain): (r, lam) for r, lam in cells}
+            for future in concurrent.futures.as_completed(futures):
+                r, lam = futures[future]
+                try:
+                    done = future.result()
+                    print(f"{cell_name(r, lam)}: {' and '.join(done)}", flush=True)
+                except Stopped:
+                    continue
+                except RuntimeError as e:  # a failed train.py or eval.py, or an unreadable cell.json
+                    failures.append(str(e))
+                    print(f"FAILED {e}", flush=True)
+                collect(cells, runs_dir, results_dir, args)
+                progress.update(1)
+    finally:  # the pool has waited for every cell's processes
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     rows = collect(cells, runs_dir, results_dir, args)
+    if SUBPROCESSES.stopped_by:
+        raise Stopped(f"stopped by {SUBPROCESSES.stopped_by}: the running cells' train.py and eval.py were stopped "
+                      f"(a stopped training keeps its last checkpoint) and no other cell started; "
+                      f"{results_dir / 'results.csv'} has the {len(rows)} finished cell(s); rerun the same command "
+                      f"to resume")
     print(f"wrote {results_dir / 'results.csv'} ({len(rows)} of {len(cells)} cells)", flush=True)
     if failures:
         raise RuntimeError(f"{len(failures)} cell(s) failed; fix the cause and rerun the same command to "
@@ -316,7 +488,10 @@ def best_mixed(rows, r, key="final_val_ar_loss"):
 
 
 def figures(results_dir, nu=2.5, samples=10000, seed=0):
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError("--figures draws with matplotlib, which is not installed here; pip install matplotlib") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import gp_fit
@@ -521,8 +696,8 @@ class OneLineErrors(argparse.ArgumentParser):
 
 
 def main(argv=None):
-    p = OneLineErrors(prog="sweep.py", description="Train and evaluate a (repetitions x λ) grid of dual models, "
-                      "or draw its figures. Extra --key=value arguments go to every train.py call.")
+    p = OneLineErrors(prog="sweep.py", allow_abbrev=False, description="Train and evaluate a (repetitions x λ) grid "
+                      "of dual models, or draw its figures. Extra --key=value arguments go to every train.py call.")
     p.add_argument("config", nargs="?", help="train.py config of every cell, e.g. config/sweep_cpu.py")
     p.add_argument("--figures", metavar="RESULTS_DIR", help="draw the figures and fit the GP from RESULTS_DIR")
     p.add_argument("--repetitions", default="1,4,16,64,128", help="comma list of r (default 1,4,16,64,128)")
@@ -532,6 +707,8 @@ def main(argv=None):
     p.add_argument("--stage", default="all", choices=["all", "train", "eval"], help="do only one stage")
     p.add_argument("--runs_dir", help="checkpoints and logs (default runs/<config name>)")
     p.add_argument("--results_dir", help="results.csv and curves.csv (default results/<config name>)")
+    p.add_argument("--overwrite", action="store_true", help="run again the cells that --runs_dir holds from a sweep "
+                   "of other settings (default: refuse to start, naming the settings that differ)")
     p.add_argument("--eval_tasks", default="blimp", help="eval.py --tasks for every cell (default blimp); "
                    "none: no evaluation, the validation losses only")
     p.add_argument("--eval_modes", default="causal,pll", help="eval.py --modes (default causal,pll)")
@@ -543,6 +720,10 @@ def main(argv=None):
     bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
     if bad:
         p.error(f"unrecognised argument {bad[0]!r}; train.py overrides are written --key=value")
+    for arg in rest:
+        key = arg[2:].partition("=")[0]
+        if key in PER_CELL:
+            p.error(f"{arg}: the sweep sets {key} for each cell; use {PER_CELL[key]}")
     if args.figures:
         return figures(Path(args.figures))
     if not args.config:
@@ -557,3 +738,7 @@ if __name__ == "__main__":
         main()
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"sweep.py: error: {e}")
+    except Stopped as e:
+        sys.exit(f"sweep.py: {e}")
+    except KeyboardInterrupt:  # --figures, or the checks before any cell starts (then Ctrl-C stops the cells)
+        sys.exit("sweep.py: interrupted (Ctrl-C); rerun the same command to finish")

@@ -1,11 +1,15 @@
 """sweep.py on a 2x2 grid of 3-step runs: it trains, evaluates, resumes a half-done sweep, writes
-the CSVs and draws the figures."""
+the CSVs and draws the figures; it refuses to reuse cells of other settings, and stops its children."""
 import csv
+import fcntl
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -30,8 +34,8 @@ def read_rows(path):
 def sweep_dirs(tmp_path_factory, tiny_dataset, shared_data):
     root = tmp_path_factory.mktemp("sweep")
     runs, results = root / "runs", root / "results"
-    common = ["sweep.py", "config/sweep_cpu.py", "--runs_dir", str(runs), "--results_dir", str(results),
-              "--eval_limit", "1", "--eval_data_dir", str(shared_data), f"--data_dir={tiny_dataset}", *TINY_MODEL]
+    settings = ["--eval_limit", "1", "--eval_data_dir", str(shared_data), f"--data_dir={tiny_dataset}", *TINY_MODEL]
+    common = ["sweep.py", "config/sweep_cpu.py", "--runs_dir", str(runs), "--results_dir", str(results), *settings]
 
     # a half-done sweep: the r=1 column finished, and cell (4, 0) stopped after 2 of its 3 steps
     first = run([*common, "--repetitions", "1", "--lams", "0,1"])
@@ -40,15 +44,19 @@ def sweep_dirs(tmp_path_factory, tiny_dataset, shared_data):
     stopped = run(["train.py", "config/sweep_cpu.py", "--lam=0.0", "--repetitions=4.0", f"--out_dir={half}",
                    f"--data_dir={tiny_dataset}", *TINY_MODEL[1:], "--max_iters=2"])
     assert stopped.returncode == 0, stopped.stderr
+    import torch
+    ckpt = torch.load(half / "ckpt.pt", weights_only=True)
+    ckpt["config"]["max_iters"] = 3  # as a 3-step run stopped after step 2 records it (the sweep checks settings)
+    torch.save(ckpt, half / "ckpt.pt")
     finished = {p: os.path.getmtime(p) for p in (runs / "r1_lam0" / "ckpt.pt", runs / "r1_lam1" / "eval.json")}
 
     second = run([*common, "--repetitions", "1,4", "--lams", "0,1", "--jobs", "2"])
     assert second.returncode == 0, second.stderr
-    return runs, results, finished, second.stdout
+    return runs, results, finished, second.stdout, settings
 
 
 def test_sweep_resumes_and_writes_one_row_per_cell(sweep_dirs):
-    runs, results, finished, stdout = sweep_dirs
+    runs, results, finished, stdout, _ = sweep_dirs
     # finished cells are neither retrained nor re-evaluated
     assert all(os.path.getmtime(p) == t for p, t in finished.items())
     assert "r1_lam0: already done" in stdout and "r1_lam1: already done" in stdout
@@ -75,7 +83,7 @@ def test_sweep_resumes_and_writes_one_row_per_cell(sweep_dirs):
 
 
 def test_figures_from_the_csvs(sweep_dirs):
-    _, results, _, _ = sweep_dirs
+    _, results, _, _, _ = sweep_dirs
     out = run(["sweep.py", "--figures", str(results)])
     assert out.returncode == 0, out.stderr
     for name in ("fig1_loss_curves.png", "fig2_score_vs_lambda.png", "gp/gp_fit.png", "gp/fit.json",
@@ -87,9 +95,107 @@ def test_figures_from_the_csvs(sweep_dirs):
     assert "| 5 | a mix beats pure MD at every r |" in summary  # and the table of the paper's claims
 
 
+def test_a_rerun_with_other_settings_is_refused(sweep_dirs):
+    """The seed-replicate recipe with --runs_dir forgotten: no cell of the old sweep counts as done."""
+    runs, results, _, _, settings = sweep_dirs
+    before = (results / "results.csv").read_bytes()
+    for extra, differ in ((["--seed=1", "--max_iters=4"], "max_iters 3 -> 4, seed 1337 -> 1"),
+                          (["--eval_limit", "2"], "eval_limit 1 -> 2")):
+        out = run(["sweep.py", "config/sweep_cpu.py", "--runs_dir", str(runs), "--results_dir", str(results),
+                   *settings, "--repetitions", "1,4", "--lams", "0,1", *extra])
+        assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+        assert f"r1_lam0 and 3 more cell(s) in {runs} ran with other settings ({differ}); give this sweep another " \
+               "--runs_dir (and --results_dir), or pass --overwrite" in out.stderr
+    assert (results / "results.csv").read_bytes() == before
+
+
+def test_overwrite_runs_again_only_the_cells_of_other_settings(sweep_dirs, tmp_path):
+    import torch
+    runs, _, _, _, settings = sweep_dirs
+    for name in ("r1_lam0", "r1_lam1"):
+        shutil.copytree(runs / name, tmp_path / name)
+    ckpt = torch.load(tmp_path / "r1_lam1" / "ckpt.pt", weights_only=True)
+    ckpt["config"]["seed"] = 7  # as if trained by a sweep with --seed=7
+    torch.save(ckpt, tmp_path / "r1_lam1" / "ckpt.pt")
+    kept = os.path.getmtime(tmp_path / "r1_lam0" / "ckpt.pt")
+    args = ["sweep.py", "config/sweep_cpu.py", "--runs_dir", str(tmp_path), "--results_dir", str(tmp_path / "results"),
+            *settings, "--repetitions", "1", "--lams", "0,1"]
+    refused = run(args)
+    assert refused.returncode != 0 and "r1_lam1 in" in refused.stderr and "(seed 7 -> 1337)" in refused.stderr
+    out = run([*args, "--overwrite"])
+    assert out.returncode == 0, out.stderr
+    assert "--overwrite: 1 cell(s) ran with other settings and are run again: r1_lam1" in out.stdout
+    assert "r1_lam0: already done" in out.stdout and "r1_lam1: trained again (--overwrite) and evaluated" in out.stdout
+    assert os.path.getmtime(tmp_path / "r1_lam0" / "ckpt.pt") == kept
+    assert torch.load(tmp_path / "r1_lam1" / "ckpt.pt", weights_only=True)["config"]["seed"] == 1337
+    again = run(args)
+    assert again.returncode == 0 and "r1_lam1: already done" in again.stdout, again.stderr
+
+
+def test_sigterm_stops_the_running_train_py(tiny_dataset, tmp_path):
+    cell = tmp_path / "runs" / "r1_lam1"
+    sweep = subprocess.Popen([sys.executable, "sweep.py", "config/sweep_cpu.py", "--repetitions", "1", "--lams", "1",
+                              "--eval_tasks", "none", "--runs_dir", str(tmp_path / "runs"), "--results_dir",
+                              str(tmp_path / "results"), f"--data_dir={tiny_dataset}", *TINY_MODEL[1:],
+                              "--max_iters=100000"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    pid = None
+    try:
+        deadline = time.time() + 120
+        while pid is None and time.time() < deadline and sweep.poll() is None:
+            text = (cell / "train.lock").read_text().strip() if (cell / "train.lock").exists() else ""
+            pid = int(text) if text.isdigit() else time.sleep(0.2)
+        assert pid is not None, "train.py did not start"
+        sweep.send_signal(signal.SIGTERM)
+        _, stderr = sweep.communicate(timeout=60)
+        assert sweep.returncode != 0 and "Traceback" not in stderr
+        assert stderr.strip().splitlines()[-1].startswith("sweep.py: stopped by SIGTERM: the running cells' train.py")
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # train.py ended with the sweep (the sweep waited for it: no zombie either)
+        with open(cell / "train.lock") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: a rerun can resume the cell
+    finally:
+        sweep.kill()
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_figures_without_matplotlib_is_one_line(tmp_path):
+    fake = tmp_path / "site" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'matplotlib'\")\n")
+    for name in ("results.csv", "curves.csv"):
+        shutil.copy(REPO / "results" / "sweep_cpu" / name, tmp_path / name)
+    out = subprocess.run([sys.executable, "sweep.py", "--figures", str(tmp_path)], cwd=REPO, capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=str(tmp_path / "site")))
+    assert out.returncode != 0 and out.stderr.strip() == \
+        "sweep.py: error: --figures draws with matplotlib, which is not installed here; pip install matplotlib"
+
+
+@pytest.mark.parametrize("flag", ["--runs_dir", "--results_dir"])
+def test_a_folder_that_is_a_file_is_refused_before_any_work(flag, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    dirs = {"--runs_dir": tmp_path / "runs", "--results_dir": tmp_path / "results", flag: tmp_path / "file"}
+    out = run(["sweep.py", "config/sweep_cpu.py", "--stage", "eval", "--repetitions", "1", "--lams", "1",
+               *[str(a) for pair in dirs.items() for a in pair]])
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == f"sweep.py: error: {flag} {tmp_path / 'file'} is a file, not a folder; give a folder"
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()  # nothing started
+
+
 @pytest.mark.parametrize("args, message", [
     (["config/sweep_cpu.py", "--lams", "0,1.5"], "outside [0, 1]"),
     (["config/sweep_cpu.py", "--repetitions", "0.5"], "below 1"),
+    (["config/sweep_cpu.py", "--repetitions", "1,inf"], "--repetitions must be finite numbers, got '1,inf'"),
+    (["config/sweep_cpu.py", "--lams", "nan"], "--lams must be finite numbers"),
+    (["config/sweep_cpu.py", "--lam=0.5"], "--lam=0.5: the sweep sets lam for each cell; use --lams"),
+    (["config/sweep_cpu.py", "--out_dir=x"], "use --runs_dir"),
+    (["config/sweep_cpu.py", "--seed=" + "9" * 24], "train.py would refuse cell r1_lam0: seed=" + "9" * 24),
+    (["config/sweep_cpu.py", "--lams", "0.3"], "train.py would refuse cell r1_lam0.3: lam=0.3 is not a multiple"),
+    (["config/sweep_cpu.py", "--lamm=0.5"], "unknown config key 'lamm'"),
     (["config/missing.py"], "does not exist"),
     (["config/sweep_cpu.py", "stray"], "unrecognised argument"),
     (["--figures", "/nonexistent/results"], "run the sweep first"),
@@ -100,14 +206,21 @@ def test_bad_input_is_one_line(args, message, tmp_path):
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
 
 
-def fake_cell(runs, name, trained_lam=0.5, record='{"train_done": true}'):
-    """A cell folder as a finished run leaves it, without training anything."""
+DEFAULT_EVAL = {"eval_tasks": "blimp", "eval_modes": "causal,pll", "pll_k": "1", "eval_limit": 20, "eval_data_dir": None}
+
+
+def fake_cell(runs, name, record=json.dumps({"train_done": True, "eval": DEFAULT_EVAL}), config=None):
+    """A cell folder as a finished run leaves it (evaluated with sweep.py's default eval settings),
+    without training anything; config: the train.py settings its checkpoint records (no checkpoint if None)."""
     cell = runs / name
     cell.mkdir(parents=True)
     (cell / "cell.json").write_text(record)
     (cell / "metrics.jsonl").write_text(json.dumps({"iter": 3, "tokens": 768, "epoch": 1.0, "val_ar_loss": 5.0,
                                                     "val_md_loss": 6.0}) + "\n")
-    (cell / "eval.json").write_text(json.dumps({"run": {"config": {"lam": trained_lam}}, "tasks": {}}))
+    (cell / "eval.json").write_text(json.dumps({"tasks": {}}))
+    if config is not None:
+        import torch
+        torch.save({"config": config, "data": {}}, cell / "ckpt.pt")
     return cell
 
 
@@ -127,16 +240,16 @@ def test_duplicate_grid_values_are_one_cell(tmp_path):
 
 
 def test_a_cell_of_another_lam_is_a_one_line_error(tmp_path):
-    fake_cell(tmp_path / "runs", "r1_lam0.5", trained_lam=0.25)
+    fake_cell(tmp_path / "runs", "r1_lam0.5", config={"lam": 0.25, "repetitions": 1.0})
     out = run(["sweep.py", "config/sweep_cpu.py", "--stage", "eval", "--repetitions", "1", "--lams", "0.5",
                "--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results")])
     assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
-    assert "r1_lam0.5 holds a model trained with λ=0.25, but its name says λ=0.5" in out.stderr
+    assert "r1_lam0.5 in " in out.stderr and "ran with other settings (lam 0.25 -> 0.5)" in out.stderr
 
 
 def test_an_unreadable_cell_json_fails_that_cell_in_one_line(tmp_path):
     fake_cell(tmp_path / "runs", "r1_lam0.5", record="")  # as a crash mid-write of an older sweep.py left it
-    fake_cell(tmp_path / "runs", "r1_lam1", trained_lam=1.0)
+    fake_cell(tmp_path / "runs", "r1_lam1")
     out = run(["sweep.py", "config/sweep_cpu.py", "--stage", "eval", "--repetitions", "1", "--lams", "0.5,1",
                "--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results")])
     assert out.returncode != 0 and "Traceback" not in out.stderr
