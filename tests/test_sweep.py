@@ -133,8 +133,8 @@ def test_overwrite_runs_again_only_the_cells_of_other_settings(sweep_dirs, tmp_p
 
 
 def test_sigterm_stops_the_running_train_py(tiny_dataset, tmp_path):
-    cell = tmp_path / "runs" / "r1_lam1"
-    sweep = subprocess.Popen([sys.executable, "sweep.py", "config/sweep_cpu.py", "--repetitions", "1", "--lams", "1",
+    cell = tmp_path / "runs" / "r4096_lam1"  # r = 4096: 100,000 steps need only 6,250 unique tokens
+    sweep = subprocess.Popen([sys.executable, "sweep.py", "config/sweep_cpu.py", "--repetitions", "4096", "--lams", "1",
                               "--eval_tasks", "none", "--runs_dir", str(tmp_path / "runs"), "--results_dir",
                               str(tmp_path / "results"), f"--data_dir={tiny_dataset}", *TINY_MODEL[1:],
                               "--max_iters=100000"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -142,10 +142,10 @@ def test_sigterm_stops_the_running_train_py(tiny_dataset, tmp_path):
     pid = None
     try:
         deadline = time.time() + 120
-        while pid is None and time.time() < deadline and sweep.poll() is None:
-            text = (cell / "train.lock").read_text().strip() if (cell / "train.lock").exists() else ""
-            pid = int(text) if text.isdigit() else time.sleep(0.2)
-        assert pid is not None, "train.py did not start"
+        log = cell / "train.log"
+        while time.time() < deadline and sweep.poll() is None and not (log.exists() and "\niter " in log.read_text()):
+            time.sleep(0.2)  # until train.py is training
+        pid = int((cell / "train.lock").read_text())
         sweep.send_signal(signal.SIGTERM)
         _, stderr = sweep.communicate(timeout=60)
         assert sweep.returncode != 0 and "Traceback" not in stderr
