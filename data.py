@@ -24,6 +24,7 @@ those documents and packs them into windows afresh; val_windows is a fixed held-
 """
 import argparse
 import codecs
+import ctypes
 import fcntl
 import gzip
 import hashlib
@@ -325,9 +326,12 @@ def import_pyarrow():
         import pyarrow.parquet
     except ImportError:
         raise ValueError("reading parquet files needs pyarrow: pip install pyarrow") from None
-    # pyarrow's default allocator (mimalloc) keeps what it frees: 2-3x the peak RSS of the same text
-    # read as JSON lines; the system allocator gives it back (measured in docs/data.md)
+    # Flat memory (measured in docs/data.md): pyarrow's default allocator (mimalloc) keeps what it frees,
+    # so use the system's; and glibc, once a large buffer is freed, serves the next ones from the heap,
+    # where the documents' strings pin them: a fixed mmap threshold (M_MMAP_THRESHOLD = -3) prevents it.
     pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+    if hasattr(libc := ctypes.CDLL(None), "mallopt"):  # glibc only
+        libc.mallopt(-3, 1 << 17)
     return pyarrow
 
 
