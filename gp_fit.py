@@ -9,17 +9,10 @@ optimal.
     python gp_fit.py --synthetic --out_dir out-gp-synthetic --figure assets/gp_synthetic.png  # README figure
 
 writes OUT_DIR/fit.json and OUT_DIR/gp_fit.png (--synthetic: a made-up sweep with a known answer).
-From Python: analyse(read_runs(["runs.csv"], score="score"), "out-gp") returns what fit.json holds. The model (§5.2, "Interpolation with Gaussian
-process"), written with numpy/scipy and matching scikit-learn's GaussianProcessRegressor with
-normalize_y=True to rounding error:
-- inputs x = (log2 repetitions, λ), each standardised to zero mean and unit variance;
-- outputs normalised: (score - mean) / std;
-- kernel ConstantKernel * Matern(length_scale=[l_r, l_λ], nu) + WhiteKernel;
-- hyper-parameters by maximising the log marginal likelihood (LML) with L-BFGS-B over their logs,
-  from a fixed start plus `restarts` starts drawn log-uniformly within the bounds.
-Everything in fit.json and on the figure is in the original units unless a name says otherwise.
+From Python: analyse(read_runs(["runs.csv"], score="score"), "out-gp") returns what fit.json holds.
+The model (standardised inputs, normalised outputs, Constant x Matérn + White, L-BFGS-B) is in
+docs/gp_fit.md; it matches scikit-learn's GaussianProcessRegressor(normalize_y=True) to rounding error.
 """
-import argparse
 import csv
 import json
 import math
@@ -36,12 +29,12 @@ import numpy as np
 from scipy.linalg import LinAlgError, cho_solve, cholesky, lapack, solve_triangular
 from scipy.optimize import minimize
 
+from cli import ArgumentParser, write_atomically
+
 NUS = (0.5, 1.5, 2.5)  # the Matérn smoothness values with a closed form
 HYPERPARAMETERS = ("constant_value", "length_scale_log2_repetitions", "length_scale_lambda", "noise_level")
-# Log-hyper-parameters theta are ordered as scikit-learn orders them for this kernel. The bounds are
-# scikit-learn's defaults, 1e-5 to 1e5 for each: tighter ones were tried and cut fits short (on a
-# smooth synthetic sweep the amplitude stopped at 1e3 with a lower likelihood, 79.94 against 80.25).
-# A value at a bound is still reported (at_bound in fit.json).
+# Log-hyper-parameters theta are ordered as scikit-learn orders them for this kernel; the bounds are its
+# defaults (docs/gp_fit.md: tighter ones cut fits short).
 BOUNDS = np.log([(1e-5, 1e5)] * 4)
 START = np.log([1.0, 1.0, 1.0, 0.1])  # the first optimiser start; restarts are random
 # scikit-learn adds alpha = 1e-10 to the diagonal of the training covariance, outside the kernel
@@ -113,11 +106,9 @@ def log_marginal_likelihood(theta, X, y, nu, alpha=ALPHA, gradient=False):
 
 
 def cholesky_with_jitter(A, scale):
-    """Lower Cholesky factor of a symmetric PSD matrix A, and the jitter added to its diagonal: 0, or
-    the smallest of scale x 1e-15, 1e-14, ..., 1 that makes the factorisation work (grown tenfold at a
-    time, as GPyTorch's psd_safe_cholesky does). scale is the prior variance: a posterior covariance is
-    the prior minus what the runs explain, so its rounding errors are relative to the prior, and a
-    smooth, noise-free grid leaves posterior variances far below them. Returns (L, jitter)."""
+    """(L, jitter): the lower Cholesky factor of a symmetric PSD matrix A + jitter * I, jitter 0 or the
+    smallest of scale x 1e-15, 1e-14, ..., 1 that works (docs/gp_fit.md). scale is the prior variance:
+    a posterior covariance's rounding errors are relative to the prior."""
     for jitter in [0.0] + [scale * 10.0**k for k in range(-15, 1)]:
         try:
             return cholesky(A + jitter * np.eye(len(A)), lower=True, check_finite=False), jitter
@@ -270,18 +261,9 @@ def fit_gp(X, y, nu=2.5, restarts=10, seed=0):
 
 
 def optimal_lambda(fit, repetitions, grid=None, samples=10000, seed=0, lower_is_better=False):
-    """
-    For each repetition level r: draw `samples` joint posterior samples of score(r, λ) on the λ grid,
-    take each sample's argmax (argmin with lower_is_better, for losses), and summarise the
-    distribution of the optimal λ:
-      probability     share of samples whose optimum is each grid λ
-      mean            the expected optimal λ under that distribution
-      argmax_of_mean  the grid λ that maximises (minimises) the posterior mean score
-      interval        5th and 95th percentiles of the optimal λ (smallest grid λ with cumulative
-                      probability >= 0.05, resp. 0.95)
-      rule_of_thumb   the band λ·r in [8, 32] intersected with [0, 1] (None where empty, r < 8)
-                      and the probability that the optimal λ lies in it
-    """
+    """For each repetition level r: draw `samples` joint posterior samples of score(r, λ) on the λ grid,
+    take each sample's argmax (argmin with lower_is_better, for losses), and summarise the distribution
+    of the optimal λ (the fields of fit.json's optimal_lambda, docs/gp_fit.md)."""
     grid = np.arange(101) / 100 if grid is None else np.asarray(grid, dtype=float)
     best_of = np.argmin if lower_is_better else np.argmax
     bad = sorted({float(r) for r in repetitions if not 0 < r < math.inf})
@@ -463,26 +445,11 @@ def analyse(runs, out_dir, nu=2.5, samples=10000, seed=0, restarts=10, at=(), gr
     if bad:  # never written: Infinity and NaN are not JSON, and they would be garbage anyway
         raise ValueError(f"the fit is not finite ({bad}); {rescale_hint(fit)}")
     os.makedirs(out_dir, exist_ok=True)
-    write_atomically(os.path.join(out_dir, "fit.json"),
+    write_atomically("--out_dir", os.path.join(out_dir, "fit.json"),
                      lambda f: json.dump(result, f, indent=1, allow_nan=False))
     print_summary(result)
     plot_figure(fit, runs, levels, figure or os.path.join(out_dir, "gp_fit.png"), lower_is_better)
     return result
-
-
-def write_atomically(path, write, mode="w"):
-    """write(f) into a temporary file beside path, then rename it to path: a file that exists is complete.
-    A failed write (a full disk) leaves no temporary behind and is an OSError that names path."""
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, mode, newline=None if "b" in mode else "") as f:  # "": csv writes its own line ends
-            write(f)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OSError(f"could not write {path} ({e.strerror or e})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def rescale_hint(fit):
@@ -583,20 +550,16 @@ def plot_figure(fit, runs, levels, path, lower_is_better=False):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     image_format = os.path.splitext(path)[1][1:] or "png"  # from the extension, as savefig(path) chooses it
     try:
-        write_atomically(path, lambda f: fig.savefig(f, dpi=90, format=image_format), "wb")
+        # f.buffer: the binary file under the text one
+        write_atomically("--figure", path, lambda f: fig.savefig(f.buffer, dpi=90, format=image_format))
     finally:
         plt.close(fig)
     print(f"wrote {path}")
 
 
-class OneLineArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # a bad flag is a one-line error too, not usage text plus message
-        raise ValueError(message)
-
-
 def main(argv=None):
-    parser = OneLineArgumentParser(allow_abbrev=False,
-                                   description="Gaussian-process analysis of a λ x repetitions sweep (§5.2, Figure 4)")
+    parser = ArgumentParser(allow_abbrev=False,
+                            description="Gaussian-process analysis of a λ x repetitions sweep (§5.2, Figure 4)")
     parser.add_argument("csv", nargs="*", help="CSV files: columns repetitions, lambda, score [, overfit]; a row per model")
     parser.add_argument("--results", nargs="+", default=[], metavar="FILE", help="eval.py result JSON files")
     parser.add_argument("--score", default=None, help="score column (default: score for CSV, causal for --results)")
@@ -621,7 +584,8 @@ def main(argv=None):
         os.makedirs(args.out_dir, exist_ok=True)
         columns = ("repetitions", "lambda", "score", "overfit")
         rows = [columns, *zip(*(runs[c] for c in columns))]  # the sweep as a table, to refit it from one
-        write_atomically(os.path.join(args.out_dir, "synthetic_runs.csv"), lambda f: csv.writer(f).writerows(rows))
+        write_atomically("--out_dir", os.path.join(args.out_dir, "synthetic_runs.csv"),
+                         lambda f: csv.writer(f, lineterminator="\n").writerows(rows))
     else:
         runs = read_runs(args.csv, args.results, args.score)
     analyse(runs, args.out_dir, nu=args.nu, samples=args.samples, seed=args.seed, restarts=args.restarts,

@@ -485,5 +485,7 @@ def test_a_failed_write_names_the_file_and_leaves_no_temporary(tmp_path):
         out_dir = tmp_path / name
         run = run_with_file_limit(limit, out_dir)
         assert run.returncode != 0 and "Traceback" not in run.stderr
-        assert run.stderr == f"gp_fit.py: error: could not write {out_dir / name} (File too large)\n"
+        flag = "--out_dir" if name == "fit.json" else "--figure"
+        assert run.stderr == (f"gp_fit.py: error: cannot write {flag} {out_dir / name} (File too large); free some "
+                              f"space or give another {flag}\n")
         assert sorted(os.listdir(out_dir)) == kept  # no temporary file
