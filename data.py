@@ -495,8 +495,12 @@ def val_threshold(val_fraction, scan):
 worker = {}  # each worker process's tokenizer and split settings, set once by init_worker
 
 
-def init_worker(tokenizer_spec, threshold, seed, dtype):
+def init_pool_worker(*init_args):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (one line, not one per worker)
+    init_worker(*init_args)
+
+
+def init_worker(tokenizer_spec, threshold, seed, dtype):
     worker.update(tokenizer=Tokenizer.from_spec(tokenizer_spec), threshold=threshold, seed=seed,
                   dtype=np.dtype(dtype))
 
@@ -542,7 +546,7 @@ def encode_corpus(files, doc_split, text_field, tokenizer, threshold, seed, out_
     # Each worker encodes on one core; tokenizers' own thread pool would only oversubscribe the CPU.
     # (Set before forking, this also stops tokenizers warning about a fork after its threads ran.)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    pool = multiprocessing.Pool(workers, init_worker, init_args) if workers > 1 else None
+    pool = multiprocessing.Pool(workers, init_pool_worker, init_args) if workers > 1 else None
     start, progress = time.time(), Progress(total=total_bytes, desc="encode", unit="B", stream=sys.stdout)
     files_out, done = {}, {"bytes": 0, "complete": False}
 
@@ -551,15 +555,15 @@ def encode_corpus(files, doc_split, text_field, tokenizer, threshold, seed, out_
             files_out[name].write(array.data) if array is not None else files_out[name].close()
         except OSError as e:  # a full disk: say where, and how much room the rest needs
             written = (counts["train_tokens"] + counts["val_tokens"]) * dtype.itemsize + 8 * counts["train_documents"]
-            fraction = max(done["bytes"] / total_bytes, 1e-6)
-            raise OSError(f"cannot write {paths[name]} ({e.strerror or e}) after {written / 1e6:,.1f} MB of token "
-                          f"files for {fraction:.0%} of the corpus (about {written / fraction / 1e6:,.0f} MB in all); "
-                          f"free space there or choose another --out_dir") from None
+            fraction = done["bytes"] / total_bytes
+            where = (f"after {written / 1e6:,.1f} MB of token files for {fraction:.0%} of the corpus (about "
+                     f"{written / fraction / 1e6:,.0f} MB in all)" if fraction else "in the corpus's first chunk")
+            raise OSError(f"cannot write {paths[name]} ({e.strerror or e}) {where}; free space there or choose "
+                          f"another --out_dir") from None
 
     try:
         if pool is None:
             init_worker(*init_args)
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # init_worker's setting is for workers
         # imap yields the results in input order, whatever the order the workers finish in
         results = pool.imap(encode_chunk, chunks()) if pool else map(encode_chunk, chunks())
         files_out = {name: open(path, "wb") for name, path in paths.items()}

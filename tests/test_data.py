@@ -10,7 +10,6 @@ import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -666,9 +665,7 @@ def test_a_long_document_is_encoded_without_a_list_of_its_ids(tokenizer, shared_
     ~36 bytes a token (884 MB peak for a 50 MB one-line document)."""
     import tracemalloc
     text = (shared_data / "corpus" / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:1_000_000]
-    sigint = signal.getsignal(signal.SIGINT)
-    data.init_worker(tokenizer.to_spec(), 0, 0, "uint16")  # as in a worker (which ignores SIGINT)
-    signal.signal(signal.SIGINT, sigint)
+    data.init_worker(tokenizer.to_spec(), 0, 0, "uint16")
     tracemalloc.start()
     out, _ = data.encode_chunk([text])
     peak = tracemalloc.get_traced_memory()[1]
@@ -719,7 +716,7 @@ def test_cli_ctrl_c_says_what_was_kept(corpus_files, tmp_path):
 
 def test_cli_full_disk_names_the_file_and_leaves_no_temporary_files(corpus_files, prepared, tmp_path):
     """A write that fails (here the file-size limit, EFBIG; a full disk is ENOSPC) names the file and how
-    much room the token files need; the temporary files go."""
+    far it got; the temporary files go."""
     import resource
 
     def small_file_limit():
@@ -727,8 +724,14 @@ def test_cli_full_disk_names_the_file_and_leaves_no_temporary_files(corpus_files
 
     result = run_prepare_cli("", "--input", *corpus_files, "--tokenizer", prepared, "--doc_split", "blank_line",
                              "--out_dir", tmp_path / "out", preexec_fn=small_file_limit)
-    assert_one_line_error(result, f"cannot write {tmp_path / 'out' / 'train.bin.tmp'} (File too large) after",
-                          "MB in all); free space there or choose another --out_dir")
+    assert_one_line_error(result, f"cannot write {tmp_path / 'out' / 'train.bin.tmp'} (File too large) in the "
+                          "corpus's first chunk; free space there or choose another --out_dir")
+    assert not list((tmp_path / "out").glob("*.tmp"))
+    small_chunks = "real = data.prepare; data.prepare = lambda *a, **k: real(*a, chunk_chars=20_000, **k)"
+    result = run_prepare_cli(small_chunks, "--input", *corpus_files, "--tokenizer", prepared, "--doc_split",
+                             "blank_line", "--out_dir", tmp_path / "out", preexec_fn=small_file_limit)
+    assert_one_line_error(result, "(File too large) after 0.1 MB of token files for ", "% of the corpus (about ",
+                          "MB in all); free space there")
     assert not list((tmp_path / "out").glob("*.tmp"))
 
 # -----------------------------------------------------------------------------
