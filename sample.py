@@ -1,75 +1,38 @@
 """
-Sample from a nanodual checkpoint, autoregressively or by masked diffusion.
-
-A dual model is both an autoregressive (AR) and a masked-diffusion (MD) language model (paper §3), so
-it can write text both ways:
+Sample from a nanodual checkpoint, autoregressively or by masked diffusion (docs/sample.md has every
+option, the samplers in detail and examples from a tiny model).
 
     python sample.py --ckpt out/ckpt.pt --mode ar --prompt "ROMEO:" --max_new_tokens 200
     python sample.py --ckpt out/ckpt.pt --mode diffusion --prompt "ROMEO:" --max_new_tokens 200 --steps 50
     python sample.py --ckpt out/ckpt.pt --mode diffusion --max_new_tokens 600 --block_size 128 --steps 32
     python sample.py --ckpt out/ckpt.pt --mode diffusion --max_new_tokens 128 --sweep_steps 1,4,16,64,128
 
-Conventions shared by both modes:
-- Every sequence starts with <s>, as every training document does; the text printed or returned
-  excludes it. A prompt is encoded without <s> and placed right after it.
-- Special tokens (<s>, <pad>, <mask>, ...) are never sampled: their logits are set to -inf. A sample
-  is therefore always exactly max_new_tokens long and never starts a new document (<s> is the only
-  document boundary in the training data), which keeps AR and diffusion samples comparable.
-- MNTP: in every attention mode the model's output at position j-1 is its distribution for the
-  token at position j.
-- --seed seeds one torch.Generator that every random draw uses: the same seed, settings and
-  checkpoint give the same samples (on the same device).
-- --temperature 0 decodes greedily (the most probable token), and so does any temperature below
-  MIN_TEMPERATURE = 1e-5: there a logit gap of 1e-4 already makes one token e^10 times as likely as
-  the other, and dividing the logits by a temperature such as 1e-39 would overflow to inf.
+Conventions of both modes:
+- Every sequence starts with <s>, as every training document does; a prompt is encoded without <s>
+  and placed after it. Returned and printed text excludes <s>.
+- Special tokens (<s>, <pad>, <mask>, ...) are never sampled, so a sample is always exactly
+  max_new_tokens long and never starts a new document.
+- MNTP: in every attention mode the output at position j-1 is the distribution of token j.
+- One torch.Generator (--seed) drives every random draw: same seed, settings, checkpoint and device,
+  same samples.
+- A temperature below MIN_TEMPERATURE (0 included) decodes greedily: dividing logits by 1e-39
+  would overflow, and at 1e-5 a logit gap of 1e-4 is already a factor e^10.
 
-Autoregressive: the prompt is run once to fill a key/value cache (model.KVCache), then one token is
-decoded per step. --no_cache recomputes the whole sequence at every step instead (the reference the
-cache must match). --prefix_prompt lets the prompt attend to itself bidirectionally (prefix mode,
-paper §5.4): a prefill in mode "prefix", then causal decoding. Text longer than the model's
-block_size works as in nanoGPT, except that the window jumps by half a block instead of sliding by
-one token, so that the cache is refilled once per half block rather than at every step.
-
-Masked diffusion (MDLM, seeds/003): the canvas <s> + prompt + N <mask> is unmasked over --steps
-iterations with bidirectional attention; revealed tokens stay fixed. Two samplers:
-- ancestral: the MDLM reverse step from time t to s = t - 1/steps with the linear schedule (a token
-  is masked with probability t): every still-masked position is revealed with probability
-  (t-s)/t = 1/(steps remaining), and a revealed token is drawn from the model's prediction. MDLM
-  flips one coin per position; we reveal a uniformly random subset of the masked positions whose
-  size is the expected count, stochastically rounded. Each position keeps exactly the MDLM
-  probability, but the count has no binomial noise, so steps = N reveals exactly one token per
-  step: generation in a uniformly random order, which is what MDLM's sampler tends to as its step
-  count grows; --reveal bernoulli flips MDLM's independent coin per position instead. The last step
-  (s = 0) reveals everything. Steps that reveal nothing cost no model call (MDLM's caching: the
-  canvas, and so the prediction, did not change).
-- confidence: the token of every masked position is drawn, and the k positions whose drawn tokens
-  have the highest probability are kept; k follows an even schedule so N tokens take `steps` steps.
-Semi-autoregressive blocks (--block_size B, as in MDLM): B tokens at a time, each block by
-diffusion with --steps steps, earlier tokens fixed as context. When the context and the block no
-longer fit in the model's window, only the last (model block_size - B) tokens are kept as context
-(the window slides; the prompt and <s> fall out of view once the text is long enough).
-
-Generative perplexity (--score): each sample is scored by the same model in causal mode, the mean
-negative log-likelihood per generated token given <s> + prompt (nats; ppl = exp), and the unigram
-entropy of its generated tokens (nats; low values flag degenerate repetition). --sweep_steps prints
-the speed-quality curve of diffusion steps (tokens/s, gen NLL, entropy) with an AR row as reference.
-
-Contents, top to bottom: drawing tokens; AR generation; diffusion generation; scoring and the
-speed-quality curve; the command line.
+Contents, top to bottom: drawing tokens; AR generation (a KV cache, a window that jumps by half a
+block); diffusion generation (MDLM's ancestral sampler, confidence ordering, semi-autoregressive
+blocks); scoring and the speed-quality curve; the command line.
 """
-import argparse
 import json
 import math
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import data
-from cli import Progress, check_distinct_paths, check_output_file
+from cli import ArgumentParser, Progress, arg_type, check_distinct_paths, check_output_file, write_atomically
 from model import KVCache, load_checkpoint, parse_device, special_ids
 
 SAMPLERS = ("ancestral", "confidence")
@@ -376,10 +339,6 @@ def format_row(r):
             f"{r['entropy']:>8.3f}")
 
 
-def format_curve(rows):
-    return "\n".join([CURVE_HEADER] + [format_row(r) for r in rows])
-
-
 # -----------------------------------------------------------------------------
 # Command line
 
@@ -402,25 +361,10 @@ def check_out(path, inputs):
 
 
 def check_args(args):
-    """Fail fast, before the checkpoint is loaded, on options that cannot work."""
-    if args.mode not in ("ar", "diffusion"):
-        raise ValueError(f"unknown mode {args.mode!r}; use --mode ar or --mode diffusion")
+    """Fail fast, before the checkpoint is loaded, on options that cannot work together."""
     check_sampling_args(args.temperature, args.top_k, args.top_p)
     if args.out:  # now, not after the generation
         check_out(args.out, [("--ckpt", args.ckpt), ("--prompt_file", args.prompt_file)])
-    if not 0 <= args.seed < 2**64:
-        raise ValueError(f"--seed={args.seed} must be an integer from 0 to 2**64 - 1 (torch's generators take 64 bits)")
-    if args.steps < 1:
-        raise ValueError(f"--steps={args.steps} must be at least 1")
-    for name in ("max_new_tokens", "num_samples"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name}={getattr(args, name)} must be at least 1")
-    if args.sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {args.sampler!r}; use one of {', '.join(SAMPLERS)}")
-    if args.reveal not in REVEAL_RULES:
-        raise ValueError(f"unknown --reveal {args.reveal!r}; use one of {', '.join(REVEAL_RULES)}")
-    if args.prompt is not None and args.prompt_file is not None:
-        raise ValueError("give either --prompt or --prompt_file, not both")
     ar_only = [f for f in ("no_cache", "prefix_prompt") if getattr(args, f)]
     diffusion_only = [f for f in ("block_size", "sweep_steps") if getattr(args, f) is not None]
     if args.mode == "ar" and diffusion_only:
@@ -429,42 +373,45 @@ def check_args(args):
         raise ValueError(f"--{ar_only[0]} applies to --mode ar only")
 
 
-def parse_steps_list(text):
-    try:
-        steps = [int(s) for s in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--sweep_steps={text!r} is not a comma-separated list of integers, e.g. 1,4,16") from None
-    if any(s < 1 for s in steps):
-        raise ValueError(f"--sweep_steps={text!r} holds a step count below 1")
-    return steps
+def positive(text):
+    return int(text) if int(text) >= 1 else None
+
+
+def step_counts(text):
+    steps = [positive(s) for s in text.split(",")]
+    return steps if all(steps) else None
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description="Generate text from a nanodual checkpoint, autoregressively "
-                                                 "or by masked diffusion.", allow_abbrev=False)
-    parser.error = lambda message: sys.exit(f"sample.py: error: {message}")  # one line, like every other error
+    parser = ArgumentParser(description="Generate text from a nanodual checkpoint, autoregressively or by masked "
+                                        "diffusion.", allow_abbrev=False)
+    count = arg_type(positive, "must be a whole number of at least 1")
     parser.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
-    parser.add_argument("--mode", default="ar", help="ar (left to right) or diffusion (iterative unmasking)")
-    parser.add_argument("--prompt", help="text that every sample continues (default: none, just <s>)")
-    parser.add_argument("--prompt_file", help="read the prompt from this UTF-8 file")
-    parser.add_argument("--max_new_tokens", type=int, default=256)
-    parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--mode", default="ar", choices=["ar", "diffusion"],
+                        help="ar (left to right) or diffusion (iterative unmasking)")
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", help="text that every sample continues (default: none, just <s>)")
+    prompt.add_argument("--prompt_file", help="read the prompt from this UTF-8 file")
+    parser.add_argument("--max_new_tokens", type=count, default=256)
+    parser.add_argument("--num_samples", type=count, default=1)
     parser.add_argument("--temperature", type=float, default=1.0,
                         help=f"0 (or anything below {MIN_TEMPERATURE:g}) = greedy")
     parser.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
     parser.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (1 = off)")
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--seed", default=1337, type=arg_type(lambda t: int(t) if 0 <= int(t) < 2**64 else None,
+                        "must be an integer from 0 to 2**64 - 1 (torch's generators take 64 bits)"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no_cache", action="store_true", help="ar: recompute the sequence at every step")
     parser.add_argument("--prefix_prompt", action="store_true", help="ar: the prompt attends bidirectionally")
-    parser.add_argument("--steps", type=int, default=64, help="diffusion: unmasking steps per block")
-    parser.add_argument("--sampler", default="ancestral", help="diffusion: ancestral or confidence")
-    parser.add_argument("--reveal", default="count", help="ancestral: count (the expected number of positions "
-                                                          "per step) or bernoulli (MDLM's independent coins)")
+    parser.add_argument("--steps", type=count, default=64, help="diffusion: unmasking steps per block")
+    parser.add_argument("--sampler", default="ancestral", choices=SAMPLERS, help="diffusion: ancestral or confidence")
+    parser.add_argument("--reveal", default="count", choices=REVEAL_RULES, help="ancestral: count (the expected "
+                        "number of positions per step) or bernoulli (MDLM's independent coins)")
     parser.add_argument("--block_size", type=int, help="diffusion: generate blocks of this many tokens")
     parser.add_argument("--score", action="store_true", help="report generative NLL and unigram entropy")
-    parser.add_argument("--sweep_steps", help="diffusion: print the speed-quality curve for these step "
-                                              "counts, e.g. 1,4,16,64")
+    parser.add_argument("--sweep_steps", type=arg_type(step_counts, "is not a comma list of step counts of at least "
+                        "1, e.g. 1,4,16"), help="diffusion: print the speed-quality curve for these step counts, "
+                        "e.g. 1,4,16,64")
     parser.add_argument("--out", help="write one JSON line per sample (per curve row with --sweep_steps)")
     args = parser.parse_args(argv)
     check_args(args)
@@ -488,21 +435,23 @@ def read_prompt(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    existed = bool(args.out) and os.path.exists(args.out)
+    args, existed = None, False
     try:
+        args = parse_args(argv)
+        existed = bool(args.out) and os.path.exists(args.out)
         write_samples(args)
+    except (ValueError, OSError) as e:  # OSError: files that cannot be read or written
+        sys.exit(f"sample.py: error: {e}")
     except KeyboardInterrupt:  # --out is written once, at the end: it is either complete or as it was
-        if args.out:
+        if args and args.out:
             kept = f"{args.out} is as it was" if existed else f"nothing was written to {args.out}"
         else:
-            kept = "the rows printed above are complete" if args.sweep_steps else "no sample was complete"
+            kept = "the rows printed above are complete" if args and args.sweep_steps else "no sample was complete"
         sys.exit(f"sample.py: interrupted (Ctrl-C); {kept}")
 
 
 def write_samples(args):
     """Generate, print and (--out) write what args ask for."""
-    steps_list = parse_steps_list(args.sweep_steps) if args.sweep_steps else None
     prompt = read_prompt(args)
     device = parse_device(args.device)
     model = load_checkpoint(args.ckpt, device)
@@ -513,14 +462,14 @@ def write_samples(args):
     banned = special_ids(model, tok)
     top_k = args.top_k or None
 
-    if steps_list is not None:
+    if args.sweep_steps:
         print(CURVE_HEADER, flush=True)
-        rows = speed_quality_curve(model, prompt_ids, args.max_new_tokens, steps_list, args.sampler,
+        rows = speed_quality_curve(model, prompt_ids, args.max_new_tokens, args.sweep_steps, args.sampler,
                                    args.block_size, args.temperature, top_k, args.top_p, args.num_samples,
                                    args.seed, banned, on_row=lambda row: print(format_row(row), flush=True),
                                    reveal=args.reveal)
         if args.out:
-            data.write_atomically(Path(args.out), "".join(json.dumps(row) + "\n" for row in rows))
+            write_atomically("--out", args.out, lambda f: f.writelines(json.dumps(row) + "\n" for row in rows))
         return
 
     generator = torch.Generator(device).manual_seed(args.seed)
@@ -563,7 +512,7 @@ def write_samples(args):
                       f"unigram entropy {score['entropy']:.3f} nats]")
             print("---------------")
     if args.out:  # atomically: a samples file that exists holds every sample
-        data.write_atomically(Path(args.out), "".join(lines))
+        write_atomically("--out", args.out, lambda f: f.writelines(lines))
         print(f"wrote {len(new_tokens)} sample(s) to {args.out}")
     if args.score:
         mean_nll = sum(s["nll"] for s in scores) / len(scores)
@@ -573,7 +522,4 @@ def write_samples(args):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as e:  # OSError: files that cannot be read or written (FileNotFoundError included)
-        sys.exit(f"sample.py: error: {e}")
+    main()

@@ -363,7 +363,8 @@ def test_speed_quality_curve_rows(tiny):
     rows = S.speed_quality_curve(tiny, PROMPT, 8, [1, 8], num_samples=2)
     assert [(r["method"], r["steps"]) for r in rows] == [("ar", 8), ("diffusion", 1), ("diffusion", 8)]
     assert all(r["tokens_per_s"] > 0 and math.isfinite(r["nll"]) and r["entropy"] > 0 for r in rows)
-    assert "gen NLL" in S.format_curve(rows)
+    assert "gen NLL" in S.CURVE_HEADER and [S.format_row(r).split()[:2] for r in rows] == [["ar", "8"], ["diffusion", "1"],
+                                                                                       ["diffusion", "8"]]
 
 
 @pytest.mark.parametrize("temperature", [1e-39, 5e-324, 9.9e-6])
@@ -380,19 +381,29 @@ def test_temperatures_below_the_floor_decode_greedily(temperature):
 # -----------------------------------------------------------------------------
 # Command line
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, str(REPO / "sample.py"), *map(str, args)], capture_output=True,
-                          text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def run_cli(capsys, *args):
+    """sample.main(args) in this process (the command line without a new python and torch import):
+    (exit code, stdout, stderr) as the shell would see them; sys.exit(message) prints the message."""
+    try:
+        S.main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+        if isinstance(code, str):
+            print(code, file=sys.stderr)
+            code = 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_cli_writes_json_lines_with_scores(tiny_checkpoint, tmp_path):
+def test_cli_writes_json_lines_with_scores(tiny_checkpoint, tmp_path, capsys):
     import data
     tok = data.Tokenizer.from_spec(M.read_checkpoint(str(tiny_checkpoint))["tokenizer"])
     out = tmp_path / "samples.jsonl"
-    r = run_cli("--ckpt", tiny_checkpoint, "--mode", "diffusion", "--prompt", "ROMEO:", "--max_new_tokens", 20,
-                "--num_samples", 2, "--steps", 4, "--sampler", "confidence", "--block_size", 8, "--score",
-                "--seed", 7, "--out", out)
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_cli(capsys, "--ckpt", tiny_checkpoint, "--mode", "diffusion", "--prompt", "ROMEO:",
+                           "--max_new_tokens", 20, "--num_samples", 2, "--steps", 4, "--sampler", "confidence",
+                           "--block_size", 8, "--score", "--seed", 7, "--out", out)
+    assert code == 0, err
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 2
     for rec in records:
@@ -402,35 +413,33 @@ def test_cli_writes_json_lines_with_scores(tiny_checkpoint, tmp_path):
         assert math.isfinite(rec["nll"]) and rec["entropy"] > 0
     prompt_file = tmp_path / "prompt.txt"
     prompt_file.write_text("ROMEO:", encoding="utf-8")
-    r = run_cli("--ckpt", tiny_checkpoint, "--mode", "ar", "--prompt_file", prompt_file, "--max_new_tokens", 10,
-                "--temperature", 0, "--prefix_prompt", "--score")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("ROMEO:") and "mean gen NLL" in r.stdout
-    # a temperature far below the floor is greedy decoding, not a crash in multinomial
-    tiny_t = run_cli("--ckpt", tiny_checkpoint, "--mode", "ar", "--prompt_file", prompt_file, "--max_new_tokens", 10,
-                     "--temperature", "1e-39", "--prefix_prompt", "--score")
-    assert tiny_t.returncode == 0, tiny_t.stderr
-    assert tiny_t.stdout == r.stdout
+    greedy = []
+    for temperature in (0, "1e-39"):  # far below the floor is greedy decoding too, not a crash in multinomial
+        code, stdout, err = run_cli(capsys, "--ckpt", tiny_checkpoint, "--mode", "ar", "--prompt_file", prompt_file,
+                                    "--max_new_tokens", 10, "--temperature", temperature, "--prefix_prompt", "--score")
+        assert code == 0, err
+        greedy.append(stdout)
+    assert greedy[0].startswith("ROMEO:") and "mean gen NLL" in greedy[0] and greedy[1] == greedy[0]
 
 
-def test_cli_greedy_ar_with_and_without_cache_writes_the_same_tokens(tiny_checkpoint, tmp_path):
+def test_cli_greedy_ar_with_and_without_cache_writes_the_same_tokens(tiny_checkpoint, tmp_path, capsys):
     records = {}
     for flag in ([], ["--no_cache"]):
         out = tmp_path / f"ar{len(flag)}.jsonl"
-        r = run_cli("--ckpt", tiny_checkpoint, "--mode", "ar", "--prompt", "ROMEO:", "--max_new_tokens", 12,
-                    "--temperature", 0, "--num_samples", 2, "--out", out, *flag)
-        assert r.returncode == 0, r.stderr
+        code, _, err = run_cli(capsys, "--ckpt", tiny_checkpoint, "--mode", "ar", "--prompt", "ROMEO:",
+                               "--max_new_tokens", 12, "--temperature", 0, "--num_samples", 2, "--out", out, *flag)
+        assert code == 0, err
         records[bool(flag)] = [json.loads(line) for line in out.read_text().splitlines()]
     assert [rec["settings"]["use_cache"] for rec in records[False] + records[True]] == [True] * 2 + [False] * 2
     assert [rec["ids"] for rec in records[False]] == [rec["ids"] for rec in records[True]]
     assert all(len(rec["ids"]) == 12 for rec in records[False])
 
 
-def test_cli_sweep_prints_the_curve(tiny_checkpoint):
-    r = run_cli("--ckpt", tiny_checkpoint, "--mode", "diffusion", "--max_new_tokens", 8, "--num_samples", 2,
-                "--sweep_steps", "1,4")
-    assert r.returncode == 0, r.stderr
-    assert "gen NLL" in r.stdout and len(r.stdout.strip().splitlines()) == 4  # header, ar, 2 step counts
+def test_cli_sweep_prints_the_curve(tiny_checkpoint, capsys):
+    code, stdout, err = run_cli(capsys, "--ckpt", tiny_checkpoint, "--mode", "diffusion", "--max_new_tokens", 8,
+                                "--num_samples", 2, "--sweep_steps", "1,4")
+    assert code == 0, err
+    assert "gen NLL" in stdout and len(stdout.strip().splitlines()) == 4  # header, ar, 2 step counts
 
 
 BAD_INPUT = {  # case: (extra arguments, text the one-line error must contain)
@@ -439,17 +448,21 @@ BAD_INPUT = {  # case: (extra arguments, text the one-line error must contain)
     "corrupt_ckpt": ([], "is corrupt or truncated"),
     "mismatched_ckpt": ([], "the weights do not fit its model_config"),
     "long_prompt": (["--prompt", "O Romeo, Romeo, wherefore art thou Romeo? " * 60], "shorten the prompt"),
-    "steps_0": (["--mode", "diffusion", "--steps", 0], "--steps=0 must be at least 1"),
-    "unknown_mode": (["--mode", "beam"], "unknown mode 'beam'"),
+    "steps_0": (["--mode", "diffusion", "--steps", 0], "argument --steps: '0' must be a whole number of at least 1"),
+    "max_new_tokens_not_a_number": (["--max_new_tokens", "ten"], "'ten' must be a whole number of at least 1"),
+    "unknown_mode": (["--mode", "beam"], "argument --mode: invalid choice: 'beam'"),
     "top_p_0": (["--top_p", 0], "top_p=0.0 is outside (0, 1]"),
     "top_p_above_1": (["--top_p", 1.5], "top_p=1.5 is outside (0, 1]"),
     "temperature_nan": (["--temperature", "nan"], "temperature=nan must be a finite number >= 0"),
     "diffusion_too_long": (["--mode", "diffusion", "--max_new_tokens", 300], "generate in blocks with --block_size"),
     "bad_device": (["--device", "gpu0"], "is not a device"),
     "binary_prompt_file": (["--prompt_file", "BINARY"], "as UTF-8 text"),
-    "unknown_reveal": (["--mode", "diffusion", "--reveal", "all"], "unknown --reveal 'all'"),
+    "prompt_and_prompt_file": (["--prompt", "a", "--prompt_file", "BINARY"], "not allowed with argument --prompt"),
+    "unknown_reveal": (["--mode", "diffusion", "--reveal", "all"], "argument --reveal: invalid choice: 'all'"),
+    "bad_sweep_steps": (["--mode", "diffusion", "--sweep_steps", "1,0"], "'1,0' is not a comma list of step counts"),
+    "block_size_in_ar_mode": (["--block_size", 8], "--block_size applies to --mode diffusion only"),
     "prompt_file_is_a_folder": (["--prompt_file", "TMP"], "--prompt_file TMP is a folder; give the path of a text file"),
-    "seed_beyond_64_bits": (["--seed", "9" * 24], f"--seed={'9' * 24} must be an integer from 0 to 2**64 - 1"),
+    "seed_beyond_64_bits": (["--seed", "9" * 24], f"'{'9' * 24}' must be an integer from 0 to 2**64 - 1"),
     "meta_device": (["--device", "meta"], "--device=meta cannot run a model"),
     "abbreviated_option": (["--temp", 0], "unrecognized arguments: --temp 0"),  # not taken as --temperature
     # output paths are checked before the checkpoint is even read (CORRUPT: this one is garbage)
@@ -459,29 +472,41 @@ BAD_INPUT = {  # case: (extra arguments, text the one-line error must contain)
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD_INPUT))
-def test_cli_bad_input_is_one_line(tiny_checkpoint, tmp_path, case):
-    corrupt = tmp_path / "corrupt.pt"
+@pytest.fixture
+def bad_files(tiny_checkpoint, tmp_path):
+    """The files the bad-input cases name, in tmp_path."""
+    corrupt, binary, mismatched = tmp_path / "corrupt.pt", tmp_path / "prompt.bin", tmp_path / "mismatched.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    binary = tmp_path / "prompt.bin"
     binary.write_bytes(b"\xff\xfe\x00")
-    mismatched = tmp_path / "mismatched.pt"
-    if case == "mismatched_ckpt":  # a real checkpoint whose config claims one layer more than its weights hold
-        ckpt = M.read_checkpoint(str(tiny_checkpoint))
-        ckpt["model_config"]["n_layer"] += 1
-        torch.save(ckpt, mismatched)
-    ckpt = {"missing_ckpt": tmp_path / "nope.pt", "corrupt_ckpt": corrupt, "folder_ckpt": tmp_path,
-            "mismatched_ckpt": mismatched}.get(case, tiny_checkpoint)
-    extra, message = BAD_INPUT[case]
-    extra = [{"BINARY": binary, "CORRUPT": corrupt}.get(a, str(a).replace("TMP", str(tmp_path))) for a in extra]
-    r = run_cli("--ckpt", ckpt, "--max_new_tokens", 4, *extra)  # a later --max_new_tokens or --ckpt overrides this one
-    assert r.returncode != 0
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sample.py: error:") and "Traceback" not in r.stderr, r.stderr
-    assert message.replace("TMP", str(tmp_path)) in lines[0], lines[0]
+    ckpt = M.read_checkpoint(str(tiny_checkpoint))  # a real checkpoint whose config claims one layer more
+    ckpt["model_config"]["n_layer"] += 1
+    torch.save(ckpt, mismatched)
+    return {"CORRUPT": corrupt, "BINARY": binary, "MISMATCHED": mismatched}
 
 
-def test_cli_out_never_replaces_an_input_or_another_file(tiny_checkpoint, tmp_path):
+def test_cli_bad_input_is_one_line(tiny_checkpoint, tmp_path, bad_files, capsys):
+    """Every case in-process (sample.main), as the command line runs it; one case through a real
+    `python sample.py` below."""
+    for case, (extra, message) in sorted(BAD_INPUT.items()):
+        ckpt = {"missing_ckpt": tmp_path / "nope.pt", "corrupt_ckpt": bad_files["CORRUPT"], "folder_ckpt": tmp_path,
+                "mismatched_ckpt": bad_files["MISMATCHED"]}.get(case, tiny_checkpoint)
+        extra = [bad_files.get(a, str(a).replace("TMP", str(tmp_path))) for a in extra]
+        # a later --max_new_tokens or --ckpt overrides this one
+        code, _, err = run_cli(capsys, "--ckpt", ckpt, "--max_new_tokens", 4, *extra)
+        lines = err.strip().splitlines()
+        assert code != 0 and len(lines) == 1 and lines[0].startswith("sample.py: error:"), (case, err)
+        assert message.replace("TMP", str(tmp_path)) in lines[0], (case, lines[0])
+
+
+def test_cli_bad_input_from_the_shell_is_one_line(bad_files):
+    r = subprocess.run([sys.executable, str(REPO / "sample.py"), "--ckpt", str(bad_files["CORRUPT"])],
+                       capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("sample.py: error: ") and "is corrupt or truncated" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_cli_out_never_replaces_an_input_or_another_file(tiny_checkpoint, tmp_path, capsys):
     ckpt, prompt, notes = tmp_path / "ckpt.pt", tmp_path / "prompt.txt", tmp_path / "notes.txt"
     shutil.copy(tiny_checkpoint, ckpt)
     (tmp_path / "link.pt").symlink_to(ckpt)
@@ -492,15 +517,15 @@ def test_cli_out_never_replaces_an_input_or_another_file(tiny_checkpoint, tmp_pa
                          (tmp_path / "link.pt", "is the --ckpt input"),
                          (prompt, f"--out {prompt} is the --prompt_file input"),
                          (notes, f"--out {notes} exists and is not an output of sample.py")):
-        r = run_cli("--ckpt", ckpt, "--prompt_file", prompt, "--max_new_tokens", 4, "--out", out)
-        lines = r.stderr.strip().splitlines()
-        assert r.returncode != 0 and len(lines) == 1 and message in lines[0], r.stderr
+        code, _, err = run_cli(capsys, "--ckpt", ckpt, "--prompt_file", prompt, "--max_new_tokens", 4, "--out", out)
+        lines = err.strip().splitlines()
+        assert code != 0 and len(lines) == 1 and message in lines[0], err
     assert all(path.read_bytes() == content for path, content in before.items())
     # sample.py's own output, samples or curve rows, is replaced by the next run
     out = tmp_path / "samples.jsonl"
     for extra in (["--mode", "diffusion", "--sweep_steps", "1", "--num_samples", 1], ["--mode", "ar"]):
-        r = run_cli("--ckpt", ckpt, "--max_new_tokens", 4, "--out", out, *extra)
-        assert r.returncode == 0, r.stderr
+        code, _, err = run_cli(capsys, "--ckpt", ckpt, "--max_new_tokens", 4, "--out", out, *extra)
+        assert code == 0, err
     assert json.loads(out.read_text())["sample"] == 0
 
 
