@@ -69,7 +69,8 @@ CHUNKS_IN_FLIGHT_PER_WORKER = 2  # chunks read but not yet written, per encoding
 SAFE_CUT = re.compile(r"(?<=\S)(?=[ \t\n])|\n(?=\S)|(?<=[A-Za-z])(?=[\x00-\x7f])(?![A-Za-z])"
                       r"|(?<=[0-9])(?=[\x00-\x7f])(?![0-9])")
 MAX_VOCAB_SIZE = 2**32  # token ids are stored as uint32 at most
-OUTPUTS = ("train.bin", "val.bin", "train.idx", "tokenizer.json", "meta.json")  # meta.json last: it vouches for the rest
+# the files of a dataset folder, renamed into place in this order: meta.json last, as it vouches for the rest
+OUTPUTS = ("train.bin", "val.bin", "train.idx", "tokenizer.json", "meta.json")
 
 # -----------------------------------------------------------------------------
 # Tokenizer: a byte-level BPE from `tokenizers`, or a tiktoken encoding
@@ -745,10 +746,12 @@ def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe"
             "vocab_size": tok.vocab_size, "dtype": token_dtype(tok.vocab_size).name, **counts,
             "train_index": "train.idx",  # see the module docstring; its absence marks a folder from an older data.py
             "special_tokens": dict(tok.special_ids),
-            "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "mask_id": tok.mask_id, "unk_id": tok.unk_id,
+            "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "mask_id": tok.mask_id,
+            "unk_id": tok.unk_id,
             "sources": [str(s) for s in (sources or [Path(i).resolve() for i in inputs])],
             "input_files": len(files), "corpus_bytes": scan.bytes, "empty_documents_skipped": scan.empty_skipped,
-            "doc_split": doc_split, "text_field": text_field, "document_rule": describe_documents(doc_split, text_field),
+            "doc_split": doc_split, "text_field": text_field,
+            "document_rule": describe_documents(doc_split, text_field),
             "val_fraction": val_fraction, "seed": seed, "val_hash_threshold": threshold,
             "split_rule": (f"by document: a document goes to val.bin when the 64-bit blake2b hash of its UTF-8 text "
                            f"(salt: seed {seed} as 16 little-endian bytes, digest read little-endian) is below "
@@ -776,9 +779,9 @@ def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe"
           f"val {counts['val_tokens']:,} tokens ({counts['val_documents']:,} documents), vocab {tok.vocab_size}")
     val_share = counts["val_tokens"] / (counts["train_tokens"] + counts["val_tokens"])
     if not val_fraction / 4 <= val_share <= min(4 * val_fraction, (1 + val_fraction) / 2):
-        print(f"warning: val.bin holds {val_share:.2%} of the tokens, far from --val_fraction {val_fraction} (the split "
-              f"is by document, and a few documents hold much of the text); split the text into more documents, "
-              f"e.g. --doc_split blank_line")
+        print(f"warning: val.bin holds {val_share:.2%} of the tokens, far from --val_fraction {val_fraction} (the "
+              f"split is by document, and a few documents hold much of the text); split the text into more "
+              f"documents, e.g. --doc_split blank_line")
     return meta
 
 
