@@ -557,8 +557,7 @@ def main(argv):
                 dist.all_reduce(train_counts)
                 dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
             if nonfinite.item() or not (math.isfinite(val_ar) and math.isfinite(val_md)):
-                raise FloatingPointError(f"non-finite loss before step {iter_num}; the last good checkpoint "
-                                         f"{ckpt_path} was kept. Lower learning_rate or check the data")
+                raise non_finite_loss(iter_num, ckpt_path)
             means = [float(s / c) if c > 0 else None for s, c in zip(train_sums, train_counts)]
             row = {"iter": iter_num, "tokens": tokens_seen,
                    "epoch": round(iter_num * windows_per_step / windows.n_windows, 4),
@@ -642,8 +641,7 @@ def main(argv):
                 dist.all_reduce(log_counts)
                 dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX)
             if nonfinite.item():  # checked here too, so a blow-up stops within log_interval steps
-                raise FloatingPointError(f"non-finite loss before step {iter_num}; the last good checkpoint "
-                                         f"{ckpt_path} was kept. Lower learning_rate or check the data")
+                raise non_finite_loss(iter_num, ckpt_path)
             dt = time.time() - t_log
             tokens_per_sec = (tokens_seen - tokens_at_log) / dt
             mfu = flops_per_step * (iter_num - iter_at_log) / dt / (peak * world) if peak else None
@@ -665,6 +663,11 @@ def main(argv):
         dist.destroy_process_group()
 
 
+def non_finite_loss(step, ckpt_path):
+    return FloatingPointError(f"non-finite loss before step {step}; the last good checkpoint {ckpt_path} was "
+                              f"kept. Lower learning_rate or check the data")
+
+
 def last_checkpoint():
     """Where a stopped run can be continued from: the checkpoint in out_dir, if there is one."""
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
@@ -673,9 +676,11 @@ def last_checkpoint():
     return f"no checkpoint had been written to {out_dir} yet"
 
 
-if __name__ == "__main__":
+def run(argv):
+    """main(argv) as the command line runs it: a failure ends it with one line (SystemExit's message,
+    which Python prints on stderr with exit status 1), never a traceback."""
     try:
-        main(sys.argv[1:])
+        main(argv)
     except BrokenPipeError:  # the reader of stdout went away (`train.py ... | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
         sys.exit(f"train.py: stopped: its output was closed; {last_checkpoint()}")
@@ -683,3 +688,7 @@ if __name__ == "__main__":
         sys.exit(f"train.py: error: {e}")
     except KeyboardInterrupt:
         sys.exit(f"train.py: interrupted (Ctrl-C); {last_checkpoint()}")
+
+
+if __name__ == "__main__":
+    run(sys.argv[1:])
