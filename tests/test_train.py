@@ -260,9 +260,10 @@ def test_bf16_and_compiled_runs_track_fp32_each_graph_compiles_once_and_validati
     instead of compiling a fifth graph (four: AR and MD, with and without autograd, each built once),
     and the fp32 run's validation loss is the mean over every held-out window, checked one by one."""
     available = (data.load_meta(tiny_dataset)["val_tokens"] - 1) // 32  # windows of 32 that val.bin holds
-    batch = available // 2 + 1  # asks for 2 x batch > available windows: one full batch and one partial one
+    batch = next(b for b in range(5, 10) if available % b)
+    eval_iters = available // batch + 1  # asks for more windows than there are: the last batch is partial
     common = [f"--data_dir={tiny_dataset}", *SMALL, "--max_iters=12", "--eval_interval=4",
-              "--gradient_accumulation_steps=2", "--lam=0.5", f"--batch_size={batch}"]
+              "--gradient_accumulation_steps=2", "--lam=0.5", f"--batch_size={batch}", f"--eval_iters={eval_iters}"]
     compiled = popen_train(common + ["--dtype=bfloat16", "--compile=True", f"--out_dir={tmp_path / 'bf16_compiled'}"],
                            script=aot_eager_train(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     for name in ("fp32", "bf16"):
@@ -283,7 +284,7 @@ def test_bf16_and_compiled_runs_track_fp32_each_graph_compiles_once_and_validati
         assert any(a != b for a, b in pairs), name
         assert bf16[-1]["val_ar_loss"] < bf16[0]["val_ar_loss"] - 0.3
     model = M.load_checkpoint(str(tmp_path / "fp32" / "ckpt.pt"))
-    x, y, docs = data.val_windows(tiny_dataset, 32, 2 * batch)
+    x, y, docs = data.val_windows(tiny_dataset, 32, eval_iters * batch)
     assert len(x) == available and available % batch != 0
     with torch.no_grad():  # the mean over every scored target token, one window at a time
         scored = [int(((y[i] >= 0) & (y[i] != model.config.bos_id)).sum()) for i in range(len(x))]
