@@ -20,6 +20,7 @@ Resuming is exact for the same reason: everything random is a function of (seed,
 and the checkpoint holds the model, the optimizer and the step.
 """
 import fcntl
+import importlib.util
 import json
 import math
 import os
@@ -342,33 +343,21 @@ def resumable_checkpoint(ckpt_path, meta, tokenizer, fingerprint, config, log):
             raise ValueError(f"{key}={config[key]} differs from the checkpoint's {ckpt['config'].get(key)}; "
                              f"resume with the configuration the run started with")
     old_config = ckpt["config"]
-    changed = changed_settings(old_config, config)
+    # resume and overwrite say how a run started, not how it trains
+    changed = [k for k in config if k in old_config and old_config[k] != config[k] and k not in ("resume", "overwrite")]
+    # The record of how the model was trained: one segment per stretch of steps [from_iter, to_iter) run with
+    # the same settings, each listing the settings that differ between segments (a resume with lam 0.5 -> 1.0
+    # shows how many steps ran at each). A checkpoint from before segments: one, whatever happened in it.
+    segments = ckpt.get("segments") or [{"from_iter": 0, "to_iter": ckpt["iter_num"], "settings": {}}]
     if changed:  # allowed (e.g. a longer max_iters), but the run is then not the one that was started
         log("note: resuming with changed settings: " + ", ".join(f"{k} {old_config[k]!r} -> {config[k]!r}"
                                                                  for k in changed))
-    # a checkpoint from before segments were recorded: one segment, whatever happened in it
-    segments = ckpt.get("segments") or [{"from_iter": 0, "to_iter": ckpt["iter_num"], "settings": {}}]
-    return ckpt, next_segments(segments, old_config, config, ckpt["iter_num"])
-
-
-def changed_settings(old_config, config):
-    """The settings of config that differ from old_config's (resume and overwrite say how a run started,
-    not how it trains)."""
-    return [k for k in config if k in old_config and old_config[k] != config[k] and k not in ("resume", "overwrite")]
-
-
-def next_segments(segments, old_config, config, iter_num):
-    """The checkpoint's record of how its model was trained: one segment per stretch of steps
-    [from_iter, to_iter) run with the same settings. Each segment lists the settings that differ
-    between segments, so a resume with lam 0.5 -> 1.0 shows exactly how many steps ran at each."""
-    changed = changed_settings(old_config, config)
-    if not changed:
-        return segments
-    for segment in segments:  # a newly changed setting held its old value in every earlier segment
-        for k in changed:
-            segment["settings"].setdefault(k, old_config[k])
-    keys = segments[-1]["settings"]
-    return segments + [{"from_iter": iter_num, "to_iter": iter_num, "settings": {k: config[k] for k in keys}}]
+        for segment in segments:  # a newly changed setting held its old value in every earlier segment
+            for k in changed:
+                segment["settings"].setdefault(k, old_config[k])
+        segments.append({"from_iter": ckpt["iter_num"], "to_iter": ckpt["iter_num"],
+                         "settings": {k: config[k] for k in segments[-1]["settings"]}})
+    return ckpt, segments
 
 
 def start_metrics(metrics_path, ckpt_path, iter_num):
@@ -497,13 +486,9 @@ def main(argv):
     if master:
         start_metrics(metrics_path, ckpt_path, iter_num)
     curves_path = os.path.join(out_dir, "curves.png")
-    draw_curves = master
-    if master:
-        try:
-            import matplotlib  # noqa: F401 (optional: only curves.png needs it)
-        except ImportError:
-            draw_curves = False
-            log(f"note: matplotlib is not installed, so {curves_path} is not drawn; pip install matplotlib for it")
+    draw_curves = master and importlib.util.find_spec("matplotlib") is not None  # optional: only for curves.png
+    if master and not draw_curves:
+        log(f"note: matplotlib is not installed, so {curves_path} is not drawn; pip install matplotlib for it")
     if master and wandb:
         wandb.init(project=wandb_project, name=wandb_run_name, config=config)
 
