@@ -1,32 +1,28 @@
 """
 The paper's headline experiment at a scale you can run yourself (paper §5, Figures 1 and 4): train
 one dual model per cell of a grid of data repetitions r x AR shares λ, all with the same token
-budget T, model and schedule; evaluate each; collect one CSV row per run; then draw the figures and
-fit the Gaussian process of gp_fit.py.
+budget T, model and schedule; evaluate each (optionally); collect one CSV row per run; then draw the
+figures and fit the Gaussian process of gp_fit.py. docs/sweep.md has the details: the grid, seeds,
+when a cell counts as done, the outputs.
 
-    python data.py --input ../shared/data/corpus/english_novels --out_dir data_novels --vocab_size 4096
-    python sweep.py config/sweep_cpu.py --jobs 2 --eval_data_dir ../shared/data   # train + evaluate
+    python data.py --input ../shared/data/corpus/english_novels --out_dir data_novels_para \
+        --doc_split blank_line --vocab_size 1024
+    python sweep.py config/sweep_cpu.py --jobs 2 --lams 0,0.125,0.25,0.5,0.75,1 --eval_tasks none
     python sweep.py --figures results/sweep_cpu                                  # figures + GP fit
 
-Each cell is two subprocesses, exactly the commands a user would type:
+(--eval_tasks none: the committed grid's models are at chance on BLiMP, so scoring it tells nothing.)
+Each cell is one or two subprocesses, exactly the commands a user would type:
     python train.py CONFIG --lam=λ --repetitions=r --out_dir=runs/NAME/r{r}_lam{λ} [--key=value ...]
     python eval.py --ckpt runs/NAME/r{r}_lam{λ}/ckpt.pt --tasks blimp --modes causal,pll ...
 so a sweep is only a loop, and a cell can be rerun or inspected by hand. Extra `--key=value`
-arguments go to every train.py call (e.g. --data_dir=my_corpus). The sweep resumes: a cell whose
-checkpoint exists is continued with --resume=True (a finished run returns at once), and a cell with
-an eval.json is not evaluated again. A cell counts only if it was run with this sweep's settings: the
-train.py settings its checkpoint records, and the eval settings its cell.json records. A cell run with
-other settings (another --seed=, --max_iters=, --eval_limit, ...) stops the sweep before any work, with
-the settings that differ; --overwrite runs such cells again instead. Ctrl-C or kill stops the cells'
-train.py and eval.py too. Results (small, meant to be committed) go to results/NAME/: results.csv (one
-row per cell) and curves.csv (every evaluation of every run), each row recording the git commit that
-trained and evaluated it.
+arguments go to every train.py call. Rerunning resumes; a cell run with other settings stops the
+sweep before any work (--overwrite runs it again instead); Ctrl-C or kill stops the cells' train.py
+and eval.py too. Results (small, meant to be committed) go to results/NAME/: results.csv (one row per
+cell) and curves.csv (every evaluation of every run), each row with the git commit that made it.
 """
-import argparse
 import concurrent.futures
 import csv
 import functools
-import io
 import json
 import math
 import os
@@ -39,9 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import Progress
+from cli import ArgumentParser, Progress, write_atomically
 from configurator import configure, settings
-from data import write_atomically
 
 REPO = Path(__file__).resolve().parent
 RESULT_COLUMNS = [
@@ -72,25 +67,22 @@ def git_commit():
     return head + ("+dirty" if dirty else "")
 
 
-def parse_floats(text, what):
+def grid_values(text, what, allowed, problem):
+    """The distinct values of a comma list, in order. Equal values (0.5 and 0.50) are one cell: merged,
+    with a note. Values that differ but would share a cell folder (its name keeps 6 significant
+    digits) are refused: two jobs must never write to one out_dir."""
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) + 0.0 for v in text.split(",") if v.strip()]  # + 0.0: -0.0 is 0.0's cell
     except ValueError:
         raise ValueError(f"--{what} must be a comma list of numbers, got {text!r}") from None
     if not values:
         raise ValueError(f"--{what} is empty; give a comma list such as 1,4,16")
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"--{what} must be finite numbers, got {text!r}")
-    return values
-
-
-def unique_values(values, what):
-    """Grid values in order, each once. Equal values (0.5 and 0.50) are one cell: merged, with a note.
-    Values that differ but would share a cell folder (its name keeps 6 significant digits) are refused:
-    two jobs must never write to one out_dir."""
     kept = {}
     for value in values:
-        value += 0.0  # -0.0 -> 0.0, which would otherwise get a folder of its own
+        if not allowed(value):
+            raise ValueError(f"--{what} value {value} {problem}")
         name = f"{value:g}"
         if name in kept and kept[name] != value:
             raise ValueError(f"--{what} values {kept[name]!r} and {value!r} would share one cell folder ({name}); "
@@ -123,11 +115,13 @@ def train_config(argv):
     import train
     defaults = train_defaults()
     namespace = vars(train)
-    namespace.update(defaults)  # every call starts from train.py's defaults
-    configure(namespace, argv)
-    train.check_settings()
-    train.ar_micro_batches(train.lam, train.gradient_accumulation_steps)  # λ a multiple of 1/G
-    return {k: namespace[k] for k in defaults}
+    try:
+        configure(namespace, argv)
+        train.check_settings()
+        train.ar_micro_batches(train.lam, train.gradient_accumulation_steps)  # λ a multiple of 1/G
+        return {k: namespace[k] for k in defaults}
+    finally:
+        namespace.update(defaults)  # train.py as imported, for the next cell (and any other user of the module)
 
 
 def eval_settings(args):
@@ -271,7 +265,7 @@ def run_cell(cell_dir, config, r, lam, args, train_overrides, threads, retrain=F
         run_logged(cmd, cell_dir / "train.log", threads)
         record.update(train_done=True, train_commit=commit,
                       train_seconds=round(record.get("train_seconds", 0) + time.time() - t0, 1))
-        write_atomically(record_path, json.dumps(record, indent=1))
+        write_atomically("--runs_dir", record_path, lambda f: json.dump(record, f, indent=1))
         done.append("trained again (--overwrite)" if retrain else "trained")
     if args.stage in ("all", "eval") and evaluating(args) and record.get("train_done") and \
             not evaluated(cell_dir, record, args):
@@ -285,7 +279,7 @@ def run_cell(cell_dir, config, r, lam, args, train_overrides, threads, retrain=F
         run_logged(cmd, cell_dir / "eval.log", threads)
         os.replace(cell_dir / "eval.json.tmp", cell_dir / "eval.json")  # eval.json exists only when complete
         record.update(eval=eval_settings(args), eval_commit=commit, eval_seconds=round(time.time() - t0, 1))
-        write_atomically(record_path, json.dumps(record, indent=1))
+        write_atomically("--runs_dir", record_path, lambda f: json.dump(record, f, indent=1))
         done.append("evaluated")
     if not done:
         done.append("already done" if finished(cell_dir, args) else
@@ -309,21 +303,10 @@ def finished(cell_dir, args):
     return bool(record.get("train_done")) and (not evaluating(args) or evaluated(cell_dir, record, args))
 
 
-def read_metrics(cell_dir):
-    path = cell_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def blimp_accuracy(evaluation, mode):
-    try:
-        return evaluation["tasks"]["blimp"][mode]["accuracy"]
-    except KeyError:
-        return None
-
-
 def result_row(cell_dir, r, lam):
     """One results.csv row from a finished cell's metrics.jsonl, eval.json and cell.json."""
-    history = read_metrics(cell_dir)
+    path = cell_dir / "metrics.jsonl"
+    history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     record = read_record(cell_dir)
     evaluation = json.loads((cell_dir / "eval.json").read_text()) if (cell_dir / "eval.json").exists() else {}
     run = read_run(cell_dir).get("data", {})
@@ -334,7 +317,8 @@ def result_row(cell_dir, r, lam):
         return min(values) if values else None
 
     speeds = sorted(h["tokens_per_sec"] for h in history if h.get("tokens_per_sec"))
-    blimp = {mode: blimp_accuracy(evaluation, mode) for mode in ("causal", "pll")}
+    blimp = evaluation.get("tasks", {}).get("blimp", {})
+    blimp = {mode: blimp.get(mode, {}).get("accuracy") for mode in ("causal", "pll")}
     known = [v for v in blimp.values() if v is not None]
     row = {
         "repetitions": r, "lambda": lam, "tokens": last["tokens"],
@@ -355,20 +339,14 @@ def result_row(cell_dir, r, lam):
     return row, [{"repetitions": r, "lambda": lam, **{k: h.get(k) for k in CURVE_COLUMNS[2:]}} for h in history]
 
 
-def cell_text(value):
-    if value is None:
-        return ""
-    return f"{value:.6g}" if isinstance(value, float) else value
-
-
 def write_csv(path, columns, rows):
-    """Whole-file rewrite through a temporary file, so a crash never leaves half a CSV."""
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=columns)
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: cell_text(row.get(k)) for k in columns})
-    write_atomically(path, text.getvalue())
+    def write(f):
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]
+                             for k in columns})
+    write_atomically("--results_dir", path, write)  # whole or as it was: a crash never leaves half a CSV
 
 
 def collect(cells, runs_dir, results_dir, args):
@@ -400,14 +378,9 @@ def sweep(args, train_overrides):
     for flag, folder in folders:
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{flag} {folder} is a file, not a folder; give a folder")
-    reps = unique_values(parse_floats(args.repetitions, "repetitions"), "repetitions")
-    lams = unique_values(parse_floats(args.lams, "lams"), "lams")
-    for lam in lams:
-        if not 0 <= lam <= 1:
-            raise ValueError(f"--lams value {lam} is outside [0, 1]")
-    for r in reps:
-        if r < 1:
-            raise ValueError(f"--repetitions value {r} is below 1; r is how often each token is seen")
+    reps = grid_values(args.repetitions, "repetitions", lambda r: r >= 1,
+                       "is below 1; r is how often each token is seen")
+    lams = grid_values(args.lams, "lams", lambda lam: 0 <= lam <= 1, "is outside [0, 1]")
     cells = [(r, lam) for r in reps for lam in lams]
     stale, retrain = stale_cells(cells, runs_dir, args.config, train_overrides, args)
     if stale and not args.overwrite:
@@ -564,7 +537,8 @@ def figures(results_dir, nu=2.5, samples=10000, seed=0):
             print(f"sweep.py: no GP fit of {column}: {e}")
     replicates = [row for path in sorted(results_dir.glob("seed*/results.csv")) for row in read_csv(path)]
     text = headline(rows, fits, r_max) + [""] + claims(rows, fits, replicates)
-    write_atomically(results_dir / "summary.md", "\n".join(summary_table(rows) + [""] + text) + "\n")
+    write_atomically("--figures", results_dir / "summary.md",
+                     lambda f: f.write("\n".join(summary_table(rows) + [""] + text) + "\n"))
     print("\n".join(text))
     print(f"figures in {results_dir}: fig1_loss_curves.png, fig2_score_vs_lambda.png, "
           + ", ".join(f"{folder}/gp_fit.png" for column, _, folder in GP_SCORES if column in fits)
@@ -690,14 +664,10 @@ def summary_table(rows):
     return lines
 
 
-class OneLineErrors(argparse.ArgumentParser):
-    def error(self, message):
-        sys.exit(f"sweep.py: error: {message}")
-
-
-def main(argv=None):
-    p = OneLineErrors(prog="sweep.py", allow_abbrev=False, description="Train and evaluate a (repetitions x λ) grid "
-                      "of dual models, or draw its figures. Extra --key=value arguments go to every train.py call.")
+def parse_args(argv):
+    """(the sweep's options, the --key=value overrides for every train.py call)."""
+    p = ArgumentParser(prog="sweep.py", allow_abbrev=False, description="Train and evaluate a (repetitions x λ) grid "
+                       "of dual models, or draw its figures. Extra --key=value arguments go to every train.py call.")
     p.add_argument("config", nargs="?", help="train.py config of every cell, e.g. config/sweep_cpu.py")
     p.add_argument("--figures", metavar="RESULTS_DIR", help="draw the figures and fit the GP from RESULTS_DIR")
     p.add_argument("--repetitions", default="1,4,16,64,128", help="comma list of r (default 1,4,16,64,128)")
@@ -719,26 +689,30 @@ def main(argv=None):
     args, rest = p.parse_known_args(argv)
     bad = [a for a in rest if not (a.startswith("--") and "=" in a)]
     if bad:
-        p.error(f"unrecognised argument {bad[0]!r}; train.py overrides are written --key=value")
+        raise ValueError(f"unrecognised argument {bad[0]!r}; train.py overrides are written --key=value")
     for arg in rest:
         key = arg[2:].partition("=")[0]
         if key in PER_CELL:
-            p.error(f"{arg}: the sweep sets {key} for each cell; use {PER_CELL[key]}")
-    if args.figures:
-        return figures(Path(args.figures))
-    if not args.config:
-        p.error("give a config file (e.g. config/sweep_cpu.py) or --figures RESULTS_DIR")
+            raise ValueError(f"{arg}: the sweep sets {key} for each cell; use {PER_CELL[key]}")
+    if not (args.config or args.figures):
+        raise ValueError("give a config file (e.g. config/sweep_cpu.py) or --figures RESULTS_DIR")
     if args.jobs < 1:
-        p.error(f"--jobs must be at least 1, got {args.jobs}")
-    return sweep(args, rest)
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    return args, rest
 
 
-if __name__ == "__main__":
+def main(argv=None):
+    """The command line; its errors end the process with one line."""
     try:
-        main()
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        args, train_overrides = parse_args(argv)
+        return figures(Path(args.figures)) if args.figures else sweep(args, train_overrides)
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: a file that cannot be read or written
         sys.exit(f"sweep.py: error: {e}")
     except Stopped as e:
         sys.exit(f"sweep.py: {e}")
     except KeyboardInterrupt:  # --figures, or the checks before any cell starts (then Ctrl-C stops the cells)
         sys.exit("sweep.py: interrupted (Ctrl-C); rerun the same command to finish")
+
+
+if __name__ == "__main__":
+    main()

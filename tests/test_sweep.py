@@ -1,7 +1,11 @@
 """sweep.py on a 2x2 grid of 3-step runs: it trains, evaluates, resumes a half-done sweep, writes
-the CSVs and draws the figures; it refuses to reuse cells of other settings, and stops its children."""
+the CSVs and draws the figures; it refuses to reuse cells of other settings, and stops its children.
+sweep.main runs in this process (no python and torch start-up per call; the cells' train.py and
+eval.py are subprocesses as ever); three tests run `python sweep.py` itself."""
+import contextlib
 import csv
 import fcntl
+import io
 import json
 import os
 import re
@@ -10,9 +14,11 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
+import sweep
 from conftest import REPO
 
 TINY_MODEL = ["--max_iters=3", "--eval_interval=1", "--eval_iters=1", "--batch_size=2", "--block_size=32",
@@ -25,6 +31,22 @@ def run(args, **kw):
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=env, **kw)
 
 
+def sweep_main(*args):
+    """sweep.main(args) in this process, with what the shell would see: returncode, stdout and stderr
+    (sys.exit(message) prints the message and exits with 1)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            sweep.main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+            if isinstance(code, str):
+                print(code, file=sys.stderr)
+                code = 1
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def read_rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -34,23 +56,27 @@ def read_rows(path):
 def sweep_dirs(tmp_path_factory, tiny_dataset, shared_data):
     root = tmp_path_factory.mktemp("sweep")
     runs, results = root / "runs", root / "results"
-    settings = ["--eval_limit", "1", "--eval_data_dir", str(shared_data), f"--data_dir={tiny_dataset}", *TINY_MODEL]
-    common = ["sweep.py", "config/sweep_cpu.py", "--runs_dir", str(runs), "--results_dir", str(results), *settings]
+    settings = ["--eval_limit", "1", "--eval_data_dir", str(shared_data), "--threads", "1",
+                f"--data_dir={tiny_dataset}", *TINY_MODEL]
+    common = ["config/sweep_cpu.py", "--runs_dir", runs, "--results_dir", results, *settings]
 
-    # a half-done sweep: the r=1 column finished, and cell (4, 0) stopped after 2 of its 3 steps
-    first = run([*common, "--repetitions", "1", "--lams", "0,1"])
-    assert first.returncode == 0, first.stderr
+    # a half-done sweep: the r=1 column finished, and cell (4, 0) stopped after 2 of its 3 steps (trained
+    # beside the r=1 column: another cell)
     half = runs / "r4_lam0"
-    stopped = run(["train.py", "config/sweep_cpu.py", "--lam=0.0", "--repetitions=4.0", f"--out_dir={half}",
-                   f"--data_dir={tiny_dataset}", *TINY_MODEL[1:], "--max_iters=2"])
-    assert stopped.returncode == 0, stopped.stderr
+    stopping = subprocess.Popen([sys.executable, "train.py", "config/sweep_cpu.py", "--lam=0.0", "--repetitions=4.0",
+                                 f"--out_dir={half}", f"--data_dir={tiny_dataset}", *TINY_MODEL[1:], "--max_iters=2"],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    first = sweep_main(*common, "--repetitions", "1", "--lams", "0,1", "--jobs", "2")
+    assert stopping.wait() == 0, stopping.stderr.read()
+    assert first.returncode == 0, first.stderr
     import torch
     ckpt = torch.load(half / "ckpt.pt", weights_only=True)
     ckpt["config"]["max_iters"] = 3  # as a 3-step run stopped after step 2 records it (the sweep checks settings)
     torch.save(ckpt, half / "ckpt.pt")
     finished = {p: os.path.getmtime(p) for p in (runs / "r1_lam0" / "ckpt.pt", runs / "r1_lam1" / "eval.json")}
 
-    second = run([*common, "--repetitions", "1,4", "--lams", "0,1", "--jobs", "2"])
+    second = sweep_main(*common, "--repetitions", "1,4", "--lams", "0,1", "--jobs", "2")
     assert second.returncode == 0, second.stderr
     return runs, results, finished, second.stdout, settings
 
@@ -84,7 +110,7 @@ def test_sweep_resumes_and_writes_one_row_per_cell(sweep_dirs):
 
 def test_figures_from_the_csvs(sweep_dirs):
     _, results, _, _, _ = sweep_dirs
-    out = run(["sweep.py", "--figures", str(results)])
+    out = run(["sweep.py", "--figures", str(results)])  # the shell, with one BLAS thread: 3x faster here
     assert out.returncode == 0, out.stderr
     for name in ("fig1_loss_curves.png", "fig2_score_vs_lambda.png", "gp/gp_fit.png", "gp/fit.json",
                  "gp_min/fit.json", "gp_blimp/fit.json", "summary.md"):
@@ -101,7 +127,7 @@ def test_a_rerun_with_other_settings_is_refused(sweep_dirs):
     before = (results / "results.csv").read_bytes()
     for extra, differ in ((["--seed=1", "--max_iters=4"], "max_iters 3 -> 4, seed 1337 -> 1"),
                           (["--eval_limit", "2"], "eval_limit 1 -> 2")):
-        out = run(["sweep.py", "config/sweep_cpu.py", "--runs_dir", str(runs), "--results_dir", str(results),
+        out = sweep_main(*["config/sweep_cpu.py", "--runs_dir", str(runs), "--results_dir", str(results),
                    *settings, "--repetitions", "1,4", "--lams", "0,1", *extra])
         assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1, out.stderr
         assert f"r1_lam0 and 3 more cell(s) in {runs} ran with other settings ({differ}); give this sweep another " \
@@ -118,17 +144,17 @@ def test_overwrite_runs_again_only_the_cells_of_other_settings(sweep_dirs, tmp_p
     ckpt["config"]["seed"] = 7  # as if trained by a sweep with --seed=7
     torch.save(ckpt, tmp_path / "r1_lam1" / "ckpt.pt")
     kept = os.path.getmtime(tmp_path / "r1_lam0" / "ckpt.pt")
-    args = ["sweep.py", "config/sweep_cpu.py", "--runs_dir", str(tmp_path), "--results_dir", str(tmp_path / "results"),
+    args = ["config/sweep_cpu.py", "--runs_dir", str(tmp_path), "--results_dir", str(tmp_path / "results"),
             *settings, "--repetitions", "1", "--lams", "0,1"]
-    refused = run(args)
+    refused = sweep_main(*args)
     assert refused.returncode != 0 and "r1_lam1 in" in refused.stderr and "(seed 7 -> 1337)" in refused.stderr
-    out = run([*args, "--overwrite"])
+    out = sweep_main(*args, "--overwrite")
     assert out.returncode == 0, out.stderr
     assert "--overwrite: 1 cell(s) ran with other settings and are run again: r1_lam1" in out.stdout
     assert "r1_lam0: already done" in out.stdout and "r1_lam1: trained again (--overwrite) and evaluated" in out.stdout
     assert os.path.getmtime(tmp_path / "r1_lam0" / "ckpt.pt") == kept
     assert torch.load(tmp_path / "r1_lam1" / "ckpt.pt", weights_only=True)["config"]["seed"] == 1337
-    again = run(args)
+    again = sweep_main(*args)
     assert again.returncode == 0 and "r1_lam1: already done" in again.stdout, again.stderr
 
 
@@ -163,14 +189,11 @@ def test_sigterm_stops_the_running_train_py(tiny_dataset, tmp_path):
                 pass
 
 
-def test_figures_without_matplotlib_is_one_line(tmp_path):
-    fake = tmp_path / "site" / "matplotlib"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'matplotlib'\")\n")
+def test_figures_without_matplotlib_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
     for name in ("results.csv", "curves.csv"):
         shutil.copy(REPO / "results" / "sweep_cpu" / name, tmp_path / name)
-    out = subprocess.run([sys.executable, "sweep.py", "--figures", str(tmp_path)], cwd=REPO, capture_output=True,
-                         text=True, env=dict(os.environ, PYTHONPATH=str(tmp_path / "site")))
+    out = sweep_main("--figures", tmp_path)
     assert out.returncode != 0 and out.stderr.strip() == \
         "sweep.py: error: --figures draws with matplotlib, which is not installed here; pip install matplotlib"
 
@@ -179,7 +202,7 @@ def test_figures_without_matplotlib_is_one_line(tmp_path):
 def test_a_folder_that_is_a_file_is_refused_before_any_work(flag, tmp_path):
     (tmp_path / "file").write_text("not a folder")
     dirs = {"--runs_dir": tmp_path / "runs", "--results_dir": tmp_path / "results", flag: tmp_path / "file"}
-    out = run(["sweep.py", "config/sweep_cpu.py", "--stage", "eval", "--repetitions", "1", "--lams", "1",
+    out = sweep_main(*["config/sweep_cpu.py", "--stage", "eval", "--repetitions", "1", "--lams", "1",
                *[str(a) for pair in dirs.items() for a in pair]])
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.strip() == f"sweep.py: error: {flag} {tmp_path / 'file'} is a file, not a folder; give a folder"
@@ -201,9 +224,15 @@ def test_a_folder_that_is_a_file_is_refused_before_any_work(flag, tmp_path):
     (["--figures", "/nonexistent/results"], "run the sweep first"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
-    out = run(["sweep.py", *args, "--runs_dir", str(tmp_path)])
+    out = sweep_main(*args, "--runs_dir", tmp_path)
     assert out.returncode != 0
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_bad_input_from_the_shell_is_one_line():
+    out = run(["sweep.py", "config/sweep_cpu.py", "--lam=0.5"])
+    assert out.returncode == 1 and out.stdout == "" and \
+        out.stderr == "sweep.py: error: --lam=0.5: the sweep sets lam for each cell; use --lams\n"
 
 
 DEFAULT_EVAL = {"eval_tasks": "blimp", "eval_modes": "causal,pll", "pll_k": "1", "eval_limit": 20, "eval_data_dir": None}
@@ -225,23 +254,23 @@ def fake_cell(runs, name, record=json.dumps({"train_done": True, "eval": DEFAULT
 
 
 def test_duplicate_grid_values_are_one_cell(tmp_path):
-    args = ["sweep.py", "config/sweep_cpu.py", "--stage", "eval", "--runs_dir", str(tmp_path / "runs"),
+    args = ["config/sweep_cpu.py", "--stage", "eval", "--runs_dir", str(tmp_path / "runs"),
             "--results_dir", str(tmp_path / "results")]
-    out = run([*args, "--repetitions", "1,1.0,4", "--lams", "0.5,0.50,-0,0"])
+    out = sweep_main(*args, "--repetitions", "1,1.0,4", "--lams", "0.5,0.50,-0,0")
     assert out.returncode == 0, out.stderr
     assert "note: --lams lists a value more than once; each distinct value is one cell: 0.5,0" in out.stdout
     assert "note: --repetitions lists a value more than once; each distinct value is one cell: 1,4" in out.stdout
     assert "2 repetitions x 2 lambdas = 4 cells" in out.stdout
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r1_lam0", "r1_lam0.5", "r4_lam0", "r4_lam0.5"]
     # distinct values whose folders would be one: two jobs in one out_dir, refused
-    out = run([*args, "--lams", "0.5,0.5000001"])
+    out = sweep_main(*args, "--lams", "0.5,0.5000001")
     assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1
     assert "--lams values 0.5 and 0.5000001 would share one cell folder (0.5)" in out.stderr
 
 
 def test_a_cell_of_another_lam_is_a_one_line_error(tmp_path):
     fake_cell(tmp_path / "runs", "r1_lam0.5", config={"lam": 0.25, "repetitions": 1.0})
-    out = run(["sweep.py", "config/sweep_cpu.py", "--stage", "eval", "--repetitions", "1", "--lams", "0.5",
+    out = sweep_main(*["config/sweep_cpu.py", "--stage", "eval", "--repetitions", "1", "--lams", "0.5",
                "--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results")])
     assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert "r1_lam0.5 in " in out.stderr and "ran with other settings (lam 0.25 -> 0.5)" in out.stderr
@@ -250,7 +279,7 @@ def test_a_cell_of_another_lam_is_a_one_line_error(tmp_path):
 def test_an_unreadable_cell_json_fails_that_cell_in_one_line(tmp_path):
     fake_cell(tmp_path / "runs", "r1_lam0.5", record="")  # as a crash mid-write of an older sweep.py left it
     fake_cell(tmp_path / "runs", "r1_lam1")
-    out = run(["sweep.py", "config/sweep_cpu.py", "--stage", "eval", "--repetitions", "1", "--lams", "0.5,1",
+    out = sweep_main(*["config/sweep_cpu.py", "--stage", "eval", "--repetitions", "1", "--lams", "0.5,1",
                "--runs_dir", str(tmp_path / "runs"), "--results_dir", str(tmp_path / "results")])
     assert out.returncode != 0 and "Traceback" not in out.stderr
     error = [line for line in out.stderr.splitlines() if not line.startswith("sweep: ")]  # not the progress lines
@@ -262,20 +291,26 @@ def test_an_unreadable_cell_json_fails_that_cell_in_one_line(tmp_path):
 
 def test_cell_json_is_written_atomically(tmp_path, monkeypatch):
     import argparse
-    from pathlib import Path
 
-    import sweep
+    import cli
     cell = fake_cell(tmp_path / "runs", "r1_lam0.5", record='{"train_done": true, "train_seconds": 7}')
     (cell / "eval.json").unlink()
     monkeypatch.setattr(sweep, "run_logged", lambda cmd, log, threads: open(cell / "eval.json.tmp", "w").close())
-    real_write_text = Path.write_text
 
-    def disk_full(path, text, **kw):  # half the text reaches the disk, then the write fails
-        real_write_text(path, text[:len(text) // 2], **kw)
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(Path, "write_text", disk_full)
+    def disk_full(path, mode="r", **kw):  # a file written to gets half the text, then the disk is full
+        f = open(path, mode, **kw)
+        if "w" in mode:
+            write = f.write
+
+            def half(text):
+                write(text[:len(text) // 2])
+                raise OSError(28, "No space left on device")
+            f.write = half
+        return f
+    monkeypatch.setattr(cli, "open", disk_full, raising=False)
     args = argparse.Namespace(stage="eval", eval_tasks="blimp", eval_modes="causal", pll_k="1", eval_limit=1,
                               eval_data_dir=None)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=f"cannot write --runs_dir {cell / 'cell.json'} \\(No space left on device\\)"):
         sweep.run_cell(cell, "config/sweep_cpu.py", 1.0, 0.5, args, [], 1)
     assert json.loads((cell / "cell.json").read_text()) == {"train_done": True, "train_seconds": 7}  # intact
+    assert sorted(p.name for p in cell.iterdir()) == ["cell.json", "eval.json", "metrics.jsonl"]  # no temporary
