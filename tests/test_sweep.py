@@ -314,3 +314,14 @@ def test_cell_json_is_written_atomically(tmp_path, monkeypatch):
         sweep.run_cell(cell, "config/sweep_cpu.py", 1.0, 0.5, args, [], 1)
     assert json.loads((cell / "cell.json").read_text()) == {"train_done": True, "train_seconds": 7}  # intact
     assert sorted(p.name for p in cell.iterdir()) == ["cell.json", "eval.json", "metrics.jsonl"]  # no temporary
+
+
+def test_the_documented_commands_are_the_configs_own():
+    """sweep.py's docstring and docs/sweep.md prepare the data and run the grid as config/sweep_cpu.py says."""
+    def flat(text):  # continuation lines joined, comment marks and runs of blanks dropped
+        return " ".join(re.sub(r"\\\n", " ", text).replace("#", " ").split())
+    config = flat((REPO / "config" / "sweep_cpu.py").read_text())
+    commands = re.findall(r"python (?:data|sweep)\.py .*?(?= python |data_dir =)", config)
+    assert [c.split()[1] for c in commands] == ["data.py", "sweep.py"] and "data_novels_para" in commands[0]
+    for doc in (sweep.__doc__, (REPO / "docs" / "sweep.md").read_text()):
+        assert all(command.strip() in flat(doc) for command in commands), commands
