@@ -1,18 +1,11 @@
 """
-nanoGPT's configuration mechanism, with its sharp edges filed off.
+nanoGPT's configuration mechanism, with its sharp edges filed off (docs/train.md, "Settings").
 
     python train.py config/tiny_cpu.py --lam=0.25 --max_iters=200
 
-train.py declares every setting as a module-level variable with a default. `configure(globals(),
-argv)` then runs each config file given on the command line as plain Python inside those globals
-(so a config file is just assignments, and may `include` another file to share a recipe), and
-applies every `--key=value` override, parsing the value with `ast.literal_eval` (never `eval`).
-
-Mistakes fail loudly with one line each: an unknown key (with the closest known key suggested), a
-value of the wrong type, a number that is not finite (inf, nan), a missing config file, an error inside
-a config file (with its file:line), a config file that deletes a setting or exits (sys.exit).
-`--help` (or `-h`) lists every setting with its value and the comment on its line of the script,
-then exits.
+configure(globals(), argv) runs each config file as plain Python in train.py's globals (assignments;
+`include` shares a recipe) and applies each --key=value, read with ast.literal_eval (never eval).
+Every mistake is one ValueError line naming the key or the file:line; --help lists every setting.
 """
 import ast
 import difflib
