@@ -1,7 +1,9 @@
 """train.py end to end on real text: learning, lam scheduling, DDP = gradient accumulation, exact resume
 after SIGKILL, atomic checkpoints, NaN handling and one-line errors for bad settings."""
+import contextlib
 import errno
 import importlib.util
+import io
 import json
 import os
 import random
@@ -135,13 +137,16 @@ def test_overfitting_flag_needs_val_rising_while_train_falls():
 def train_here(args):
     """`python train.py ARGS` in this process, on a fresh copy of the module (its settings are module
     globals, which a run changes). Returns None for a run that finished, else what the command line
-    exits with: 0 after --help, or the one line it prints on stderr."""
+    exits with: 0 after --help, or the one line it prints on stderr (and then nothing else was)."""
     spec = importlib.util.spec_from_file_location("train_here", REPO / "train.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    stderr = io.StringIO()
     try:
-        module.run([str(a) for a in args])
+        with contextlib.redirect_stderr(stderr):
+            module.run([str(a) for a in args])
     except SystemExit as e:
+        assert e.code == 0 or stderr.getvalue() == "", stderr.getvalue()
         return e.code
     return None
 
