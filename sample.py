@@ -473,12 +473,13 @@ def write_samples(args):
         return
 
     generator = torch.Generator(device).manual_seed(args.seed)
+    settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": top_k,
+                "top_p": args.top_p}  # and those of the mode, below: each JSON line records them
     # on_step: a progress line (rate, ETA) on stderr every few seconds, so long generations show progress
     if args.mode == "ar":
         progress = Progress(args.max_new_tokens * args.num_samples, "generate", "tokens")
         on_step = lambda seq: progress.update(args.num_samples)
-        settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": top_k,
-                    "top_p": args.top_p, "use_cache": not args.no_cache, "prefix_prompt": args.prefix_prompt}
+        settings.update(use_cache=not args.no_cache, prefix_prompt=args.prefix_prompt)
         run = lambda: generate_ar(model, prompt_ids, args.max_new_tokens, args.temperature, top_k, args.top_p,
                                   generator, not args.no_cache, args.prefix_prompt, args.num_samples, banned,
                                   on_step)
@@ -486,9 +487,7 @@ def write_samples(args):
         n_blocks = math.ceil(args.max_new_tokens / (args.block_size or args.max_new_tokens))
         progress = Progress(args.steps * n_blocks, "unmask", "steps")
         on_step = lambda canvas: progress.update(1)
-        settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": top_k,
-                    "top_p": args.top_p, "sampler": args.sampler, "reveal": args.reveal, "steps": args.steps,
-                    "block_size": args.block_size}
+        settings.update(sampler=args.sampler, reveal=args.reveal, steps=args.steps, block_size=args.block_size)
         run = lambda: generate_diffusion(model, prompt_ids, args.max_new_tokens, args.steps, args.sampler,
                                          args.block_size, args.temperature, top_k, args.top_p, generator,
                                          args.num_samples, banned, on_step, args.reveal)

@@ -195,11 +195,11 @@ class Stopped(Exception):
 
 
 class Subprocesses:
-    """The train.py and eval.py processes of the running cells. stop(), the sweep's signal handler,
-    passes the signal on to them and keeps new ones from starting: a train.py left running would hold
-    its cell's lock and block the rerun. They run in sessions of their own, so that a Ctrl-C reaches
-    them once, through the sweep. The lock makes "stopped, or started and listed" one step; only the
-    worker threads start processes, so the handler (in the main thread) never waits on itself."""
+    """The running cells' train.py and eval.py. stop(), the signal handler, passes the signal on and
+    keeps new ones from starting (a train.py left running would hold its cell's lock). They run in
+    sessions of their own, so that a Ctrl-C reaches them once, through the sweep. The lock makes
+    "stopped, or started and listed" one step; only worker threads start processes, so the handler
+    (in the main thread) never waits on itself."""
 
     def __init__(self):
         self.lock, self.running, self.stopped_by = threading.Lock(), set(), None
@@ -321,19 +321,14 @@ def result_row(cell_dir, r, lam):
     blimp = {mode: blimp.get(mode, {}).get("accuracy") for mode in ("causal", "pll")}
     known = [v for v in blimp.values() if v is not None]
     row = {
-        "repetitions": r, "lambda": lam, "tokens": last["tokens"],
-        "params": run.get("params"), "non_embedding_params": run.get("non_embedding_params"),
-        "unique_tokens": run.get("unique_tokens"),
-        "epochs": last.get("epoch"),
-        "final_val_ar_loss": last["val_ar_loss"], "final_val_md_loss": last["val_md_loss"],
+        "repetitions": r, "lambda": lam, "tokens": last["tokens"], "epochs": last.get("epoch"),
+        **{k: run.get(k) for k in ("params", "non_embedding_params", "unique_tokens")},
+        **{f"final_{k}": last.get(k) for k in ("val_ar_loss", "val_md_loss", "train_ar_loss", "train_md_loss")},
         "min_val_ar_loss": lowest("val_ar_loss"), "min_val_md_loss": lowest("val_md_loss"),
-        "final_train_ar_loss": last.get("train_ar_loss"), "final_train_md_loss": last.get("train_md_loss"),
-        "overfit_ar": any(h.get("overfit_ar") for h in history),
-        "overfit_md": any(h.get("overfit_md") for h in history),
+        **{k: any(h.get(k) for h in history) for k in ("overfit_ar", "overfit_md")},
         "blimp_causal": blimp["causal"], "blimp_pll": blimp["pll"], "blimp_best": max(known) if known else None,
         "tokens_per_sec": speeds[len(speeds) // 2] if speeds else None,
-        "train_seconds": record.get("train_seconds"), "eval_seconds": record.get("eval_seconds"),
-        "train_commit": record.get("train_commit"), "eval_commit": record.get("eval_commit"),
+        **{k: record.get(k) for k in ("train_seconds", "eval_seconds", "train_commit", "eval_commit")},
     }
     row["overfit"] = row["overfit_ar"] or row["overfit_md"]
     return row, [{"repetitions": r, "lambda": lam, **{k: h.get(k) for k in CURVE_COLUMNS[2:]}} for h in history]
@@ -461,6 +456,10 @@ def best_mixed(rows, r, key="final_val_ar_loss"):
 
 
 def figures(results_dir, nu=2.5, samples=10000, seed=0):
+    rows = read_csv(results_dir / "results.csv")
+    curves = read_csv(results_dir / "curves.csv")
+    if not rows:
+        raise ValueError(f"{results_dir / 'results.csv'} has no rows; run the sweep first")
     try:
         import matplotlib
     except ImportError:
@@ -469,13 +468,14 @@ def figures(results_dir, nu=2.5, samples=10000, seed=0):
     import matplotlib.pyplot as plt
     import gp_fit
 
-    rows = read_csv(results_dir / "results.csv")
-    curves = read_csv(results_dir / "curves.csv")
-    if not rows:
-        raise ValueError(f"{results_dir / 'results.csv'} has no rows; run the sweep first")
     reps = sorted({row["repetitions"] for row in rows})
-    lams = sorted({row["lambda"] for row in rows})
     r_max = reps[-1]
+
+    def save(fig, axes, name):
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(results_dir / name, dpi=120)
+        plt.close(fig)
 
     # Figure 1 (paper Figure 1): validation loss against tokens at the largest r
     shown = [(1.0, "λ=1 (AR)", "tab:red"), (0.0, "λ=0 (MD)", "tab:blue")]
@@ -496,10 +496,7 @@ def figures(results_dir, nu=2.5, samples=10000, seed=0):
         ax.set_ylabel(f"{key} loss")
         ax.set_title(f"{key} loss, r = {r_max:g} repetitions")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(results_dir / "fig1_loss_curves.png", dpi=120)
-    plt.close(fig)
+    save(fig, axes, "fig1_loss_curves.png")
 
     # Figure 2: final scores against λ, one line per r
     panels = [("final_val_ar_loss", "final validation AR loss"),
@@ -516,10 +513,7 @@ def figures(results_dir, nu=2.5, samples=10000, seed=0):
         ax.set_xlabel("λ (share of AR micro-batches)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(results_dir / "fig2_score_vs_lambda.png", dpi=120)
-    plt.close(fig)
+    save(fig, axes, "fig2_score_vs_lambda.png")
 
     # Figure 3 (paper Figure 4): the Gaussian process over (r, λ) of each score. The primary one is
     # the final validation AR loss (gp/: the paper compares final checkpoints); the others are the
