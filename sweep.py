@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import ArgumentParser, Progress, write_atomically
+from cli import ArgumentParser, Progress, arg_type, write_atomically
 from configurator import configure, settings
 
 REPO = Path(__file__).resolve().parent
@@ -658,6 +658,12 @@ def summary_table(rows):
     return lines
 
 
+def at_least(least):
+    """An argparse type: a whole number >= least, checked before any cell starts (not by a cell's eval.py)."""
+    return arg_type(lambda text: int(text) if int(text) >= least else None,
+                    f"must be a whole number of at least {least}")
+
+
 def parse_args(argv):
     """(the sweep's options, the --key=value overrides for every train.py call)."""
     p = ArgumentParser(prog="sweep.py", allow_abbrev=False, description="Train and evaluate a (repetitions x λ) grid "
@@ -666,8 +672,8 @@ def parse_args(argv):
     p.add_argument("--figures", metavar="RESULTS_DIR", help="draw the figures and fit the GP from RESULTS_DIR")
     p.add_argument("--repetitions", default="1,4,16,64,128", help="comma list of r (default 1,4,16,64,128)")
     p.add_argument("--lams", default="0,0.25,0.5,0.75,1", help="comma list of λ (default 0,0.25,0.5,0.75,1)")
-    p.add_argument("--jobs", type=int, default=1, help="cells trained at the same time (default 1)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per cell (default: cores / jobs)")
+    p.add_argument("--jobs", type=at_least(1), default=1, help="cells trained at the same time (default 1)")
+    p.add_argument("--threads", type=at_least(0), default=0, help="torch threads per cell (default 0: cores / jobs)")
     p.add_argument("--stage", default="all", choices=["all", "train", "eval"], help="do only one stage")
     p.add_argument("--runs_dir", help="checkpoints and logs (default runs/<config name>)")
     p.add_argument("--results_dir", help="results.csv and curves.csv (default results/<config name>)")
@@ -677,7 +683,7 @@ def parse_args(argv):
                    "none: no evaluation, the validation losses only")
     p.add_argument("--eval_modes", default="causal,pll", help="eval.py --modes (default causal,pll)")
     p.add_argument("--pll_k", default="1", help="eval.py --pll_k (default 1)")
-    p.add_argument("--eval_limit", type=int, default=20, help="eval.py --limit: items per task, per BLiMP "
+    p.add_argument("--eval_limit", type=at_least(0), default=20, help="eval.py --limit: items per task, per BLiMP "
                    "paradigm (default 20, i.e. 1,340 BLiMP pairs); 0 = all")
     p.add_argument("--eval_data_dir", help="eval.py --data_dir (default: eval.py's default)")
     args, rest = p.parse_known_args(argv)
@@ -690,8 +696,6 @@ def parse_args(argv):
             raise ValueError(f"{arg}: the sweep sets {key} for each cell; use {PER_CELL[key]}")
     if not (args.config or args.figures):
         raise ValueError("give a config file (e.g. config/sweep_cpu.py) or --figures RESULTS_DIR")
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
     return args, rest
 
 

@@ -221,6 +221,9 @@ def test_a_folder_that_is_a_file_is_refused_before_any_work(flag, tmp_path):
     (["config/sweep_cpu.py", "--lamm=0.5"], "unknown config key 'lamm'"),
     (["config/missing.py"], "does not exist"),
     (["config/sweep_cpu.py", "stray"], "unrecognised argument"),
+    (["config/sweep_cpu.py", "--jobs", "0"], "argument --jobs: '0' must be a whole number of at least 1"),
+    (["config/sweep_cpu.py", "--threads", "-1"], "argument --threads: '-1' must be a whole number of at least 0"),
+    (["config/sweep_cpu.py", "--eval_limit", "-5"], "argument --eval_limit: '-5' must be a whole number of at least 0"),
     (["--figures", "/nonexistent/results"], "run the sweep first"),
 ])
 def test_bad_input_is_one_line(args, message, tmp_path):
