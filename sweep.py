@@ -22,7 +22,6 @@ cell) and curves.csv (every evaluation of every run), each row with the git comm
 """
 import concurrent.futures
 import csv
-import functools
 import json
 import math
 import os
@@ -103,18 +102,12 @@ def train_args(config, r, lam, cell_dir, train_overrides):
     return [config, f"--lam={lam!r}", f"--repetitions={float(r)!r}", f"--out_dir={cell_dir}", *train_overrides]
 
 
-@functools.cache
-def train_defaults():
-    import train  # and torch with it: only a sweep that trains needs them, not --figures
-    return {k: getattr(train, k) for k in settings(vars(train))}
-
-
 def train_config(argv):
     """The settings train.py would run with for argv, resolved and checked by train.py's own code
     without running it: a value train.py refuses fails here, before any cell starts."""
-    import train
-    defaults = train_defaults()
+    import train  # and torch with it: only a sweep that trains needs them, not --figures
     namespace = vars(train)
+    defaults = {k: namespace[k] for k in settings(namespace)}
     try:
         configure(namespace, argv)
         train.check_settings()
