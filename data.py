@@ -1,26 +1,15 @@
 """
-Text in, token files out; and the loader that train.py reads them with.
+Text in, token files out; and the loader that train.py reads them with (docs/data.md has the details).
 
     python data.py --input ../shared/data/corpus/english_novels --out_dir data_novels
     python data.py --input fineweb/sample/10BT --out_dir data_fineweb     # parquet shards ("text" column)
     python data.py --input more.jsonl --tokenizer data_novels --out_dir data_more   # share a vocabulary
     python data.py     # no --input: download Tiny Shakespeare (as nanoGPT does) and prepare it
 
-Inputs: plain text, JSON lines and parquet (a "text" field or column, or --text_field), gzip'd text
-or JSON lines, and folders of them. The folder then holds train.bin and val.bin (every document as
-<s> then its tokens, back to back; uint16 when the vocabulary fits, else uint32), train.idx (where
-each training document starts in train.bin, uint64), tokenizer.json and meta.json (sizes, counts,
-special ids, and in words the document, split and tokenizer rules).
-
 Three streaming passes: (1) scan: count the documents and fix the train/val split, (2) train the BPE
-on the training documents, (3) encode in parallel, appending to the token files in input order. The
-new files are written beside any old dataset and swapped in only when complete; a lock keeps a
-second data.py out. Memory holds a few chunks of documents (long ones are encoded in pieces), but a
-single document must fit in memory as text, a few times over.
-
-Loading (train.py): TrainWindows trains on a unique subset of whole documents drawn at random
-(paper §5.1: r repetitions of T/r unique tokens are exactly r passes), and every epoch shuffles
-those documents and packs them into windows afresh; val_windows is a fixed held-out sample.
+on the training documents, (3) encode in parallel, appending to train.bin, val.bin and train.idx in
+input order. The new files are swapped in only when complete. TrainWindows then trains on a random
+subset of whole documents, re-packed into windows every epoch (paper §5.1).
 """
 import argparse
 import codecs
@@ -51,8 +40,7 @@ import tokenizers
 
 from cli import Progress
 
-# torch is imported inside the loader functions only: preparing data never needs it, and the CLI
-# starts in a fraction of a second instead of the seconds that importing torch takes.
+# torch is imported inside the loader only: preparing data never needs it, and the CLI starts fast.
 
 # ids 0..4 of a trained BPE, in this order (as the paper's official code: <s>=1, <pad>=3, <mask>=4)
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<mask>"]
@@ -63,9 +51,8 @@ ROUND_TRIP_PROBE = "Hi, <s> and <mask> or <unk>!\n\n\tCafé 你好 😀 \r\n\x0c
 # in pieces of about PIECE_CHARS, and encode_batch sends at most about BATCH_CHARS per call.
 PIECE_CHARS, BATCH_CHARS = 1 << 16, 1 << 18
 CHUNKS_IN_FLIGHT_PER_WORKER = 2  # chunks read but not yet written, per encoding worker (flat memory)
-# Where split_into_pieces may cut (see there): before a space, tab or line break that follows a
-# non-space; before a line break followed by a non-space; and between an ASCII letter (or digit) and
-# an ASCII character that is not one (ASCII's Unicode categories are the same in every version).
+# Where split_into_pieces may cut: before a space, tab or line break that follows a non-space; before a
+# line break followed by a non-space; between an ASCII letter (or digit) and an ASCII non-letter (non-digit).
 SAFE_CUT = re.compile(r"(?<=\S)(?=[ \t\n])|\n(?=\S)|(?<=[A-Za-z])(?=[\x00-\x7f])(?![A-Za-z])"
                       r"|(?<=[0-9])(?=[\x00-\x7f])(?![0-9])")
 MAX_VOCAB_SIZE = 2**32  # token ids are stored as uint32 at most
@@ -80,12 +67,9 @@ def split_into_pieces(text, piece_chars):
     r"""Cut text into pieces of at least piece_chars characters (the last may be shorter) at SAFE_CUT
     positions only, where the GPT-2 pre-tokenizer regex of byte-level BPE,
         's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-    always ends a pre-token: no alternative continues a non-space character with whitespace, none
-    continues a letter with a non-letter or a digit with a non-digit (contractions end in a letter),
-    and a line break before a non-space is a token of its own. The regex never looks behind, and looks
-    ahead only after whitespace, so each piece splits as it does inside the whole text; BPE merges never
-    cross pre-tokens, so encoding the pieces one by one gives exactly the tokens of the whole text.
-    (Python's \S is narrower than the tokenizer's, so it never allows a cut that the tokenizer's would not.)
+    always ends a pre-token. The regex looks ahead only after whitespace and BPE merges never cross
+    pre-tokens, so encoding the pieces one by one gives exactly the tokens of the whole text. (Python's
+    \S is narrower than the tokenizer's, so it never allows a cut that the tokenizer's would not.)
     A run of piece_chars characters with no such position (say, one long word) stays in one piece."""
     start = 0
     while (cut := SAFE_CUT.search(text, start + piece_chars)) is not None:
@@ -95,9 +79,8 @@ def split_into_pieces(text, piece_chars):
 
 
 class Tokenizer:
-    """One interface over two backends: a `tokenizers` BPE (trained here or loaded from a file)
-    or a tiktoken encoding (gpt2). encode() never adds special tokens, and literal text such as
-    "<s>" is encoded as ordinary text, so decode(encode(t)) == t for any string t."""
+    """One interface over a `tokenizers` BPE and a tiktoken encoding (gpt2). encode() never adds special
+    tokens and encodes literal "<s>" as ordinary text, so decode(encode(t)) == t for any string t."""
 
     def __init__(self, bpe=None, tiktoken_encoding=None):
         assert (bpe is None) != (tiktoken_encoding is None), "give exactly one backend"
@@ -124,9 +107,8 @@ class Tokenizer:
                                      and pre_tokenizer.get("use_regex") and not pre_tokenizer.get("add_prefix_space")
                                      and all(t.special for t in bpe.get_added_tokens_decoder().values()))
         else:
-            # tiktoken's gpt2 uses ids 0..50256; ours follow: <unk> 50257, <s> 50258, </s> 50259,
-            # <pad> 50260, <mask> 50261. The model's vocabulary is rounded up to a multiple of 64
-            # (faster matmuls, as in nanoGPT); ids 50262..50303 are never produced.
+            # tiktoken's gpt2 uses ids 0..50256; ours follow (<unk> 50257 .. <mask> 50261), and the
+            # vocabulary is rounded up to a multiple of 64 as in nanoGPT (50262..50303 never occur).
             first = tiktoken_encoding.n_vocab
             self.special_ids = {t: first + i for i, t in enumerate(SPECIAL_TOKENS)}
             self.vocab_size = -(-(first + len(SPECIAL_TOKENS)) // 64) * 64
@@ -181,9 +163,18 @@ class Tokenizer:
     def from_spec(cls, spec):
         if spec.get("kind") == "bpe":
             return cls(bpe=tokenizers.Tokenizer.from_str(spec["json"]))
-        if spec.get("kind") == "tiktoken":
-            return cls(tiktoken_encoding=load_tiktoken(spec["name"]))
-        raise ValueError(f"unknown tokenizer spec kind {spec.get('kind')!r}; expected 'bpe' or 'tiktoken'")
+        if spec.get("kind") != "tiktoken":
+            raise ValueError(f"unknown tokenizer spec kind {spec.get('kind')!r}; expected 'bpe' or 'tiktoken'")
+        name = spec["name"]
+        try:
+            return cls(tiktoken_encoding=tiktoken.get_encoding(name))
+        except Exception as e:  # no network, an empty cache, a bad name: all mean "cannot load it here"
+            cache = os.environ.get("TIKTOKEN_CACHE_DIR", "the default data-gym-cache folder in your temp dir")
+            raise ValueError(
+                f"cannot load tiktoken's {name} encoding ({type(e).__name__}); tiktoken downloads it once and caches "
+                f"it in TIKTOKEN_CACHE_DIR (now: {cache}): run python -c \"import tiktoken; tiktoken.get_encoding("
+                f"'{name}')\" with a network and TIKTOKEN_CACHE_DIR set (copy that folder to offline machines), or use "
+                f"--tokenizer bpe") from None
 
     @classmethod
     def load(cls, path):
@@ -213,8 +204,8 @@ class Tokenizer:
 
 
 def same_tokenizer(spec_a, spec_b):
-    """Whether two Tokenizer.to_spec() values are the same tokenizer (BPE files compared as JSON values,
-    so formatting does not matter): a checkpoint can only resume on data of its own vocabulary."""
+    """Whether two to_spec() values are the same tokenizer (BPE files compared as JSON values, so
+    formatting does not matter): a checkpoint can only resume on data of its own vocabulary."""
     def canonical(spec):
         return {**spec, "json": json.loads(spec["json"])} if spec.get("kind") == "bpe" else spec
     return canonical(spec_a) == canonical(spec_b)
@@ -231,18 +222,6 @@ def batches(items, max_size, size=len):
         total += size(item)
     if batch:
         yield batch
-
-
-def load_tiktoken(name):
-    try:
-        return tiktoken.get_encoding(name)
-    except Exception as e:  # no network, an empty cache, a bad name: all mean "cannot load it here"
-        cache = os.environ.get("TIKTOKEN_CACHE_DIR", "the default data-gym-cache folder in your temp dir")
-        raise ValueError(
-            f"cannot load tiktoken's {name} encoding ({type(e).__name__}); tiktoken downloads it once and caches it "
-            f"in TIKTOKEN_CACHE_DIR (now: {cache}): run python -c \"import tiktoken; tiktoken.get_encoding('{name}')\" "
-            f"with a network and TIKTOKEN_CACHE_DIR set (copy that folder to offline machines), or use --tokenizer bpe"
-        ) from None
 
 
 def train_bpe(texts, vocab_size):
@@ -264,7 +243,7 @@ def token_dtype(vocab_size):
 
 
 # -----------------------------------------------------------------------------
-# Reading documents
+# Reading documents: plain text, JSON lines and parquet, gzip'd or not; one reader, one piece per format
 
 FORMATS = (".txt", ".jsonl", ".parquet")
 BOMS = {codecs.BOM_UTF32_LE: "UTF-32LE", codecs.BOM_UTF32_BE: "UTF-32BE", codecs.BOM_UTF16_LE: "UTF-16LE",
@@ -286,36 +265,32 @@ def file_format(path):
 
 
 def list_input_files(inputs):
-    """Files in the order given; a folder contributes its .txt, .jsonl and .parquet files (any case,
-    and gzip'd text or JSON lines), recursively, sorted by path, so the order never depends on the file
-    system. Every other file in a folder is listed as skipped, with the reason."""
+    """Files in the order given; a folder contributes its files of a known format, recursively, sorted
+    by path (never by the file system's order); every other file in it is listed as skipped, with why."""
     files = []
     for given in map(Path, inputs):
-        if given.is_dir():
-            found, skipped = [], []
-            for root, folders, names in os.walk(given):
-                skipped += [(Path(root, d), "a hidden folder") for d in folders if d.startswith(".")]
-                folders[:] = [d for d in folders if not d.startswith(".")]
-                for path in (Path(root, name) for name in names):
-                    if path.name.startswith("."):
-                        skipped.append((path, "a hidden file"))
-                    elif not path.is_file():
-                        skipped.append((path, "not a regular file"))
-                    elif file_format(path)[0] is None:
-                        skipped.append((path, f"not {', '.join(FORMATS)} or gzip (by name, any case)"))
-                    else:
-                        found.append(path)
-            for path, reason in sorted(skipped):
-                print(f"skipping {path}: {reason}")
-            if not found:
-                raise ValueError(f"input folder {given} holds no {', '.join(FORMATS)} files (or .gz of text or JSON "
-                                 f"lines); name the files to use with --input")
-            files += sorted(found, key=lambda f: f.relative_to(given).parts)
-        elif given.is_file():
+        if given.is_file():
             files.append(given)
-        else:
+            continue
+        if not given.is_dir():
             raise FileNotFoundError(f"input {given} does not exist; pass text, .jsonl or .parquet files (or .gz of "
                                     f"text or JSON lines) or folders of them with --input")
+        found, skipped = [], []
+        for root, folders, names in os.walk(given):
+            skipped += [(Path(root, d), "a hidden folder") for d in folders if d.startswith(".")]
+            folders[:] = [d for d in folders if not d.startswith(".")]
+            for path in (Path(root, name) for name in names):
+                reason = ("a hidden file" if path.name.startswith(".") else
+                          "not a regular file" if not path.is_file() else
+                          f"not {', '.join(FORMATS)} or gzip (by name, any case)" if file_format(path)[0] is None
+                          else None)
+                (skipped.append((path, reason)) if reason else found.append(path))
+        for path, reason in sorted(skipped):
+            print(f"skipping {path}: {reason}")
+        if not found:
+            raise ValueError(f"input folder {given} holds no {', '.join(FORMATS)} files (or .gz of text or JSON "
+                             f"lines); name the files to use with --input")
+        files += sorted(found, key=lambda f: f.relative_to(given).parts)
     if any(file_format(path) == ("parquet", False) for path in files):
         import_pyarrow()  # fail now, not after a long scan
     return files
@@ -327,20 +302,13 @@ def import_pyarrow():
         import pyarrow.parquet
     except ImportError:
         raise ValueError("reading parquet files needs pyarrow: pip install pyarrow") from None
-    # Flat memory (measured in docs/data.md): pyarrow's default allocator (mimalloc) keeps what it frees,
-    # so use the system's; and glibc, once a large buffer is freed, serves the next ones from the heap,
-    # where the documents' strings pin them: a fixed mmap threshold (M_MMAP_THRESHOLD = -3) prevents it.
+    # Flat memory (docs/data.md): pyarrow's default allocator (mimalloc) keeps what it frees, so use the
+    # system's; and glibc, once a large buffer is freed, serves the next ones from the heap, where the
+    # documents' strings pin them: a fixed mmap threshold (M_MMAP_THRESHOLD = -3) prevents it.
     pyarrow.set_memory_pool(pyarrow.system_memory_pool())
     if hasattr(libc := ctypes.CDLL(None), "mallopt"):  # glibc only
         libc.mallopt(-3, 1 << 17)
     return pyarrow
-
-
-def trim_document(text):
-    """Drop trailing whitespace and leading blank lines (keeping the first line's indentation)."""
-    text = text.rstrip()
-    start = len(text) - len(text.lstrip())
-    return text[text.rfind("\n", 0, start) + 1:]
 
 
 def field_text(text, where, text_field):
@@ -351,52 +319,31 @@ def field_text(text, where, text_field):
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def read_file_documents(path, doc_split, text_field="text"):
-    """Yield the raw documents of one file. Text is UTF-8 (a BOM is dropped) and line endings become \\n."""
-    kind, gzipped = file_format(path)
-    if kind == "parquet":
-        yield from read_parquet(path, text_field)
-        return
-    try:
-        with (gzip.open if gzipped else open)(path, "rt", encoding="utf-8-sig", newline=None) as f:
-            if kind == "jsonl":
-                for line_number, line in enumerate(f, 1):
-                    if line.strip():
-                        yield json_document(f"{path}, line {line_number}", line, text_field)
-            elif doc_split == "file":
-                yield f.read()
-            else:  # blank_line: a document is a run of lines that are not blank
-                for blank, lines in itertools.groupby(f, key=lambda line: not line.strip()):
-                    if not blank:
-                        yield "".join(lines)
-    except UnicodeDecodeError:
-        with (gzip.open if gzipped else open)(path, "rb") as f:
-            start = f.read(4)
-        bom = next((name for bom, name in BOMS.items() if start.startswith(bom)), None)
-        if bom:
-            raise ValueError(f"{path} is {bom} text (it starts with a {bom} byte-order mark), not UTF-8; convert it: "
-                             f"iconv -f {bom} -t UTF-8") from None
-        raise ValueError(f"{path} is not valid UTF-8; convert it from its encoding, e.g. iconv -f latin1 -t utf-8 "
-                         f"for Latin-1") from None
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise ValueError(f"{path} is not a valid gzip file ({e}); decompress or fix it") from None
+def text_documents(f, path, doc_split, text_field):
+    if doc_split == "file":
+        yield f.read()
+    else:  # blank_line: a document is a run of lines that are not blank
+        yield from ("".join(lines) for blank, lines in itertools.groupby(f, key=lambda l: not l.strip()) if not blank)
 
 
-def json_document(where, line, text_field):
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e.msg}); each line of a .jsonl file must be one JSON object "
-                         f"with a \"{text_field}\" field") from None
-    return field_text(record.get(text_field) if isinstance(record, dict) else None, where, text_field)
+def jsonl_documents(f, path, doc_split, text_field):
+    for line_number, line in enumerate(f, 1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {line_number}: not valid JSON ({e.msg}); each line of a .jsonl file "
+                                 f"must be one JSON object with a \"{text_field}\" field") from None
+            yield field_text(record.get(text_field) if isinstance(record, dict) else None,
+                             f"{path}, line {line_number}", text_field)
 
 
-def read_parquet(path, text_field, rows_per_batch=256):
-    """The documents of a parquet file's text column, read a few rows at a time from one row group
-    after the other, so memory stays flat on files of any size."""
+def parquet_documents(path, text_field, rows_per_batch=64):
+    """A parquet file's text column, a few rows at a time from one row group after the other, page by
+    page (pre_buffer=False, buffer_size), so memory stays flat on files of any size."""
     pa = import_pyarrow()
     try:
-        parquet = pa.parquet.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)  # pages, not whole chunks
+        parquet = pa.parquet.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
     except (pa.ArrowException, OSError) as e:
         raise ValueError(f"{path} is not a readable parquet file ({e}); download or write it again") from None
     with parquet:
@@ -418,25 +365,39 @@ def read_parquet(path, text_field, rows_per_batch=256):
                                  f"write it again") from None
 
 
+def read_documents(path, doc_split, text_field="text"):
+    """The documents of one file, trimmed (trailing whitespace and leading blank lines dropped), empty
+    ones included. Text is UTF-8 (a BOM is dropped) and line endings become \\n."""
+    kind, gzipped = file_format(path)
+    if kind == "parquet":
+        yield from map(trim_document, parquet_documents(path, text_field))
+        return
+    read = jsonl_documents if kind == "jsonl" else text_documents
+    try:
+        with (gzip.open if gzipped else open)(path, "rt", encoding="utf-8-sig", newline=None) as f:
+            yield from map(trim_document, read(f, path, doc_split, text_field))
+    except UnicodeDecodeError:
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            start = f.read(4)
+        bom = next((name for bom, name in BOMS.items() if start.startswith(bom)), None)
+        if bom:
+            raise ValueError(f"{path} is {bom} text (it starts with a {bom} byte-order mark), not UTF-8; convert it: "
+                             f"iconv -f {bom} -t UTF-8") from None
+        raise ValueError(f"{path} is not valid UTF-8; convert it from its encoding, e.g. iconv -f latin1 -t utf-8 "
+                         f"for Latin-1") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{path} is not a valid gzip file ({e}); decompress or fix it") from None
+
+
+def trim_document(text):
+    text = text.rstrip()
+    start = len(text) - len(text.lstrip())
+    return text[text.rfind("\n", 0, start) + 1:]  # keeps the first line's indentation
+
+
 def iter_documents(files, doc_split, text_field="text"):
-    """All non-empty documents, trimmed, lazily, in a fixed order."""
-    for path in files:
-        for text in read_file_documents(path, doc_split, text_field):
-            text = trim_document(text)
-            if text:
-                yield text
-
-
-def describe_documents(doc_split, text_field):
-    files = ("each plain-text file is one document" if doc_split == "file" else
-             "plain-text files are split into documents at blank lines (lines holding only whitespace)")
-    return (f"{files}; each line of a .jsonl file and each row of a .parquet file is one document (its "
-            f"\"{text_field}\" field). Text is read as UTF-8 without BOM, line endings normalised to \\n, trailing "
-            f"whitespace and leading blank lines removed; empty documents are skipped. In the .bin files each "
-            f"document is <s> followed by its tokens (no end-of-document token), documents back to back in input order")
-
-# -----------------------------------------------------------------------------
-# The split: by document, from a hash of its text
+    """All non-empty documents, lazily, in a fixed order."""
+    return (text for path in files for text in read_documents(path, doc_split, text_field) if text)
 
 
 def document_hash(text, seed):
@@ -460,8 +421,7 @@ def scan_corpus(files, doc_split, text_field, seed):
     scan = CorpusScan()
     progress = Progress(total=len(files), desc="scan", unit="files", stream=sys.stdout)
     for path in files:
-        for text in read_file_documents(path, doc_split, text_field):
-            text = trim_document(text)
+        for text in read_documents(path, doc_split, text_field):
             if not text:
                 scan.empty_skipped += 1
                 continue
@@ -475,10 +435,9 @@ def scan_corpus(files, doc_split, text_field, seed):
 
 
 def val_threshold(val_fraction, scan):
-    """A document goes to val.bin when its hash is below the threshold: val_fraction of the hash range,
-    so about that share of documents. If that leaves no validation document, the threshold rises just
-    enough to take the document with the smallest hash; if it leaves no training one, it drops to keep
-    the document with the largest hash. Returns (threshold, a note on any adjustment)."""
+    """A document goes to val.bin when its hash is below the threshold: val_fraction of the hash range.
+    If that leaves no validation document, it rises just enough to take the one with the smallest hash;
+    if it leaves no training one, it drops to keep the one with the largest. Returns it and a note."""
     if scan.min_hash == scan.max_hash:
         raise ValueError("the corpus holds a single distinct document, so none can be held out for validation; "
                          "give more files, or split plain text into documents with --doc_split blank_line")
@@ -496,12 +455,9 @@ def val_threshold(val_fraction, scan):
 worker = {}  # each worker process's tokenizer and split settings, set once by init_worker
 
 
-def init_pool_worker(*init_args):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (one line, not one per worker)
-    init_worker(*init_args)
-
-
-def init_worker(tokenizer_spec, threshold, seed, dtype):
+def init_worker(tokenizer_spec, threshold, seed, dtype, in_pool=False):
+    if in_pool:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (one line, not one per worker)
     worker.update(tokenizer=Tokenizer.from_spec(tokenizer_spec), threshold=threshold, seed=seed,
                   dtype=np.dtype(dtype))
 
@@ -524,16 +480,14 @@ def encode_chunk(texts):
     return out, sum(len(t.encode("utf-8")) for t in texts)
 
 
-def encode_corpus(files, doc_split, text_field, tokenizer, threshold, seed, out_dir, workers, chunk_chars,
-                  total_bytes):
+def encode_corpus(files, doc_split, text_field, tok, threshold, seed, out_dir, workers, chunk_chars, total_bytes):
     """Pass 3 into train.bin.tmp, val.bin.tmp and train.idx.tmp; returns the token and document counts."""
-    dtype = token_dtype(tokenizer.vocab_size)
+    dtype = token_dtype(tok.vocab_size)
     paths = {name: out_dir / f"{name}.tmp" for name in ("train.bin", "val.bin", "train.idx")}
     counts = {"train_tokens": 0, "val_tokens": 0, "train_documents": 0, "val_documents": 0}
-    init_args = (tokenizer.to_spec(), threshold, seed, dtype.str)
     # Memory stays flat: a chunk is read only when one of CHUNKS_IN_FLIGHT_PER_WORKER x workers slots is
-    # free, and a slot frees when that chunk's tokens are on disk. (imap alone feeds workers as fast as they encode and
-    # keeps their results in memory until they are written: a slow disk would let them pile up.)
+    # free, and a slot frees when its tokens are on disk. (imap alone reads as fast as workers encode and
+    # keeps their results until they are written: a slow disk would let them pile up.)
     slots, stopping = threading.Semaphore(CHUNKS_IN_FLIGHT_PER_WORKER * workers), threading.Event()
 
     def chunks():
@@ -544,19 +498,20 @@ def encode_corpus(files, doc_split, text_field, tokenizer, threshold, seed, out_
                 return
 
     slots.acquire()  # the first chunk's slot
-    # Each worker encodes on one core; tokenizers' own thread pool would only oversubscribe the CPU.
-    # (Set before forking, this also stops tokenizers warning about a fork after its threads ran.)
+    # One core per worker: tokenizers' own threads would only oversubscribe the CPU (set before forking,
+    # this also stops tokenizers warning about a fork after its threads ran).
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    pool = multiprocessing.Pool(workers, init_pool_worker, init_args) if workers > 1 else None
+    init_args = (tok.to_spec(), threshold, seed, dtype.str)
+    pool = multiprocessing.Pool(workers, init_worker, (*init_args, True)) if workers > 1 else None
     start, progress = time.time(), Progress(total=total_bytes, desc="encode", unit="B", stream=sys.stdout)
-    files_out, done = {}, {"bytes": 0, "complete": False}
+    files_out, done_bytes, complete = {}, 0, False
 
     def write(name, array=None):  # array=None: close the file (which flushes it)
         try:
             files_out[name].write(array.data) if array is not None else files_out[name].close()
         except OSError as e:  # a full disk: say where, and how much room the rest needs
             written = (counts["train_tokens"] + counts["val_tokens"]) * dtype.itemsize + 8 * counts["train_documents"]
-            fraction = done["bytes"] / total_bytes
+            fraction = done_bytes / total_bytes
             where = (f"after {written / 1e6:,.1f} MB of token files for {fraction:.0%} of the corpus (about "
                      f"{written / fraction / 1e6:,.0f} MB in all)" if fraction else "in the corpus's first chunk")
             raise OSError(f"cannot write {paths[name]} ({e.strerror or e}) {where}; free space there or choose "
@@ -576,12 +531,12 @@ def encode_corpus(files, doc_split, text_field, tokenizer, threshold, seed, out_
                 write(f"{split}.bin", tokens)
                 counts[f"{split}_tokens"] += len(tokens)
                 counts[f"{split}_documents"] += len(lengths)
-            done["bytes"] += n_bytes
+            done_bytes += n_bytes
             progress.update(n_bytes)
             slots.release()
         for name in paths:
             write(name)
-        done["complete"] = True
+        complete = True
     finally:
         for f in files_out.values():
             try:
@@ -592,7 +547,7 @@ def encode_corpus(files, doc_split, text_field, tokenizer, threshold, seed, out_
         slots.release(CHUNKS_IN_FLIGHT_PER_WORKER * workers + 1)  # a feeder waiting for a slot returns
         if pool is not None:
             pool.terminate()
-        for path in paths.values() if not done["complete"] else ():
+        for path in paths.values() if not complete else ():
             path.unlink(missing_ok=True)
     progress.close()
     seconds = time.time() - start
@@ -603,12 +558,6 @@ def encode_corpus(files, doc_split, text_field, tokenizer, threshold, seed, out_
 
 # -----------------------------------------------------------------------------
 # The whole preparation
-
-
-def write_atomically(path, text):
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def train_tokenizer(files, doc_split, text_field, seed, threshold, scan, vocab_size, tokenizer_train_bytes):
@@ -637,11 +586,10 @@ def train_tokenizer(files, doc_split, text_field, seed, threshold, scan, vocab_s
     # learned: asking for more than that gives the same tokenizer.
     tok = train_bpe(training_texts(), min(vocab_size, 256 + len(SPECIAL_TOKENS) + scan.bytes))
     progress.close()
-    seconds = time.time() - start
     if sample["documents"] == 0:
         raise ValueError(f"--tokenizer_train_bytes {tokenizer_train_bytes} sampled no training document "
                          f"(the corpus has {scan.documents} documents, {scan.bytes:,} bytes); raise it")
-    print(f"trained the tokenizer in {seconds:.1f}s on {sample['documents']:,} documents "
+    print(f"trained the tokenizer in {time.time() - start:.1f}s on {sample['documents']:,} documents "
           f"({sample['bytes'] / 1e6:.1f} MB): {tok.vocab_size} tokens")
     return tok, (f"byte-level BPE trained with tokenizers {tokenizers.__version__} (min_frequency 2, all 256 "
                  f"bytes in the alphabet) on {sample['documents']} training documents ({sample['bytes']} bytes"
@@ -711,9 +659,8 @@ def choose_doc_split(files, doc_split, text_field, seed):
 
 def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe", doc_split=None, text_field="text",
             workers=1, seed=0, tokenizer_train_bytes=None, sources=None, chunk_chars=1 << 20):
-    """Prepare a dataset folder from input files/folders (see the module docstring); returns meta.
-    tokenizer: "bpe" (train one), "gpt2" (tiktoken), or a tokenizer file / prepared folder to reuse.
-    doc_split: "file", "blank_line", or None (see choose_doc_split)."""
+    """Prepare a dataset folder from input files/folders; returns meta. tokenizer: "bpe" (train one),
+    "gpt2" (tiktoken), or a tokenizer file / prepared folder to reuse; doc_split: see choose_doc_split."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"--val_fraction must be in (0, 1), got {val_fraction}; train.py needs a validation split")
     if workers < 1 or seed < 0:
@@ -742,16 +689,23 @@ def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe"
         # the new one is complete; then the files are renamed over it, meta.json last.
         counts = encode_corpus(files, doc_split, text_field, tok, threshold, seed, out_dir, workers, chunk_chars,
                                scan.bytes)
+        plain_text = ("each plain-text file is one document" if doc_split == "file" else
+                      "plain-text files are split into documents at blank lines (lines holding only whitespace)")
         meta = {
             "vocab_size": tok.vocab_size, "dtype": token_dtype(tok.vocab_size).name, **counts,
-            "train_index": "train.idx",  # see the module docstring; its absence marks a folder from an older data.py
+            "train_index": "train.idx",  # its absence marks a folder from an older data.py
             "special_tokens": dict(tok.special_ids),
             "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "mask_id": tok.mask_id,
             "unk_id": tok.unk_id,
             "sources": [str(s) for s in (sources or [Path(i).resolve() for i in inputs])],
             "input_files": len(files), "corpus_bytes": scan.bytes, "empty_documents_skipped": scan.empty_skipped,
             "doc_split": doc_split, "text_field": text_field,
-            "document_rule": describe_documents(doc_split, text_field),
+            "document_rule": (
+                f"{plain_text}; each line of a .jsonl file and each row of a .parquet file is one document (its "
+                f"\"{text_field}\" field). Text is read as UTF-8 without BOM, line endings normalised to \\n, trailing "
+                f"whitespace and leading blank lines removed; empty documents are skipped. In the .bin files each "
+                f"document is <s> followed by its tokens (no end-of-document token), documents back to back in "
+                f"input order"),
             "val_fraction": val_fraction, "seed": seed, "val_hash_threshold": threshold,
             "split_rule": (f"by document: a document goes to val.bin when the 64-bit blake2b hash of its UTF-8 text "
                            f"(salt: seed {seed} as 16 little-endian bytes, digest read little-endian) is below "
@@ -873,23 +827,15 @@ def document_index(data_dir, meta):
 class TrainWindows:
     """The training stream of paper §5.1: a unique subset of T/r tokens, seen r times, in windows.
 
-    The subset. One seeded order of all training documents (a permutation drawn from subset_seed);
-    the subset is its first documents, taken until `unique_tokens` + 1 tokens (the last one may be
-    cut). So a subset is a uniform random sample of whole documents whatever the corpus order, the
-    subset of a larger r is a prefix of (lies inside) that of a smaller r, and runs that differ only
-    in lam or seed train on exactly the same tokens.
-
-    The epochs. Epoch e shuffles the subset's documents (a permutation seeded by (seed, e)), lays
-    them back to back and cuts that stream into n_windows = unique_tokens // block_size windows:
-    window j is stream tokens [j*block_size, j*block_size + block_size + 1), so every subset token is
-    an input exactly once per epoch and window boundaries move from one epoch to the next, as in the
-    official code. Global window k is window k % n_windows of epoch k // n_windows, so the data
-    order is a pure function of (subset_seed, seed, k): resume is exact, and ranks that take
-    disjoint k never overlap.
-
-    Memory holds the document index (8 bytes per document) and, for the one or two epochs in use,
-    a permutation and the cumulative lengths of the subset's documents; never the text.
-    """
+    The subset: the first documents of one seeded order of all training documents (subset_seed), up to
+    unique_tokens + 1 tokens (the last one cut). So it is a random sample of whole documents whatever
+    the corpus order, the subset of a larger r lies inside that of a smaller r, and runs that differ
+    only in lam or seed train on the same tokens. Epoch e shuffles the subset's documents (seeded by
+    (seed, e)), lays them back to back and cuts n_windows = unique_tokens // block_size windows of
+    block_size + 1 tokens, overlapping by one: every subset token is an input once per epoch. Global
+    window k is window k % n_windows of epoch k // n_windows, so the data order is a pure function of
+    (subset_seed, seed, k): resume is exact, and ranks that take disjoint k never overlap. Memory holds
+    the document index and, for the one or two epochs in use, a permutation; never the text."""
 
     def __init__(self, data_dir, block_size, unique_tokens=None, seed=0, subset_seed=0):
         import torch
@@ -1032,10 +978,10 @@ def main(argv=None):
     settings = dict(vocab_size=args.vocab_size, val_fraction=args.val_fraction, tokenizer=args.tokenizer,
                     workers=args.workers, seed=args.seed, tokenizer_train_bytes=args.tokenizer_train_bytes,
                     text_field=args.text_field)
-    if args.input and (args.url or not args.out_dir):
-        raise ValueError("with --input, give --out_dir and no --url (--url replaces --input)")
     out_dir = args.out_dir or "data_shakespeare"
     try:
+        if args.input and (args.url or not args.out_dir):
+            raise ValueError("with --input, give --out_dir and no --url (--url replaces --input)")
         if args.input:
             prepare(args.input, out_dir, doc_split=args.doc_split, **settings)
         else:
@@ -1043,6 +989,8 @@ def main(argv=None):
             path = download(args.url or DEFAULT_URL, out_dir)
             prepare([path], out_dir, doc_split=args.doc_split or "blank_line", sources=[args.url or DEFAULT_URL],
                     **settings)
+    except (ValueError, OSError) as e:  # bad input, a full disk: one line, no traceback
+        sys.exit(f"data.py: error: {e}")
     except KeyboardInterrupt:
         kept = (f"the dataset in {out_dir} is the one that was there before, unchanged"
                 if (Path(out_dir) / "meta.json").is_file() else f"no dataset was written to {out_dir}")
@@ -1050,7 +998,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, OSError) as e:
-        sys.exit(f"data.py: error: {e}")
+    main()
