@@ -945,25 +945,21 @@ def main(argv=None):
         description="Prepare a nanodual dataset folder (train.bin, val.bin, tokenizer.json, meta.json) from text. "
                     "Without --input, download Tiny Shakespeare (or --url) and prepare it.", allow_abbrev=False)
     parser.add_argument("--input", nargs="+", metavar="PATH",
-                        help="plain-text files, .jsonl files (one document per line) or .parquet files (one per row) "
-                             "with a \"text\" field, .gz of text or JSON lines, or folders of them (searched "
-                             "recursively, sorted; every other file is listed as skipped)")
+                        help="text, .jsonl (a document a line) or .parquet (a document a row) files, .gz of text or "
+                             "JSON lines, or folders of them (recursive, sorted; other files listed as skipped)")
     parser.add_argument("--text_field", default="text",
                         help="the field of a JSON line, or the column of a parquet file, that holds the text "
                              "(default: %(default)s)")
     parser.add_argument("--out_dir", help="the dataset folder to write (default data_shakespeare when downloading)")
     parser.add_argument("--url", help=f"download this text file instead of the default corpus ({DEFAULT_URL})")
     parser.add_argument("--doc_split", choices=["file", "blank_line"], default=None,
-                        help="how plain text becomes documents: 'file' = one document per file (default with "
-                             "--input, except that a single plain-text file is split at blank lines), 'blank_line' "
-                             "= documents separated by one or more blank lines (default for a download)")
+                        help="plain text: one document per file (default with --input, but a single text file is "
+                             "split at blank lines), or documents between blank lines (default for a download)")
     parser.add_argument("--tokenizer", default="bpe",
-                        help="'bpe' trains a byte-level BPE on the training documents; 'gpt2' uses tiktoken's gpt2 "
-                             "(its files must be cached, see TIKTOKEN_CACHE_DIR); or a path to a tokenizer.json or "
-                             "a prepared data folder, to share its vocabulary (default: %(default)s)")
+                        help="'bpe' trains a byte-level BPE on the training documents, 'gpt2' is tiktoken's (cached), "
+                             "or the path of a tokenizer.json or a prepared folder to share (default: %(default)s)")
     parser.add_argument("--vocab_size", type=int, default=8192,
-                        help="vocabulary size of the trained BPE (default: %(default)s; the paper uses 51200 on a far "
-                             "larger corpus)")
+                        help="vocabulary size of the trained BPE (default: %(default)s; the paper: 51200)")
     parser.add_argument("--tokenizer_train_bytes", type=int, default=None,
                         help="train the BPE on a deterministic hash-chosen sample of about this many bytes of the "
                              "training documents (default: all of them)")
@@ -975,9 +971,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="salt of the hash that splits train/val (default: %(default)s)")
     args = parser.parse_args(argv)
 
-    settings = dict(vocab_size=args.vocab_size, val_fraction=args.val_fraction, tokenizer=args.tokenizer,
-                    workers=args.workers, seed=args.seed, tokenizer_train_bytes=args.tokenizer_train_bytes,
-                    text_field=args.text_field)
+    settings = {k: v for k, v in vars(args).items() if k not in ("input", "out_dir", "url", "doc_split")}
     out_dir = args.out_dir or "data_shakespeare"
     try:
         if args.input and (args.url or not args.out_dir):
