@@ -3,6 +3,7 @@
 docs/ leads somewhere."""
 import argparse
 import importlib
+import os
 import re
 import shlex
 import sys
@@ -135,3 +136,30 @@ def links():
 @pytest.mark.parametrize("link, ok", links())
 def test_links_resolve(link, ok):
     assert ok, f"{link}: no such file or heading"
+
+
+QUICKSTART_TABLE = REPO / "tests" / "quickstart_losses.json"
+
+
+def test_quickstart_losses_match_the_committed_table(shared_data, tmp_path):
+    """README's quickstart (steps 1 and 2) for a few steps, against quickstart_losses.json. A change
+    that moves these losses moves the quickstart's too: re-measure the full run, then update the
+    table's `readme` figures and README in the same commit (this test checks README quotes them)."""
+    import json
+    import subprocess
+    table = json.loads(QUICKSTART_TABLE.read_text())
+    data_dir, out_dir = tmp_path / "data_shakespeare", tmp_path / "out_tiny"
+    subprocess.run([sys.executable, "data.py", "--input", str(shared_data / "corpus/tinyshakespeare/input.txt"),
+                    "--out_dir", str(data_dir), "--vocab_size", "2048", "--doc_split", "blank_line"],
+                   cwd=REPO, check=True, capture_output=True)
+    subprocess.run([sys.executable, "train.py", "config/tiny_cpu.py", f"--data_dir={data_dir}",
+                    f"--out_dir={out_dir}", *table["few_steps"]["overrides"]],
+                   cwd=REPO, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    measured = [[r["iter"], round(r["val_ar_loss"], 4), round(r["val_md_loss"], 4)] for r in rows]
+    expected = table["few_steps"]["val_ar_md"]
+    close = len(measured) == len(expected) and all(
+        m[0] == e[0] and abs(m[1] - e[1]) <= 2e-3 and abs(m[2] - e[2]) <= 2e-3 for m, e in zip(measured, expected))
+    assert close, f"measured {measured}, the table has {expected}: update {QUICKSTART_TABLE.name}"
+    for figure in table["readme"].values():
+        assert figure in README, f"README no longer quotes {figure!r} ({QUICKSTART_TABLE.name})"
