@@ -716,17 +716,63 @@ def start_cli(*args):
                             preexec_fn=restore)
 
 
-def test_cli(tiny_checkpoint, shared_data, tmp_path):
-    """A good run writes the results JSON with the checkpoint's run config; each bad input is one line
-    on stderr and a non-zero exit. All processes run at once: most of their time is importing torch."""
+def run_main_for_error(args):
+    """main's one-line error, as the command line would print it (after "eval.py: error: ")."""
+    with pytest.raises((ValueError, OSError)) as error:
+        ev.main(list(map(str, args)))
+    assert "\n" not in str(error.value), str(error.value)
+    return str(error.value)
+
+
+def test_cli(tiny_checkpoint, shared_data, tmp_path, capsys):
+    """Three processes at once (most of their time is importing torch): a good run writes the results
+    JSON with the checkpoint's run config and its progress line; a bad input is one line on stderr and
+    a non-zero exit; Ctrl-C once the first (task, mode) pair is in --out is one line saying that --out
+    keeps it. Then, in-process: the same command again reuses everything, and each other bad input is
+    main's one-line error (which the command line prints as "eval.py: error: ..."; checked above)."""
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
+    ok = ["--ckpt", tiny_checkpoint, "--data_dir", shared_data, "--tasks", "csqa", "--modes", "causal,prefix"]
+    out, interrupted = tmp_path / "results.json", tmp_path / "interrupted.json"
+    ctrl_c = start_cli("--ckpt", tiny_checkpoint, "--data_dir", shared_data, "--tasks", "csqa,blimp",
+                       "--modes", "causal,pll,mc", "--limit", "3", "--out", interrupted)
+    good = start_cli(*ok, "--limit", "2", "--out", out)
+    bad = start_cli("--ckpt", garbage)
+    deadline = time.time() + 120
+    while not interrupted.exists() and ctrl_c.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    ctrl_c.send_signal(signal.SIGINT)
+    _, stderr = ctrl_c.communicate(timeout=60)
+    assert ctrl_c.returncode != 0 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == (f"eval.py: interrupted (Ctrl-C); {interrupted} keeps every (task, "
+                                               f"mode) result finished so far; the same command goes on from there")
+    assert json.loads(interrupted.read_text())["tasks"]["csqa"]["causal"]["n_items"] == 3
+    _, stderr = bad.communicate(timeout=120)
+    assert bad.returncode != 0 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    assert stderr.startswith("eval.py: error: ") and "corrupt" in stderr, stderr
+    stdout, stderr = good.communicate(timeout=120)
+    assert good.returncode == 0, stderr
+    results = json.loads(out.read_text())
+    assert results["run"]["lam"] == 0.5 and results["run"]["repetitions"] == 1.0
+    assert results["tasks"]["csqa"]["prefix"]["n_items"] == 2 and "csqa" in stdout
+    assert "csqa prefix: 2/2 items (" in stderr and "items/s" in stderr  # the progress line
+    assert "eval.py: csqa causal: accuracy" in stdout and "; whole run " in stderr
+    import gp_fit  # the file is what gp_fit.py --results reads
+    runs = gp_fit.read_runs(results_paths=[str(out)])
+    assert (runs["lambda"][0], runs["repetitions"][0]) == (0.5, 1.0)
+    assert runs["score"][0] == results["average"]["causal"]
+
+    ev.main(list(map(str, ok + ["--limit", "2", "--out", out])))  # the same command: nothing left to score
+    again = capsys.readouterr()
+    assert "items/s" not in again.err, again.err
+    assert f"eval.py: reusing from {out} (same checkpoint and settings): csqa causal, csqa prefix" in again.out
+    assert json.loads(out.read_text())["tasks"] == results["tasks"]
+
     broken = tmp_path / "broken"
     shutil.copytree(shared_data / "csqa", broken / "csqa")
     path = broken / "csqa" / "dev_rand_split.jsonl"
     path.write_text(path.read_text(encoding="utf-8").split("\n", 1)[0] + "\n{oops\n", encoding="utf-8")
-    ok = ["--ckpt", tiny_checkpoint, "--data_dir", shared_data, "--tasks", "csqa", "--modes", "causal,prefix"]
-    bad = {
+    cases = {
         "does not exist": ["--ckpt", tmp_path / "none.pt"],
         "corrupt": ["--ckpt", garbage],
         "unknown task 'foo'; valid tasks: arc_easy, arc_challenge, blimp": ["--ckpt", garbage, "--tasks", "piqa,foo"],
@@ -740,30 +786,9 @@ def test_cli(tiny_checkpoint, shared_data, tmp_path):
         f"--out {tmp_path} is a folder; give the path of a file in it": ["--ckpt", garbage, "--out", tmp_path],
         f"--dump {tmp_path} is a folder": ["--ckpt", garbage, "--dump", tmp_path],
     }
-    out = tmp_path / "results.json"
-    good = start_cli(*ok, "--limit", "2", "--out", out)
-    running = {expected: start_cli(*args) for expected, args in bad.items()}
-    stdout, stderr = good.communicate(timeout=120)
-    assert good.returncode == 0, stderr
-    results = json.loads(out.read_text())
-    assert results["run"]["lam"] == 0.5 and results["run"]["repetitions"] == 1.0
-    assert results["tasks"]["csqa"]["prefix"]["n_items"] == 2 and "csqa" in stdout
-    assert "csqa prefix: 2/2 items (" in stderr and "items/s" in stderr  # the progress line
-    assert "eval.py: csqa causal: accuracy" in stdout and "; whole run " in stderr
-    again = start_cli(*ok, "--limit", "2", "--out", out)  # the same command: nothing left to score
-    stdout_again, stderr_again = again.communicate(timeout=120)
-    assert again.returncode == 0 and "items/s" not in stderr_again, stderr_again
-    assert f"eval.py: reusing from {out} (same checkpoint and settings): csqa causal, csqa prefix" in stdout_again
-    assert json.loads(out.read_text())["tasks"] == results["tasks"]
-    import gp_fit  # the file is what gp_fit.py --results reads
-    runs = gp_fit.read_runs(results_paths=[str(out)])
-    assert (runs["lambda"][0], runs["repetitions"][0]) == (0.5, 1.0)
-    assert runs["score"][0] == results["average"]["causal"]
-    for expected, proc in running.items():
-        _, stderr = proc.communicate(timeout=120)
-        assert proc.returncode != 0, expected
-        assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
-        assert stderr.startswith("eval.py: error: ") and expected in stderr, stderr
+    for expected, args in cases.items():
+        assert expected in run_main_for_error(args), expected
+        assert capsys.readouterr().err == "", expected  # the error is the only line
 
 
 def test_cli_never_writes_over_an_input_or_a_foreign_file(tiny_checkpoint, shared_data, tmp_path):
@@ -812,20 +837,3 @@ def test_cli_never_writes_over_an_input_or_a_foreign_file(tiny_checkpoint, share
         assert expected in str(error.value) and "\n" not in str(error.value), (expected, str(error.value))
     assert all(path.read_bytes() == content for path, content in untouched.items())
     assert not (tmp_path / "e.json").exists() and not list(tmp_path.glob("*.tmp*"))
-
-
-def test_ctrl_c_says_what_was_kept(tiny_checkpoint, shared_data, tmp_path):
-    """Ctrl-C once the first (task, mode) pair is in --out: one line that says --out keeps it, no traceback."""
-    out = tmp_path / "e.json"
-    proc = start_cli("--ckpt", tiny_checkpoint, "--data_dir", shared_data, "--tasks", "csqa,blimp",
-                     "--modes", "causal,pll,mc", "--limit", "3", "--out", out)
-    deadline = time.time() + 120
-    while not out.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "Traceback" not in stderr, stderr
-    last = stderr.strip().splitlines()[-1]
-    assert last == f"eval.py: interrupted (Ctrl-C); {out} keeps every (task, mode) result finished so far; " \
-                   f"the same command goes on from there", stderr
-    assert json.loads(out.read_text())["tasks"]["csqa"]["causal"]["n_items"] == 3
