@@ -542,15 +542,13 @@ def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
 
 
 @pytest.mark.parametrize("tie", [False, True])
-def test_hf_export_gives_the_same_causal_logits(tmp_path, tie):
+def test_hf_export_gives_the_same_causal_logits(tmp_path, tie, capsys):
     transformers = pytest.importorskip("transformers")
     m = tiny_model(sharp=True, tie_embeddings=tie)  # attention that depends on position and content
     write_checkpoint(tmp_path / "ckpt.pt", m)
     out = tmp_path / "hf"
-    run = subprocess.run([sys.executable, str(REPO / "model.py"), "--ckpt", str(tmp_path / "ckpt.pt"),
-                          "--export_hf", str(out)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert json.loads((out / "config.json").read_text())["nanodual_lam"] == 0.5 and "note:" not in run.stdout
+    M.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--export_hf", str(out)])  # its own process: test_hf_generate_...
+    assert json.loads((out / "config.json").read_text())["nanodual_lam"] == 0.5 and "note:" not in capsys.readouterr().out
     hf = transformers.LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     idx = random_tokens(2, 20)
     with torch.no_grad():
@@ -558,7 +556,7 @@ def test_hf_export_gives_the_same_causal_logits(tmp_path, tie):
     assert (ours - theirs).abs().max() <= 1e-4, (ours - theirs).abs().max()
 
 
-def test_hf_export_of_an_md_only_checkpoint_says_so_and_fills_a_symlinked_folder(tmp_path):
+def test_hf_export_of_an_md_only_checkpoint_says_so_and_fills_a_symlinked_folder(tmp_path, capsys):
     """A lam=0 checkpoint never trained its causal objective: the export says so in one line and
     config.json records the training lam. The export folder is a symlink to an empty folder, which
     is filled (renaming onto the symlink itself failed with "Not a directory")."""
@@ -566,10 +564,8 @@ def test_hf_export_of_an_md_only_checkpoint_says_so_and_fills_a_symlinked_folder
     write_checkpoint(tmp_path / "ckpt.pt", tiny_model(), lam=0.0)
     (tmp_path / "empty").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "empty")
-    run = subprocess.run([sys.executable, str(REPO / "model.py"), "--ckpt", str(tmp_path / "ckpt.pt"),
-                          "--export_hf", str(tmp_path / "link")], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert [line for line in run.stdout.splitlines() if line.startswith("note:")] == [
+    M.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--export_hf", str(tmp_path / "link")])
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")] == [
         f"note: {tmp_path / 'ckpt.pt'} was trained with lam=0 (masked diffusion only): the causal objective of "
         f"this LlamaForCausalLM was never trained; score it bidirectionally (eval.py's pll, mc modes)"]
     assert (tmp_path / "link").is_symlink()
@@ -615,18 +611,22 @@ def test_hf_generate_equals_sample_greedy(tmp_path, tiny_checkpoint):
     import sample
     ckpt = sharp_checkpoint(tmp_path / "ckpt.pt", tiny_checkpoint)
     out = tmp_path / "hf"
-    run = subprocess.run([sys.executable, str(REPO / "model.py"), "--ckpt", str(ckpt), "--export_hf", str(out)],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
+    # the command line's export, in its own process while sample.py's greedy tokens are computed here
+    run = subprocess.Popen([sys.executable, str(REPO / "model.py"), "--ckpt", str(ckpt), "--export_hf", str(out)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    m = M.load_checkpoint(str(ckpt))
+    tok = data.Tokenizer.from_spec(m.meta["tokenizer"])
+    prompts = ["ROMEO:", "First Citizen:\nBefore we proceed"]
+    greedy = [sample.generate_ar(m, tok.encode(prompt), 50, temperature=0, banned_ids=M.special_ids(m, tok))
+              for prompt in prompts]
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0 and stderr == "" and f"exported to {out}" in stdout, stderr
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
                                                      "tokenizer.json", "tokenizer_config.json"]
     assert all(p.stat().st_mode & 0o777 == 0o644 for p in out.iterdir())
-    m = M.load_checkpoint(str(ckpt))
-    tok = data.Tokenizer.from_spec(m.meta["tokenizer"])
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
-    for n, prompt in enumerate(["ROMEO:", "First Citizen:\nBefore we proceed"]):
-        ours = sample.generate_ar(m, tok.encode(prompt), 50, temperature=0, banned_ids=M.special_ids(m, tok))
+    for n, (prompt, ours) in enumerate(zip(prompts, greedy)):
         inputs = hf_tok(prompt, return_tensors="pt")
         if n == 1:  # a model that wants <s> mid-text, as trained models do: <s> outscores the most
             # frequent greedy token wherever that one wins, and every other logit stays as it was
@@ -660,23 +660,27 @@ def test_hf_export_on_a_full_disk_leaves_no_folder(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []  # neither the folder nor its temporary twin
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    """Each bad input is main's one-line error (which the command line prints as "model.py: error: ...",
+    checked in a process of its own for the first), and the folder it refused stays as it was."""
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     write_checkpoint(tmp_path / "good.pt", tiny_model())
     (tmp_path / "a_file").write_text("")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("mine")
+    run = subprocess.run([sys.executable, str(REPO / "model.py"), "--ckpt", str(tmp_path / "bad.pt")],
+                         capture_output=True, text=True)
+    assert run.returncode != 0 and "Traceback" not in run.stderr and run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith("model.py: error: ") and "corrupt" in run.stderr, run.stderr
     for args, message in [(["--ckpt", tmp_path / "missing.pt"], "does not exist"),
-                          (["--ckpt", tmp_path / "bad.pt"], "corrupt"),
                           (["--ckpt", tmp_path / "good.pt", "--export_hf", tmp_path / "a_file"], "is a file"),
                           # checked before the checkpoint is even read
                           (["--ckpt", tmp_path / "bad.pt", "--export_hf", tmp_path / "full"], "is not empty"),
                           (["--ckpt", tmp_path / "bad.pt", "--export_hf", tmp_path / "no" / "hf"], "does not exist")]:
-        run = subprocess.run([sys.executable, str(REPO / "model.py")] + [str(a) for a in args],
-                             capture_output=True, text=True)
-        assert run.returncode != 0
-        assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
-        assert message in run.stderr, run.stderr
+        with pytest.raises((ValueError, OSError)) as error:
+            M.main([str(a) for a in args])
+        assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+        assert capsys.readouterr().err == "", message  # the error is the only line
     assert os.listdir(tmp_path / "full") == ["notes.txt"]
 
 
