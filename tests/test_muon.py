@@ -98,7 +98,10 @@ def test_distributed_mode_shares_the_work_and_gives_the_same_parameters(tmp_path
     single = run_optimizer(lambda ps: muon.Muon(ps, lr=0.02, weight_decay=0.1), params, grads)
     out = str(tmp_path / "dist.pt")
     init_file = tempfile.mktemp(dir=tmp_path)
-    mp.spawn(_distributed_worker, args=(2, init_file, params, grads, out), nprocs=2, join=True)
+    # forked, not spawned: a spawned worker imports torch and this module again (seconds each); the
+    # parent has run only single-threaded torch code, which a fork copies safely
+    mp.start_processes(_distributed_worker, args=(2, init_file, params, grads, out), nprocs=2, join=True,
+                       start_method="fork")
     shares = []
     for rank in range(2):
         result = torch.load(f"{out}.{rank}")
