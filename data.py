@@ -284,7 +284,10 @@ def list_input_files(inputs):
                           "not a regular file" if not path.is_file() else
                           f"not {', '.join(FORMATS)} or gzip (by name, any case)" if file_format(path)[0] is None
                           else None)
-                (skipped.append((path, reason)) if reason else found.append(path))
+                if reason:
+                    skipped.append((path, reason))
+                else:
+                    found.append(path)
         for path, reason in sorted(skipped):
             print(f"skipping {path}: {reason}")
         if not found:
