@@ -5,6 +5,8 @@ import itertools
 import json
 import math
 import os
+import resource
+import signal
 import subprocess
 import sys
 from dataclasses import asdict
@@ -519,13 +521,24 @@ def test_a_failed_checkpoint_write_names_the_path_and_keeps_the_old_file(tmp_pat
     path = tmp_path / "ckpt.pt"
     M.save_checkpoint(str(path), {"w": torch.ones(10)})
     before = path.read_bytes()
-    script = ("import resource, signal, sys, torch\nsys.path.insert(0, %r)\nimport model\n"
-              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-              "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))\n"
-              "try:\n    model.save_checkpoint(%r, {'w': torch.ones(100_000)})\n"
-              "except OSError as e:\n    print(e.errno, e.filename)\n" % (str(REPO), str(path)))
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert run.stdout.split() == [str(errno.EFBIG), str(path)], run.stderr
+    read_end, write_end = os.pipe()
+    pid = os.fork()  # the limit holds for a whole process: a forked child's (a new one would import torch again)
+    if pid == 0:
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+            M.save_checkpoint(str(path), {"w": torch.ones(100_000)})
+        except OSError as e:
+            os.write(write_end, f"{e.errno} {e.filename}".encode())
+        except BaseException as e:
+            os.write(write_end, repr(e).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as child:
+        said = child.read()
+    os.waitpid(pid, 0)
+    assert said.split() == [str(errno.EFBIG), str(path)], said
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["ckpt.pt"]  # no temporary file left
 
 
