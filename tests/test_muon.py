@@ -3,6 +3,7 @@ import copy
 import inspect
 import os
 import tempfile
+import time
 
 import pytest
 import torch
@@ -100,8 +101,14 @@ def test_distributed_mode_shares_the_work_and_gives_the_same_parameters(tmp_path
     init_file = tempfile.mktemp(dir=tmp_path)
     # forked, not spawned: a spawned worker imports torch and this module again (seconds each); the
     # parent has run only single-threaded torch code, which a fork copies safely
-    mp.start_processes(_distributed_worker, args=(2, init_file, params, grads, out), nprocs=2, join=True,
-                       start_method="fork")
+    workers = mp.start_processes(_distributed_worker, args=(2, init_file, params, grads, out), nprocs=2,
+                                 join=False, start_method="fork")
+    deadline = time.time() + 120
+    while not workers.join(timeout=1):  # raises if a worker failed
+        if time.time() > deadline:  # a stuck child (say, a lock copied while held) fails, never hangs, the run
+            for process in workers.processes:
+                process.kill()
+            pytest.fail("the two distributed workers did not finish within 120 s")
     shares = []
     for rank in range(2):
         result = torch.load(f"{out}.{rank}")
