@@ -560,8 +560,9 @@ def test_hf_export_gives_the_same_causal_logits(tmp_path, tie, capsys):
     m = tiny_model(sharp=True, tie_embeddings=tie)  # attention that depends on position and content
     write_checkpoint(tmp_path / "ckpt.pt", m)
     out = tmp_path / "hf"
-    M.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--export_hf", str(out)])  # its own process: test_hf_generate_...
-    assert json.loads((out / "config.json").read_text())["nanodual_lam"] == 0.5 and "note:" not in capsys.readouterr().out
+    M.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--export_hf", str(out)])  # as a process: test_hf_generate_...
+    assert json.loads((out / "config.json").read_text())["nanodual_lam"] == 0.5
+    assert "note:" not in capsys.readouterr().out
     hf = transformers.LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     idx = random_tokens(2, 20)
     with torch.no_grad():
