@@ -1,20 +1,13 @@
 """
-The nanodual transformer: one standard Llama-style decoder that is trained as an autoregressive
-(AR) model and as a masked-diffusion (MD) model at the same time (paper §3).
-
-Nothing in the architecture knows about the two objectives. They differ only in the input and the
-attention mask, and both use *masked next-token prediction* (MNTP): in every mode the hidden state
-at position i predicts the token at position i+1.
+The nanodual transformer: one Llama-style decoder trained as an autoregressive (AR) and a
+masked-diffusion (MD) model at once (paper §3). The objectives differ only in input and attention
+mask; under masked next-token prediction (MNTP) position i predicts token i+1 in every mode:
 
     AR:  clean input,                       causal attention,         loss on every next token
     MD:  input with tokens -> <mask> (p=t), bidirectional attention,  loss where the next token was masked
 
-At evaluation time a third mode, `prefix`, lets a context attend to itself bidirectionally while
-the continuation attends causally (paper §5.4). Any mode can be combined with document ids so
-that sequences packed into one row never attend to each other.
-
-Contents, top to bottom: the config; RMSNorm/RoPE/attention/SwiGLU blocks; the model; the two
-training losses (ar_loss, md_loss); checkpoint loading; export to the Hugging Face Llama format.
+Evaluation adds `prefix` mode (paper §5.4); document ids keep packed sequences apart in any mode.
+Top to bottom: config, blocks, model, losses, checkpoints, Hugging Face export.
 """
 import argparse
 import json
@@ -89,13 +82,11 @@ class ModelConfig:
 
 
 # -----------------------------------------------------------------------------
-# Attention masks. One rule, `allowed(b, h, q, k)`, says whether query q of row b may attend to key k.
-# The same rule becomes a dense boolean mask (CPU) or a flex-attention block mask (CUDA), so every
-# path computes the same function.
+# Attention masks: one rule becomes a dense boolean mask (CPU) or a flex-attention block mask (CUDA),
+# so every path computes the same function.
 
 def mask_rule(mode, prefix_len=None, doc_ids=None):
-    """Return allowed(b, h, q, k) for `mode`, optionally restricted to same-document pairs (the
-    signature of a flex-attention mask_mod; h, the head, never matters here)."""
+    """allowed(b, h, q, k): may query q of row b attend to key k (a flex-attention mask_mod)."""
     if mode not in MODES:
         raise ValueError(f"unknown attention mode {mode!r}; use one of {MODES}")
     if mode == "prefix" and prefix_len is None:
@@ -131,14 +122,12 @@ def dense_mask(rule, B, T, device):
 def rope_cache(head_dim, max_len, theta):
     # the "rotate half" convention of Llama / Hugging Face, so exported weights need no permutation
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    t = torch.arange(max_len, dtype=torch.float32)
-    freqs = torch.outer(t, inv_freq)
+    freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
     return freqs.cos(), freqs.sin()  # (max_len, head_dim/2) each
 
 
 def apply_rope(x, cos, sin):
-    """Rotate every pair (x_j, x_{j+D/2}) of the last dim of x (B, T, H, D) by its angle: cos and sin
-    are (T, D/2), cast to x's dtype (bf16 under autocast)."""
+    """Rotate every pair (x_j, x_{j+D/2}) of x (B, T, H, D) by its angle; cos, sin: (T, D/2)."""
     cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
@@ -159,8 +148,7 @@ class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.n_head, self.head_dim = cfg.n_head, cfg.n_embd // cfg.n_head
-        # q, k and v are separate matrices (not one fused qkv) because Muon orthogonalises each
-        # on its own, as the official code does
+        # separate q, k, v (not one fused qkv): Muon orthogonalises each on its own, as the official code
         self.q_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.k_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.v_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
@@ -240,24 +228,17 @@ class DualLM(nn.Module):
         cos, sin = rope_cache(cfg.n_embd // cfg.n_head, cfg.block_size, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        # "auto": SDPA fast paths where no mask tensor is needed; for document/prefix masks flex
-        # attention inside a compiled model on CUDA, SDPA with a dense boolean mask otherwise (CPU,
-        # eager CUDA). Tests force "dense" or "flex".
-        self.attn_impl = "auto"
-        self.apply(self._init_weights)
+        self.attn_impl = "auto"  # the fastest path for each mask (_attention_plan); tests force "dense" or "flex"
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
         for name, p in self.named_parameters():
             if name.endswith("o_proj.weight") or name.endswith("down_proj.weight"):
                 # scale the residual-branch outputs by depth (GPT-2) so activations stay O(1)
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-
-    # --- sizes --------------------------------------------------------------------------------
     def num_params(self, non_embedding=False):
-        """Total parameters, or those outside the token embedding and the LM head (the paper's
-        "360M non-embedding weights" of its 470M model count the same way)."""
+        """Total parameters, or those outside the embedding and the LM head (as the paper counts)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.tok_emb.weight.numel()
@@ -266,15 +247,13 @@ class DualLM(nn.Module):
         return n
 
     def flops_per_token(self, seq_len=None):
-        """Training FLOPs (forward + backward) per token, for MFU: 6 per weight that takes part in a
-        matmul (everything but the embedding lookup) plus the attention scores and values,
-        12 * n_layer * n_embd * T (PaLM appendix B; nanoGPT's estimate)."""
+        """Training FLOPs per token for MFU: 6 per matmul weight + 12 * n_layer * n_embd * T of
+        attention (PaLM appendix B, as nanoGPT)."""
         cfg = self.config
         T = seq_len or cfg.block_size
         n_matmul = self.num_params(non_embedding=True) + self.lm_head.weight.numel()
         return 6 * n_matmul + 12 * cfg.n_layer * cfg.n_embd * T
 
-    # --- forward ------------------------------------------------------------------------------
     def _attention_plan(self, mode, prefix_len, doc_ids, B, T, device, cached):
         """Decide once per forward how every layer attends: ("causal"|"full", None) for the SDPA
         fast paths, ("dense", bool mask) or ("flex", BlockMask)."""
@@ -306,9 +285,8 @@ class DualLM(nn.Module):
             raise ValueError(f"attn_impl={impl!r} is not one of 'auto', 'dense', 'flex'")
         if impl == "auto" and doc_ids is None and mode != "prefix":
             return ("causal" if mode == "causal" else "full", None)
-        # flex attention's kernel is compiled for one shape. Inside a compiled model (train.py: fixed
-        # shapes) that is what we want; eager callers (eval.py, sample.py) change the batch shape all the
-        # time and would recompile for each, so they get SDPA with a dense mask, which needs no compiling.
+        # flex's kernel is compiled for one shape: right inside a compiled model (fixed shapes); eager
+        # callers (eval.py, sample.py) change shapes every call, so they get SDPA with a dense mask.
         use_flex = impl == "flex" or (impl == "auto" and device.type == "cuda" and flex_attention is not None
                                       and torch.compiler.is_compiling())
         if use_flex:
@@ -316,8 +294,7 @@ class DualLM(nn.Module):
         return ("dense", dense_mask(rule, B, T, device))
 
     def hidden_states(self, idx, mode="causal", prefix_len=None, doc_ids=None, kv_cache=None):
-        """Final (normed) hidden states (B, T, n_embd): everything but the LM head. Evaluation reads
-        only the positions it scores and projects those alone."""
+        """Final (normed) hidden states (B, T, n_embd): everything but the LM head."""
         B, T = idx.shape
         cached = kv_cache.length if kv_cache is not None else 0
         if cached + T > self.config.block_size:
@@ -340,12 +317,8 @@ class DualLM(nn.Module):
     def forward(self, idx, mode="causal", prefix_len=None, doc_ids=None, targets=None,
                 target_weights=None, kv_cache=None):
         """Without targets: logits (B, T, vocab); position i holds the distribution of token i+1.
-
-        With targets (B, T) and target_weights (B, T): returns (loss, z_loss) where
-        loss = sum_i w_i * CE_i and z_loss = mean of logsumexp_i^2 over the positions with w_i != 0.
-        Without target_weights the loss is the mean over the targets >= 0 (negative ones are padding).
-        The losses below choose the weights; positions with weight 0 cost no LM-head work (outside
-        torch.compile, whose static shapes prefer computing every position)."""
+        With targets: (loss, z_loss), loss = sum_i w_i * CE_i (default w: the mean over targets >= 0)
+        and z_loss = mean of logsumexp_i^2 where w_i != 0."""
         h = self.hidden_states(idx, mode, prefix_len, doc_ids, kv_cache)
         if targets is None:
             return self.lm_head(h)
@@ -373,10 +346,9 @@ class DualLM(nn.Module):
 # The two training objectives (DESIGN.md, "The method in one page"). Both return (loss, z_loss).
 
 def ar_loss(model, x, y, doc_ids=None):
-    """Mean next-token cross-entropy under the causal mask (paper Eq. 2). Targets < 0 are padding
-    and are ignored, and so are targets that are <s>: in packed windows an <s> target is the start of
-    the next document, which the last token of a document cannot know (the official code ignores
-    these targets too; md_loss never scores <s> either)."""
+    """Mean next-token cross-entropy under the causal mask (paper Eq. 2). Padding (< 0) and <s>
+    targets are ignored: an <s> target starts the next packed document, which no token can know
+    (as in the official code)."""
     cfg = model.config if hasattr(model, "config") else model.module.config
     return model(x, mode="causal", doc_ids=doc_ids, targets=ar_targets(y, cfg.bos_id))
 
@@ -387,9 +359,8 @@ def ar_targets(y, bos_id):
 
 
 def sample_t(batch_size, generator=None, device="cpu", antithetic=True, eps=1e-3):
-    """One diffusion time t per sequence, in [eps, 1]. The antithetic (low-discrepancy) sampler of
-    MDLM puts exactly one t in each of the batch_size equal strata of [0, 1), lowering the variance
-    of the batch loss; t is kept away from 0 because the ELBO weights by 1/t."""
+    """One diffusion time t per sequence, in [eps, 1] (away from 0: the ELBO weights by 1/t).
+    Antithetic (MDLM's low-discrepancy sampler): one t in each of batch_size equal strata."""
     u = torch.rand(batch_size, generator=generator, device=device)
     if antithetic:
         u = (u + torch.arange(batch_size, device=device)) / batch_size
@@ -397,16 +368,11 @@ def sample_t(batch_size, generator=None, device="cpu", antithetic=True, eps=1e-3
 
 
 def md_loss(model, x, y, doc_ids=None, t=None, generator=None, antithetic=True, weighting="elbo"):
-    """Masked-diffusion loss under MNTP (paper Eq. 4, §3).
-
-    The window is w = [x_0, y_0, ..., y_{T-1}] (x = w[:-1], y = w[1:]). Each token of w except
-    special ones (<s>, <pad>) becomes <mask> with probability t (one t per sequence). The model
-    sees the masked x with bidirectional attention, and position i is scored on y_i = w_{i+1}
-    only if w_{i+1} was masked, weighted by 1/t ("elbo": an unbiased estimate of the negative
-    ELBO per token) or by 1 ("ce": plain cross-entropy on masked tokens, seed 002), and divided by
-    the number of tokens. The last target y_{T-1} is never visible in the input, masked or not,
-    so scoring it when its mask bit is set keeps the estimate unbiased.
-    All of this is vectorised: no Python loop over sequences or tokens."""
+    """Masked-diffusion loss under MNTP (paper Eq. 4, §3). Each token of the window
+    w = [x_0, y_0, ..., y_{T-1}] but <s> and <pad> becomes <mask> with probability t; position i
+    is scored on y_i = w_{i+1} only if it was masked, weighted by 1/t ("elbo": the negative ELBO
+    per token, unbiased) or 1 ("ce", seed 002), over the number of tokens. y_{T-1} is never in the
+    input, so scoring it when its coin says masked keeps the estimate unbiased."""
     if weighting not in ("elbo", "ce"):
         raise ValueError(f"unknown md weighting {weighting!r}; use 'elbo' or 'ce'")
     cfg = model.config if hasattr(model, "config") else model.module.config
@@ -434,11 +400,9 @@ def md_loss(model, x, y, doc_ids=None, t=None, generator=None, antithetic=True, 
 # Checkpoints. train.py decides what goes in; this file owns how it is written and read.
 
 def save_checkpoint(path, ckpt):
-    """Write atomically: a temporary file in the same folder, flushed to disk, then renamed over
-    `path`. A crash (even SIGKILL) at any moment leaves either the old or the new file, never a
-    half-written one. `ckpt` must hold only what torch.load(weights_only=True) accepts: tensors,
-    numbers, strings, lists and dicts. A failed write (a full disk, ...) raises OSError(errno,
-    strerror, path) and leaves `path` as it was."""
+    """Write atomically (a flushed temporary file renamed over `path`): a crash leaves the old or the
+    new file, a failed write raises OSError(errno, strerror, path). `ckpt` must hold only what
+    torch.load(weights_only=True) accepts."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
@@ -462,8 +426,7 @@ def save_checkpoint(path, ckpt):
 
 
 def remove_stale_temporaries(path):
-    """Delete the temporary files that save_checkpoint(path) left behind in processes that died
-    mid-write (SIGKILL, power loss): `.NAME.tmpPID` whose PID no longer runs. Returns their paths."""
+    """Delete save_checkpoint(path)'s temporary files (`.NAME.tmpPID`) whose PID no longer runs."""
     folder, name = os.path.split(os.path.abspath(path))
     prefix, removed = f".{name}.tmp", []
     for entry in os.listdir(folder):
@@ -484,8 +447,7 @@ def remove_stale_temporaries(path):
 
 
 def parse_device(name):
-    """torch.device(name), with one-line errors for a malformed name or a backend this machine lacks
-    (train.py, eval.py and sample.py all take a device name from the user)."""
+    """torch.device(name), with one-line errors for a malformed name or a backend this machine lacks."""
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -532,16 +494,15 @@ def read_checkpoint(path, map_location="cpu"):
 
 
 def num_weights(cfg):
-    """The number of values in DualLM(cfg).state_dict(), from the config alone (a tied LM head is
-    listed, and counted, twice there too)."""
+    """The number of values in DualLM(cfg).state_dict() (a tied LM head counts twice there too)."""
     E, V, I = cfg.n_embd, cfg.vocab_size, cfg.intermediate_size
     return 2 * V * E + E + cfg.n_layer * (4 * E * E + 3 * E * I + 2 * E)
 
 
 def check_size(path, cfg, weights):
-    """A model_config that does not match its weights is refused before the model is built, so a
-    damaged or hostile one (n_layer=10**9) allocates nothing. The rotary tables, the one buffer
-    that no weight bounds, may take at most the size of the weights or 1 GiB, whichever is larger."""
+    """Refuse a model_config that does not match its weights before building the model, so a damaged
+    one (n_layer=10**9) allocates nothing; the rotary tables, unbounded by any weight, get at most
+    max(the weights' size, 1 GiB)."""
     if not isinstance(weights, dict) or not all(isinstance(w, torch.Tensor) for w in weights.values()):
         raise ValueError(f"checkpoint {path}: 'model' is not a dict of tensors; pass the ckpt.pt that train.py wrote")
     have, want = sum(w.numel() for w in weights.values()), num_weights(cfg)
@@ -555,8 +516,7 @@ def check_size(path, cfg, weights):
 
 
 def load_checkpoint(path, device="cpu"):
-    """The model of a train.py checkpoint, in eval mode. The rest of the checkpoint (run config,
-    tokenizer spec, iteration, tokens seen) is attached as `model.meta` for eval/sample scripts."""
+    """The model of a train.py checkpoint, in eval mode; the rest of the checkpoint is `model.meta`."""
     ckpt = read_checkpoint(path)
     cfg = ModelConfig.from_dict(ckpt["model_config"])
     check_size(path, cfg, ckpt["model"])
@@ -592,8 +552,7 @@ def hf_state_dict(model):
 
 
 def training_lam(meta):
-    """The λ a checkpoint was trained with (its config's), or one λ per segment when a resume changed
-    it (train.py's segments); None without a run config."""
+    """The training λ, one per segment when a resume changed it; None without a run config."""
     segments = meta.get("segments") or []
     if segments and "lam" in segments[0].get("settings", {}):
         return [s["settings"]["lam"] for s in segments]
@@ -616,10 +575,8 @@ def hf_config(cfg, eos_id=None, lam=None):
 
 
 def hf_tokenizer_files(spec, bos_id, block_size):
-    """tokenizer.json and tokenizer_config.json for AutoTokenizer: the checkpoint's BPE with a
-    post-processor that puts <s> first, as every training document starts (data.py), so that
-    tokenizer(text).input_ids is exactly what eval.py and sample.py feed the model; literal "<s>" in
-    text stays text (split_special_tokens), as in data.Tokenizer."""
+    """tokenizer.json and tokenizer_config.json: the checkpoint's BPE with <s> put first, as every
+    training document starts, and literal "<s>" in text kept as text (as data.Tokenizer does)."""
     import tokenizers
     bpe = tokenizers.Tokenizer.from_str(spec["json"])
     bpe.post_processor = tokenizers.processors.TemplateProcessing(
@@ -632,9 +589,8 @@ def hf_tokenizer_files(spec, bos_id, block_size):
 
 
 def check_export_dir(out_dir):
-    """Refuse, before any work, an export folder that export_hf could not fill: a file, a folder
-    that already holds something (export never mixes its files with others), a missing parent.
-    A symlink stands for the folder it points to (checked, and filled, there)."""
+    """Refuse, before any work, an export folder that is a file, is not empty or has no parent (a
+    symlink stands for the folder it points to)."""
     target = os.path.realpath(out_dir)
     if os.path.exists(target) and not os.path.isdir(target):
         raise ValueError(f"export folder {out_dir} is a file; choose a folder name")
@@ -646,13 +602,8 @@ def check_export_dir(out_dir):
 
 
 def export_hf(model, out_dir):
-    """Write config.json, generation_config.json and model.safetensors (+ tokenizer.json and
-    tokenizer_config.json when the checkpoint carries a BPE tokenizer), all readable by everyone, so
-    that transformers.LlamaForCausalLM.from_pretrained(out_dir) loads the model,
-    AutoTokenizer.from_pretrained(out_dir) its tokenizer, and generate() never produces a token
-    that sample.py never samples (the special tokens: suppress_tokens). The files are written
-    into a temporary folder beside out_dir that is renamed to out_dir once complete, so a failure
-    (a full disk, a kill) never leaves a half-written export."""
+    """Write the Hugging Face files (docs/model.md) into a temporary folder beside out_dir, renamed
+    to out_dir once complete, so a failure never leaves a half-written export."""
     try:
         from safetensors import SafetensorError
     except ImportError:
@@ -675,8 +626,8 @@ def export_hf(model, out_dir):
 
 
 def special_ids(model, tok):
-    """The ids never sampled: every special token of the model and its tokenizer, and for tiktoken the
-    ids between our added specials and the vocabulary rounded up to a multiple of 64 (never trained on)."""
+    """The ids never sampled: every special token, and for tiktoken the never-trained ids between our
+    added specials and the vocabulary rounded up to a multiple of 64."""
     cfg = model.config
     ids = set(tok.special_ids.values()) | {cfg.bos_id, cfg.pad_id, cfg.mask_id}
     if tok.tiktoken is not None:
@@ -692,8 +643,7 @@ def write_hf(model, out_dir):
     tok = data.Tokenizer.from_spec(spec) if isinstance(spec, dict) else None
     banned = sorted(special_ids(model, tok)) if tok else sorted({cfg.bos_id, cfg.pad_id, cfg.mask_id})
     eos_id = tok.eos_id if tok else None
-    # Documents carry no </s>, so generation runs until max_new_tokens, as in sample.py: </s> is
-    # suppressed like every special token and can never end a text early.
+    # documents carry no </s>: it is suppressed like every special token, as in sample.py
     generation = {"bos_token_id": cfg.bos_id, "eos_token_id": eos_id, "pad_token_id": cfg.pad_id,
                   "suppress_tokens": banned}
     lam = training_lam(getattr(model, "meta", {}))
