@@ -1,17 +1,14 @@
 """
-Zero-shot evaluation of a nanodual checkpoint: nine multiple-choice tasks in four scoring modes (paper
-§4), as EVAL_SPEC.md ("spec §n") fixes them; docs/eval.md is the reference for files, modes and results.
+Zero-shot evaluation of a nanodual checkpoint: nine multiple-choice tasks in four scoring modes (paper §4),
+as EVAL_SPEC.md ("spec §n") fixes them; docs/eval.md describes files, modes and results.
 
     python eval.py --ckpt out/ckpt.pt --tasks all --modes causal,prefix,pll,mc --out results.json
 
-An item is a context, a few continuations and the gold index. A mode estimates log p(continuation |
-context), the task's normalisation turns it into a score, the prediction is the argmax. Under MNTP the
-hidden state at position i predicts token i+1 in every mode (paper §3): causal is the AR likelihood
+Under MNTP the hidden state at i predicts token i+1 in every mode (paper §3): causal is the AR likelihood
 (Eq. 2), prefix lets <s> + context attend bidirectionally (§5.4), pll masks k tokens per continuation
 token (App. E/H), mc estimates the diffusion ELBO by Monte Carlo (App. D, Eq. 4).
-The file reads top to bottom: tasks, tokenisation, the batched scorer, the four modes, task scores,
-evaluate() and its kept results, the command line.
 """
+import contextlib
 import csv
 import glob
 import hashlib
@@ -34,9 +31,8 @@ from cli import (ArgumentParser, Progress, RunProgress, arg_type, check_distinct
 # where task files are looked for when --data_dir is not given (README: "Evaluation data")
 DEFAULT_DATA_DIR = os.environ.get("NANODUAL_EVAL_DATA", "eval_data")
 
-# Every task: its normalisation and random baseline r = 100/choices in % (spec §2.1, paper App. C), its
-# files under --data_dir, the first that exists wins (the release's, then the other layouts that
-# shared/data has), and its Hugging Face dataset, config and split (--source hf).
+# task: normalisation, random baseline 100/choices in % (spec §2.1), its files under --data_dir (the
+# first that exists wins) and its Hugging Face dataset, config and split (--source hf)
 Task = namedtuple("Task", "normalisation baseline files hf")
 TASKS = {
     "arc_easy": Task("per_char", 25.0, ["arc/ARC-Easy-Test.jsonl", "arc/arc_easy_test.jsonl"],
@@ -59,8 +55,8 @@ OLMES_SUBSAMPLED = ("arc_easy", "hellaswag", "piqa", "siqa")  # spec §1.7
 
 
 # -----------------------------------------------------------------------------
-# Tasks. Each reader turns one task's release files into Items; the prompts are the OLMES cloze
-# templates of spec §2.1, and every continuation carries its leading space (spec §1.2).
+# Tasks: release files -> Items, with the OLMES cloze prompts of spec §2.1; continuations carry
+# their leading space (spec §1.2).
 
 @dataclass
 class Item:
@@ -76,8 +72,7 @@ def malformed(where, what):
 
 
 def checked(where, item):
-    """The item, if its choices can tell right from wrong: two or more, not all one text, none empty. Some
-    may repeat, as in the release files (CSQA's dev_rand_split.jsonl:23): a tie goes to the first (§1.1)."""
+    """The item, if two or more choices differ and none is empty (repeats occur in the releases: §1.1)."""
     n = len(item.continuations)
     if n < 2 or len(set(item.continuations)) < 2:
         raise malformed(where, f"{n} choice(s)" + (", all the same text" if n > 1 else "") +
@@ -101,7 +96,7 @@ def read_lines(path):
 
 
 def jsonl_records(path):
-    """(where, record) for each non-blank line; `where` is "path:line" for error messages."""
+    """("path:line", record) for each non-blank line."""
     records = []
     for n, line in enumerate(read_lines(path), 1):
         if line.strip():
@@ -116,7 +111,7 @@ def jsonl_records(path):
 
 
 def get(record, *keys, where, kind=str):
-    """record[k0][k1]... with a one-line error naming the file and line when it is missing."""
+    """record[k0][k1]..., or a one-line error naming `where`."""
     value = record
     for key in keys:
         if not isinstance(value, dict) or key not in value:
@@ -128,8 +123,7 @@ def get(record, *keys, where, kind=str):
 
 
 def qa_item(where, record, item_id):
-    """The AI2 layout of ARC, CSQA and OBQA. Gold is the answerKey's position among the labels, which
-    also covers ARC's digit labels (spec §2.2)."""
+    """The AI2 layout of ARC, CSQA and OBQA; gold is the answerKey's position among the labels (spec §2.2)."""
     stem = get(record, "question", "stem", where=where)
     choices = get(record, "question", "choices", where=where, kind=list)
     labels = [get(c, "label", where=where) for c in choices]
@@ -213,7 +207,7 @@ def read_hellaswag(path):
 
 
 def mmlu_item(where, subject, question, choices, gold, item_id, description=True):
-    """OLMES v0.1 prepends the subject line even at 0 shots; spec §2.2 keeps it by default."""
+    """OLMES v0.1 prepends the subject line even at 0 shots (spec §2.2)."""
     prompt = f"Question: {question.strip()}\nAnswer:"
     if description:
         about = subject.replace("_", " ")
@@ -222,8 +216,7 @@ def mmlu_item(where, subject, question, choices, gold, item_id, description=True
 
 
 def read_mmlu(folder, description=True):
-    """<subject>_test.csv: no header; question, A, B, C, D, answer letter. Fields stay strings, so
-    choices like "0,1" survive (spec §2.2)."""
+    """<subject>_test.csv: no header; question, A, B, C, D, answer letter (spec §2.2)."""
     paths = sorted(glob.glob(os.path.join(folder, "*_test.csv")))
     if not paths:
         raise FileNotFoundError(f"no *_test.csv files in {folder}")
@@ -285,7 +278,7 @@ def blimp_item(where, record):
 
 
 def hf_items(name, rows, mmlu_description=True):
-    """--source hf: the Items of a task's rows on the hub, put in the release layouts for the same builders."""
+    """--source hf: a task's rows on the hub, through the same item builders."""
     items = []
     for n, row in enumerate(rows):
         where = f"{TASKS[name].hf[0]} row {n}"
@@ -323,9 +316,8 @@ def hf_rows(name):
 
 def load_task(name, data_dir=DEFAULT_DATA_DIR, limit=None, olmes_subsample=False, mmlu_description=True, path=None,
               source="files"):
-    """Items of one task, from data_dir, `path` (--task_file) or the hub, then OLMES's subsample (spec §1.7)
-    and the first `limit` per sub-task (BLiMP and MMLU keep every paradigm and subject). FileNotFoundError
-    (the paths looked for) when data_dir lacks the task; ValueError for a malformed or a wrong `path`."""
+    """Items of one task from data_dir, `path` (--task_file) or the hub; OLMES's subsample (spec §1.7), then
+    the first `limit` per sub-task. FileNotFoundError when data_dir lacks it; ValueError for a bad file."""
     explicit = path is not None
     if source == "hf":
         items = hf_items(name, hf_rows(name), mmlu_description)
@@ -376,13 +368,11 @@ def load_task(name, data_dir=DEFAULT_DATA_DIR, limit=None, olmes_subsample=False
 
 
 # -----------------------------------------------------------------------------
-# Tokenisation (spec §1.3-1.4): [<s>] + enc(context + continuation), encoded jointly as a training
-# document would be; the continuation is never encoded on its own.
+# Tokenisation (spec §1.3-1.4): [<s>] + enc(context + continuation), encoded jointly as in training
 
 def encode_pairs(tokenizer, pairs, bos_id):
-    """[(context, continuation)] -> (token arrays, start P of each continuation, prefix-property flags).
-    P = 1 + len(enc(context)) where enc(context + continuation) starts with enc(context) (spec §1.4); else
-    a token straddles the boundary, and P is the first token that differs: it is scored as continuation."""
+    """[(context, continuation)] -> (token arrays, continuation starts, prefix-property flags). Where a
+    token straddles the boundary, it is scored as continuation (spec §1.4)."""
     contexts = tokenizer.encode_batch([c for c, _ in pairs])
     wholes = tokenizer.encode_batch([c + x for c, x in pairs])
     ids, starts, prefix_ok = [], [], []
@@ -398,10 +388,8 @@ def encode_pairs(tokenizer, pairs, bos_id):
 
 
 def rolling_windows(ids, start, max_len):
-    """[(window ids, start)]: a sequence that fits is its own window. A longer one is scored as
-    lm-evaluation-harness scores long documents: the continuation is cut into pieces of max_len // 2
-    tokens, each scored in a window that ends with it, filled with the tokens before it, <s> first
-    (spec §1.5). Every continuation token is scored once, with at least half a window of context."""
+    """[(window ids, start)]: a sequence that is too long has its continuation cut into pieces of
+    max_len // 2 tokens, each scored after the tokens before it, <s> first (spec §1.5)."""
     if len(ids) <= max_len:
         return [(ids, start)]
     piece, windows = max(1, max_len // 2), []
@@ -413,21 +401,17 @@ def rolling_windows(ids, start, max_len):
 
 
 # -----------------------------------------------------------------------------
-# The batched scorer. Every mode reduces to rows: an input sequence, some positions that are <mask>,
-# and some positions p whose hidden state is read to score the clean token at p+1 (MNTP). Rows are
-# built for a chunk of sequences at a time (numpy), sorted by length, cut into batches, run through the
-# trunk once, and only the read positions go through the LM head. A row's fields: `seq`, the sequence
-# of the chunk it comes from; `length` of its input; (R, T) masks `masked` (<mask> in the input) and
-# `read` (the hidden states read).
+# The batched scorer. Every mode reduces to rows: the sequence `seq` of the chunk, its input `length`,
+# (R, T) masks of the positions that are <mask> (`masked`) and of those whose hidden state p scores the
+# clean token p+1 (`read`, MNTP). Only the read positions go through the LM head.
 Rows = namedtuple("Rows", "seq length masked read")
 
 
 @torch.inference_mode()
 def run_rows(model, attention, table, starts, rows, batch_size=64, batch_tokens=None, autocast=False,
              on_rows_done=None):
-    """Sum of log p(clean token p+1) over each row's read positions. `attention`: "causal", "prefix"
-    or "bidirectional"; `table`: the chunk's clean sequences, padded, one column wider than the
-    longest row. At most batch_size rows and batch_tokens padded tokens per pass; autocast: bf16."""
+    """Sum of log p(clean token p+1) over each row's read positions; `table`: the chunk's clean sequences,
+    padded, one column wider than the longest row."""
     cfg, device = model.config, table.device
     # a CPU runs a small model fastest on batches that stay in its caches, a GPU wants large ones
     batch_tokens = batch_tokens or (16384 if device.type == "cuda" else 2048)
@@ -472,9 +456,8 @@ def causal_rows(lengths, starts):
 
 
 def pll_rows(lengths, starts, k, right_context="visible", tail="append"):
-    """One row per continuation position j (spec §4.4): <mask> over j..j+k-1, read z_{j-1}. The tokens
-    after the masks stay (right_context "visible", BERTS §2.2) or go ("dropped"); near the end, extra
-    <mask>s keep the count at k (tail "append") or only positions inside the sequence are masked."""
+    """One row per continuation position j (spec §4.4): <mask> over j..j+k-1, read z_{j-1}; the tokens after
+    the masks stay ("visible", BERTS §2.2) or go; at the end, tail "append" keeps k masks past the end."""
     L, P = np.asarray(lengths), np.asarray(starts)
     seq = np.repeat(np.arange(len(L)), L - P)
     j = np.concatenate([np.arange(p, n) for p, n in zip(P, L)])
@@ -485,9 +468,8 @@ def pll_rows(lengths, starts, k, right_context="visible", tail="append"):
 
 
 def mc_mask_patterns(seed, n_cont, n_samples, masking="count"):
-    """(n_samples, n_cont) seeded masks of the MC estimator (spec §4.5), and each sample's weight. Sample j
-    has t_j = j/N; "count" masks ceil(t_j * n_cont) tokens, weight n_cont / count (the realised fraction,
-    as DUAL's training weights); "bernoulli" (MDLM) each with probability t_j, weight 1 / t_j."""
+    """(n_samples, n_cont) seeded masks of the MC estimator at t_j = j/N (spec §4.5), and their weights:
+    "count" masks ceil(t_j * n_cont) tokens, weight n_cont / count; "bernoulli" (MDLM) weight 1 / t_j."""
     noise = np.random.default_rng(seed).random((n_samples, n_cont))
     t = np.arange(1, n_samples + 1) / n_samples
     if masking == "bernoulli":
@@ -498,8 +480,7 @@ def mc_mask_patterns(seed, n_cont, n_samples, masking="count"):
 
 
 def mc_rows(lengths, starts, seeds, n_samples, masking):
-    """One row per distinct mask pattern of each sequence (identical samples share one pass); for each
-    sequence also which row each sample is, and the samples' weights."""
+    """One row per distinct mask pattern of each sequence; per sequence, each sample's row and weight."""
     L, P = np.asarray(lengths), np.asarray(starts)
     patterns, inverses, weights = [], [], []
     for seed, start, n in zip(seeds, P, L):
@@ -528,9 +509,8 @@ def max_length(mode, block_size, k=1, tail="append"):
 
 
 def scoring_windows(seqs, limit, mode, n_samples=128):
-    """Every window the sequences are scored in (rolling_windows of at most `limit` tokens), the
-    sequence each belongs to and its number in it, and each window's rows and row tokens: the work
-    behind progress and ETA. MC shares a pass between identical mask patterns (2^n - 1 at most)."""
+    """Every window the sequences are scored in, its sequence and number there, and its rows and row
+    tokens (the work behind progress and ETA; MC has at most 2^n - 1 distinct patterns)."""
     windows, owner, number = [], [], []
     for i, (ids, start) in enumerate(seqs):
         for w, window in enumerate(rolling_windows(ids, start, limit)):
@@ -546,11 +526,9 @@ def scoring_windows(seqs, limit, mode, n_samples=128):
 def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="append", n_samples=128,
                      mc_masking="count", seeds=None, batch_size=64, batch_tokens=None, autocast=False,
                      on_progress=None, chunk_cells=1 << 23):
-    """Log-likelihood estimate of each continuation in `mode`: (ll, MC standard error, truncated). seqs:
-    [(ids, start)], ids = [<s>] + context + continuation, the continuation from `start`. A sequence longer
-    than the window is scored over rolling windows, each as a sequence of its own, and their estimates (and
-    MC variances) add up; `truncated` flags these. Chunks of at most `chunk_cells` row x position cells
-    bound the memory; on_progress(share of the work done) follows every forward pass."""
+    """(ll, MC standard error, truncated) of each continuation in `mode`; seqs: [(ids, start)]. A long
+    sequence's windows add up their estimates and variances. Chunks of at most `chunk_cells` row x position
+    cells bound the memory; on_progress(share of the work done) follows every forward pass."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; valid modes: {', '.join(MODES)}")
     limit = max_length(mode, model.config.block_size, k, tail=tail)
@@ -613,8 +591,7 @@ def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="a
 # Task scores (spec §3, §1.6)
 
 def n_chars(continuation, count_space=True):
-    """What per-char normalisation divides by: the code points of " " + choice, the space counted as
-    OLMES does (spec §3), or not (count_space=False, LMH acc_norm)."""
+    """Per-char normalisation's divisor: the space counted as OLMES does (spec §3), or not (LMH acc_norm)."""
     return len(continuation) if count_space or not continuation.startswith(" ") else len(continuation) - 1
 
 
@@ -681,8 +658,7 @@ class Settings:
                 raise ValueError(message)
 
 
-# the settings that change a score, with the fingerprint of the model: two runs that agree on them
-# give the same result for the same items (the others say what to run, or how to batch it)
+# the settings that change a score (the others say what to run, or how to batch it)
 SCORING = ("device", "autocast_bf16", "pll_k", "pll_right_context", "pll_tail", "mc_samples", "mc_masking",
            "random_baseline", "seed", "per_char_space")
 
@@ -698,8 +674,8 @@ def parse_names(value, valid, what):
 
 
 def build_requests(tokenizer, task, items, seed, bos_id):
-    """Every sequence a task scores: one per (item, choice), then for PMI tasks one per distinct
-    continuation after "Answer:", shared by all items (the unconditional-score cache, spec §5)."""
+    """Every sequence a task scores: one per (item, choice), and for PMI one per distinct continuation
+    after "Answer:" (spec §5)."""
     pairs = [(it.context, c) for it in items for c in it.continuations]
     keys = [f"{seed}|{task}|{it.id}|{ci}" for it in items for ci in range(len(it.continuations))]
     uncond = {}
@@ -781,10 +757,8 @@ def evaluate_mode(model, task, items, req, mode, settings, autocast, dump, run=N
 
 def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_DATA_DIR, dump=None,
              checkpoint=None, progress=True, autocast=None, out=None, **options):
-    """Evaluate `model` on `tasks` ("all", names, or {name: [Item]}) in `modes`: the results dict that --out
-    holds (docs/eval.md). `options`: the fields of Settings; `dump`: a path for the per-(item, choice)
-    lines; autocast: bf16, by default on CUDA. `out` is written after every (task, mode) pair, so that an
-    interrupted run keeps what it finished, and what it holds already is kept (keep_results)."""
+    """The results dict (docs/eval.md) of `tasks` ("all", names or {name: [Item]}) in `modes`; `options`: the
+    fields of Settings. `out` is written after every (task, mode) pair, and what it holds is kept."""
     settings = Settings(**options)
     modes = parse_names(modes, MODES, "mode")
     given = {name: tasks[name] if isinstance(tasks, dict) else None for name in parse_names(tasks, TASKS, "task")}
@@ -835,6 +809,11 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
             raise OSError(f"cannot write --dump {dump} ({e.strerror}); free some space or give another --dump") \
                 from None
 
+    def save():
+        results["average"] = average_scores(results["tasks"])
+        if out and results["tasks"]:
+            write_atomically("--out", out, lambda f: json.dump(results, f, indent=2))
+
     try:
         for name, mode in todo:
             entry = evaluate_mode(model, name, loaded[name], requests[name], mode, settings, autocast,
@@ -844,19 +823,13 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
                 print(f"eval.py: {name} {mode}: accuracy {entry['accuracy']:.1f}% (normalised "
                       f"{entry['normalized']:.1f}){best_k}, {entry['seconds']:.1f}s; {run.line()}", flush=True)
             results["tasks"].setdefault(name, {})[mode] = entry
-            results["average"] = average_scores(results["tasks"])
-            if out:
-                write_atomically("--out", out, lambda f: json.dump(results, f, indent=2))
+            save()
     finally:
         if dump_file:
-            try:
+            with contextlib.suppress(OSError):  # only after a failed write, whose error is the one to report
                 dump_file.close()
-            except OSError:  # only after a failed write, whose error is the one to report
-                pass
     results["complete"] = True
-    results["average"] = average_scores(results["tasks"])
-    if out and results["tasks"]:
-        write_atomically("--out", out, lambda f: json.dump(results, f, indent=2))
+    save()
     return results
 
 
@@ -867,8 +840,7 @@ def average_scores(task_results):
 
 
 def fingerprint(model, tokenizer):
-    """sha256 of the weights and the tokenizer: with the model config (in "run"), what makes two
-    evaluations of a checkpoint comparable, whatever its path or file time."""
+    """sha256 of the weights and the tokenizer: a checkpoint's identity, whatever its path or file time."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
@@ -881,8 +853,7 @@ def run_info(model):
     """What gp_fit.py and the sweep need to place this checkpoint: lambda, repetitions, tokens seen."""
     meta = getattr(model, "meta", None) or {}
     config = meta.get("config") or {}
-    # segments: stretches of steps with different settings (a resume with a new lam, say); `config` holds
-    # the last one's, so a lam or repetitions that changed during the run is not the run's
+    # `config` holds the last segment's settings: a lam or repetitions changed by a resume is not the run's
     segments = meta.get("segments") or []
     varied = set().union(*(s.get("settings", {}) for s in segments)) if segments else set()
     return {"lam": None if "lam" in varied else config.get("lam"),
@@ -914,8 +885,7 @@ def results_problem(r):
 
 
 def read_results(path):
-    """The results file at `path`, or None where there is none; a one-line ValueError for a file that
-    is not a valid results file, which is then never overwritten."""
+    """The results file at `path`, None where there is none; ValueError for one that is not (never overwritten)."""
     if not path or not os.path.exists(path):
         return None
     try:
@@ -935,9 +905,8 @@ def pair_list(entries):
 
 
 def keep_results(out, results, modes, dump=None):
-    """Put into results["tasks"] what `out` holds that still stands: every entry, if it comes from a
-    model with the same fingerprint and config and the same SCORING settings, except those of a task
-    run now whose items changed. Says in one line each what it reuses, keeps besides, and replaces."""
+    """Put into results["tasks"] what `out` holds from the same model and SCORING settings, except the tasks
+    run now on other items; says in one line each what it reuses, keeps besides and replaces."""
     previous = read_results(out)
     if previous is None:
         return
@@ -988,12 +957,10 @@ def parse_args(argv):
     p.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
     p.add_argument("--tasks", default="all", help=f"'all' or a comma list of: {', '.join(TASKS)}")
     p.add_argument("--modes", default="causal", help=f"comma list of: {', '.join(MODES)}")
-    p.add_argument("--data_dir", default=DEFAULT_DATA_DIR,
-                   help="folder with the task files (default: $NANODUAL_EVAL_DATA or ./eval_data)")
+    p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="default: $NANODUAL_EVAL_DATA or eval_data")
     p.add_argument("--task_file", dest="task_files", type=task_file, action="append", default=[], metavar="TASK=PATH",
                    help="read TASK from PATH instead of looking in --data_dir (repeatable)")
-    p.add_argument("--source", default="files", choices=CHOICES["source"],
-                   help="'hf': the tasks from the Hugging Face hub (needs the datasets package)")
+    p.add_argument("--source", default="files", choices=CHOICES["source"], help="hf: the Hugging Face hub (datasets)")
     p.add_argument("--limit", type=positive_int, help="first N items per task (per sub-task for BLiMP/MMLU)")
     p.add_argument("--batch_size", type=positive_int, default=64, help="rows per forward pass at most")
     p.add_argument("--batch_tokens", type=positive_int,
@@ -1009,16 +976,12 @@ def parse_args(argv):
                    help="r of the normalised score: 100/choices of the task, or its mean over the items")
     p.add_argument("--per_char_space", type=on_off, default=True, metavar="on|off",
                    help="count the continuation's leading space in per-char normalisation (OLMES: on)")
-    p.add_argument("--mmlu_description", type=on_off, default=True, metavar="on|off",
-                   help="prepend MMLU's subject line at 0 shots (OLMES v0.1: on)")
-    p.add_argument("--olmes_subsample", action="store_true",
-                   help="OLMES's Random(1234) 1000-item subsample of ARC-E, HellaSwag, PIQA, SIQA")
-    p.add_argument("--out", help="the results JSON, written after every (task, mode) pair; a rerun with the same "
-                                 "--out reuses and keeps its pairs (same checkpoint and scoring settings)")
+    p.add_argument("--mmlu_description", type=on_off, default=True, metavar="on|off", help="MMLU's subject line")
+    p.add_argument("--olmes_subsample", action="store_true", help="OLMES's 1000 items of ARC-E, HellaSwag, PIQA, SIQA")
+    p.add_argument("--out", help="the results JSON; a rerun reuses its pairs (same checkpoint and settings)")
     p.add_argument("--dump", help="one JSON line per (item, choice, mode)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
-                   help="compute dtype on CUDA (bf16 autocast); CPU always runs float32")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="on CUDA; CPU runs float32")
     args = p.parse_args(argv)
     args.task_files = dict(args.task_files)
     return args
