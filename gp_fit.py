@@ -1,17 +1,14 @@
 """
-Which λ is best for a given amount of data repetition? The paper's §5.2 and Figure 4 as a
-program: fit a Gaussian process to the scores of many trained models, score(repetitions, λ),
-then sample the posterior to get, for each repetition level, the probability that each λ is
-optimal.
+Which λ is best for a given amount of data repetition? The paper's §5.2 and Figure 4: fit a Gaussian
+process to score(repetitions, λ) of many trained models, then sample its posterior for the
+probability that each λ is optimal at each repetition level.
 
     python gp_fit.py runs.csv --out_dir out-gp               # columns repetitions, lambda, score
     python gp_fit.py --results out-eval/*.json --out_dir out-gp  # eval.py result files
     python gp_fit.py --synthetic --out_dir out-gp-synthetic --figure assets/gp_synthetic.png  # README figure
 
-writes OUT_DIR/fit.json and OUT_DIR/gp_fit.png (--synthetic: a made-up sweep with a known answer).
-From Python: analyse(read_runs(["runs.csv"], score="score"), "out-gp") returns what fit.json holds.
-The model (standardised inputs, normalised outputs, Constant x Matérn + White, L-BFGS-B) is in
-docs/gp_fit.md; it matches scikit-learn's GaussianProcessRegressor(normalize_y=True) to rounding error.
+writes OUT_DIR/fit.json and OUT_DIR/gp_fit.png. The model (docs/gp_fit.md) matches scikit-learn's
+GaussianProcessRegressor(normalize_y=True) to rounding error.
 """
 import csv
 import json
@@ -20,9 +17,7 @@ import os
 import sys
 
 if __name__ == "__main__":
-    # These matrices are tiny (n runs x n runs): BLAS threads gain nothing, and on busy cores idle
-    # OpenBLAS threads spinning make the fit 2-3x slower. Must precede numpy's import; an explicit
-    # setting wins.
+    # tiny matrices: on busy cores, spinning OpenBLAS threads make the fit 2-3x slower (before numpy's import)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
@@ -33,16 +28,12 @@ from cli import ArgumentParser, write_atomically
 
 NUS = (0.5, 1.5, 2.5)  # the Matérn smoothness values with a closed form
 HYPERPARAMETERS = ("constant_value", "length_scale_log2_repetitions", "length_scale_lambda", "noise_level")
-# Log-hyper-parameters theta are ordered as scikit-learn orders them for this kernel; the bounds are its
-# defaults (docs/gp_fit.md: tighter ones cut fits short).
+# theta (log-hyper-parameters) in scikit-learn's order, in its default bounds (tighter ones cut fits short)
 BOUNDS = np.log([(1e-5, 1e5)] * 4)
 START = np.log([1.0, 1.0, 1.0, 0.1])  # the first optimiser start; restarts are random
-# scikit-learn adds alpha = 1e-10 to the diagonal of the training covariance, outside the kernel
-# (so it has no gradient and is absent from predictive variances). We do exactly the same, so
-# the two programs compute the same likelihood; it is tiny next to the smallest noise (1e-5).
+# scikit-learn's alpha: added to the training covariance's diagonal outside the kernel (no gradient)
 ALPHA = 1e-10
-# Paper §5.3: counting λ·r as the number of autoregressive repetitions, more than ~32 overfits
-# and fewer than ~8 underfits.
+# Paper §5.3: counting λ·r as the number of AR repetitions, more than ~32 overfits, fewer than ~8 underfits
 RULE_OF_THUMB = (8.0, 32.0)
 
 # -----------------------------------------------------------------------------
@@ -75,12 +66,8 @@ def matern_slope(d, nu):
 
 
 def log_marginal_likelihood(theta, X, y, nu, alpha=ALPHA, gradient=False):
-    """
-    LML of normalised targets y at standardised inputs X (GPML Algorithm 2.1), and with
-    gradient=True also its gradient w.r.t. the log-hyper-parameters theta (GPML eq. 5.9:
-    0.5 tr((a a^T - K^-1) dK/dtheta) with a = K^-1 y). Returns -inf where K is not positive
-    definite, as scikit-learn does.
-    """
+    """LML of normalised y at standardised X (GPML Algorithm 2.1), and with gradient=True its gradient in
+    theta (GPML eq. 5.9: 0.5 tr((a a^T - K^-1) dK/dtheta), a = K^-1 y); -inf where K is not PD, as sklearn."""
     constant, length_scale, noise = np.exp(theta[0]), np.exp(theta[1:3]), np.exp(theta[3])
     D = squared_differences(X, X, length_scale)
     d = np.sqrt(D[0] + D[1])
@@ -106,9 +93,8 @@ def log_marginal_likelihood(theta, X, y, nu, alpha=ALPHA, gradient=False):
 
 
 def cholesky_with_jitter(A, scale):
-    """(L, jitter): the lower Cholesky factor of a symmetric PSD matrix A + jitter * I, jitter 0 or the
-    smallest of scale x 1e-15, 1e-14, ..., 1 that works (docs/gp_fit.md). scale is the prior variance:
-    a posterior covariance's rounding errors are relative to the prior."""
+    """(L, jitter): the Cholesky factor of A + jitter * I, jitter 0 or the smallest of scale x 1e-15, ...,
+    1 that works; scale is the prior variance, to which a posterior's rounding errors are relative."""
     for jitter in [0.0] + [scale * 10.0**k for k in range(-15, 1)]:
         try:
             return cholesky(A + jitter * np.eye(len(A)), lower=True, check_finite=False), jitter
@@ -185,10 +171,8 @@ class GPFit:
         return Ks @ self.weights, self.kernel(Xs, Xs) - V.T @ V
 
     def sample_posterior(self, X, n, rng):
-        """n joint samples of the noise-free score function at runs X, one per row (n, len(X)), in score
-        units, from one Cholesky factor of the posterior covariance; and the jitter added to its
-        diagonal (in normalised units; 0.0 when none was needed). We sample the function, not noisy
-        runs: the optimum of the expected score is what we are after."""
+        """(n joint samples of the noise-free score at runs X, (n, len(X)) in score units; the jitter its
+        covariance needed). The function, not noisy runs: we want the optimum of the expected score."""
         mean, cov = self.posterior(X)
         L, jitter = cholesky_with_jitter(cov, self.constant)
         samples = rng.standard_normal((n, len(mean))) @ (self.y_std * L.T)
@@ -261,9 +245,8 @@ def fit_gp(X, y, nu=2.5, restarts=10, seed=0):
 
 
 def optimal_lambda(fit, repetitions, grid=None, samples=10000, seed=0, lower_is_better=False):
-    """For each repetition level r: draw `samples` joint posterior samples of score(r, λ) on the λ grid,
-    take each sample's argmax (argmin with lower_is_better, for losses), and summarise the distribution
-    of the optimal λ (the fields of fit.json's optimal_lambda, docs/gp_fit.md)."""
+    """For each repetition level r, the distribution of the best λ on the grid (argmax, or argmin with
+    lower_is_better) over `samples` joint posterior samples: fit.json's optimal_lambda (docs/gp_fit.md)."""
     grid = np.arange(101) / 100 if grid is None else np.asarray(grid, dtype=float)
     best_of = np.argmin if lower_is_better else np.argmax
     bad = sorted({float(r) for r in repetitions if not 0 < r < math.inf})
@@ -344,8 +327,7 @@ def read_csv(path, score):
 
 
 def read_result(path, score):
-    """One run from an eval.py result file: {"run": {"lam", "repetitions", ...}, "average": {mode: score}},
-    "run" being eval.run_info of the checkpoint, i.e. λ and repetitions as train.py's config had them."""
+    """One run of an eval.py result file: {"run": {"lam", "repetitions", ...}, "average": {mode: score}}."""
     with open(path, encoding="utf-8") as f:
         try:
             result = json.load(f)
@@ -367,9 +349,8 @@ def read_result(path, score):
 
 
 def read_runs(csv_paths=(), results_paths=(), score=None):
-    """All runs from CSV tables and eval.py result files, concatenated. The score column defaults to
-    `score` for CSV files and to `causal` (the autoregressive average) for result files. Returns a dict
-    of arrays: repetitions, lambda, score and overfit (bool), one entry per run."""
+    """All runs of CSV tables and eval.py result files, as a dict of arrays (repetitions, lambda, score,
+    overfit). The score column defaults to `score` for CSV files and `causal` for result files."""
     # a single path is a common slip from Python: read it rather than its characters
     csv_paths = [csv_paths] if isinstance(csv_paths, (str, os.PathLike)) else csv_paths
     results_paths = [results_paths] if isinstance(results_paths, (str, os.PathLike)) else results_paths
@@ -407,9 +388,8 @@ def synthetic_runs(n=50, noise=0.3, seed=0):
 
 def analyse(runs, out_dir, nu=2.5, samples=10000, seed=0, restarts=10, at=(), grid_size=101, figure=None,
             lower_is_better=False):
-    """Fit, summarise and plot runs (a dict of arrays repetitions, lambda, score and optionally overfit, as
-    read_runs returns); writes OUT_DIR/fit.json and the figure (default OUT_DIR/gp_fit.png) and returns
-    what fit.json holds. lower_is_better: the score is a loss, so the optimal λ minimises it."""
+    """Fit, summarise and plot runs (as read_runs returns them); writes OUT_DIR/fit.json and the figure
+    and returns what fit.json holds. lower_is_better: the score is a loss, the optimal λ minimises it."""
     if samples < 1 or grid_size < 2 or restarts < 0:
         raise ValueError(f"need samples >= 1, grid >= 2 and restarts >= 0, got {samples}, {grid_size}, {restarts}")
     runs = {"overfit": np.zeros(len(runs["score"]), dtype=bool), **{k: np.asarray(v) for k, v in runs.items()}}
@@ -492,9 +472,8 @@ def print_summary(result):
 
 
 def plot_figure(fit, runs, levels, path, lower_is_better=False):
-    """Figure 4 of the paper: the posterior mean score over (log2 repetitions, λ) with the runs on top,
-    and under it the distribution of the optimal λ at each repetition level; both with the rule of
-    thumb 8 <= λ·r <= 32 (§5.3) as two curves, the band between them shaded below."""
+    """The paper's Figure 4: the posterior mean score over (log2 r, λ) with the runs, and under it the
+    distribution of the optimal λ at each r; both with the rule of thumb 8 <= λ·r <= 32 (§5.3)."""
     try:
         import matplotlib
         matplotlib.use("Agg")

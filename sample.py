@@ -4,23 +4,10 @@ option, the samplers in detail and examples from a tiny model).
 
     python sample.py --ckpt out/ckpt.pt --mode ar --prompt "ROMEO:" --max_new_tokens 200
     python sample.py --ckpt out/ckpt.pt --mode diffusion --prompt "ROMEO:" --max_new_tokens 200 --steps 50
-    python sample.py --ckpt out/ckpt.pt --mode diffusion --max_new_tokens 600 --block_size 128 --steps 32
     python sample.py --ckpt out/ckpt.pt --mode diffusion --max_new_tokens 128 --sweep_steps 1,4,16,64,128
 
-Conventions of both modes:
-- Every sequence starts with <s>, as every training document does; a prompt is encoded without <s>
-  and placed after it. Returned and printed text excludes <s>.
-- Special tokens (<s>, <pad>, <mask>, ...) are never sampled, so a sample is always exactly
-  max_new_tokens long and never starts a new document.
-- MNTP: in every attention mode the output at position j-1 is the distribution of token j.
-- One torch.Generator (--seed) drives every random draw: same seed, settings, checkpoint and device,
-  same samples.
-- A temperature below MIN_TEMPERATURE (0 included) decodes greedily: dividing logits by 1e-39
-  would overflow, and at 1e-5 a logit gap of 1e-4 is already a factor e^10.
-
-Contents, top to bottom: drawing tokens; AR generation (a KV cache, a window that jumps by half a
-block); diffusion generation (MDLM's ancestral sampler, confidence ordering, semi-autoregressive
-blocks); scoring and the speed-quality curve; the command line.
+Every sequence starts with <s> (the prompt follows it; printed text excludes it), special tokens are
+never sampled, and, by MNTP, the output at position j-1 is the distribution of token j.
 """
 import json
 import math
@@ -36,7 +23,7 @@ from cli import ArgumentParser, Progress, arg_type, check_distinct_paths, check_
 from model import KVCache, load_checkpoint, parse_device, special_ids
 
 SAMPLERS = ("ancestral", "confidence")
-MIN_TEMPERATURE = 1e-5  # lower temperatures decode greedily (see the module docstring)
+MIN_TEMPERATURE = 1e-5  # below it, greedy: logits / 1e-39 would overflow, and at 1e-5 a gap of 1e-4 is e^10
 REVEAL_RULES = ("count", "bernoulli")  # ancestral only: how many positions a step reveals
 
 
@@ -71,9 +58,7 @@ def filter_logits(logits, top_k=None, top_p=1.0):
 
 
 def draw(logits, temperature, top_k, top_p, generator, banned_ids):
-    """One token per row of logits (..., V). Returns (ids, probability of each id under the
-    distribution it was drawn from). temperature below MIN_TEMPERATURE (0 included): the argmax, with
-    its softmax probability."""
+    """One token per row of logits (..., V): (ids, each id's probability under its distribution)."""
     logits = logits.float().index_fill(-1, banned_ids, -math.inf)
     if temperature < MIN_TEMPERATURE:
         prob, ids = logits.softmax(dim=-1).max(dim=-1)
@@ -85,8 +70,7 @@ def draw(logits, temperature, top_k, top_p, generator, banned_ids):
 
 
 def default_banned_ids(model, banned_ids=None):
-    """The ids generation must never produce, as a tensor on the model's device: those given, or the
-    model's own special tokens (<s>, <pad>, <mask>)."""
+    """The ids never to generate, on the model's device: those given, or <s>, <pad> and <mask>."""
     cfg = model.config
     ids = banned_ids if banned_ids is not None else (cfg.bos_id, cfg.pad_id, cfg.mask_id)
     return torch.tensor(sorted(set(ids)), dtype=torch.long, device=model.lm_head.weight.device)
@@ -114,14 +98,9 @@ def start_of_document(model, prompt_ids, num_samples):
 @torch.no_grad()
 def generate_ar(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, generator=None,
                 use_cache=True, prefix_prompt=False, num_samples=1, banned_ids=None, on_step=None):
-    """Left-to-right generation in causal mode. prompt_ids: token ids without <s>. Returns a
-    (num_samples, 1 + len(prompt_ids) + max_new_tokens) LongTensor: <s>, the prompt, the new tokens.
-    on_step(seq), if given, sees the sequences after every new token.
-
-    The model sees at most block_size tokens. Once the text outgrows that window, the window jumps
-    forward to the last block_size/2 tokens and the cache is refilled from them: each jump costs one
-    prefill of half a window, amortised over the next half window of one-token steps. Without the
-    cache the same windows are recomputed from scratch, so both paths see exactly the same context."""
+    """Left-to-right generation in causal mode; returns (num_samples, 1 + len(prompt_ids) + max_new_tokens)
+    ids: <s>, the prompt, the new tokens. A full window jumps to its last block_size/2 tokens and the
+    cache is refilled from them (one prefill per half window); without the cache, the same windows."""
     check_sampling_args(temperature, top_k, top_p)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
@@ -216,10 +195,8 @@ def unmask_block(model, canvas, n, steps, sampler, temperature, top_k, top_p, ge
 def generate_diffusion(model, prompt_ids, n_tokens, steps, sampler="ancestral", block_size=None, temperature=1.0,
                        top_k=None, top_p=1.0, generator=None, num_samples=1, banned_ids=None, on_step=None,
                        reveal="count"):
-    """Masked-diffusion generation of n_tokens after <s> + prompt. block_size None: all n_tokens in
-    one canvas; else blocks of block_size tokens left to right, `steps` steps each. on_step(canvas),
-    if given, sees a copy of the model's window after every step. Returns a
-    (num_samples, 1 + len(prompt_ids) + n_tokens) LongTensor."""
+    """Masked-diffusion generation of n_tokens after <s> + prompt: in one canvas, or (block_size) in
+    blocks left to right, `steps` steps each; returns (num_samples, 1 + len(prompt_ids) + n_tokens) ids."""
     check_sampling_args(temperature, top_k, top_p)
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
@@ -280,9 +257,7 @@ def unigram_entropy(tokens):
 
 @torch.no_grad()
 def score_samples(model, sequences, n_context):
-    """Generative perplexity of each row of sequences (K, L): the mean causal NLL of the tokens after
-    the first n_context (<s> + prompt) and the unigram entropy of those tokens. Returns a list of
-    {"nll", "ppl", "entropy"} dicts."""
+    """{"nll", "ppl", "entropy"} of the tokens after the first n_context of each row of sequences (K, L)."""
     scores = []
     for seq in sequences:
         nll = float(causal_nll(model, seq)[n_context - 1:].mean())
@@ -304,10 +279,8 @@ def timed(fn, device):
 def speed_quality_curve(model, prompt_ids, n_tokens, steps_list, sampler="ancestral", block_size=None,
                         temperature=1.0, top_k=None, top_p=1.0, num_samples=4, seed=1337, banned_ids=None,
                         with_ar=True, on_row=None, reveal="count"):
-    """One row per diffusion step count (plus, with_ar, an AR row with the cache as reference):
-    {"method", "steps", "tokens_per_s", "nll", "ppl", "entropy"}, averaged over num_samples samples,
-    each row drawn with a fresh generator seeded with `seed`. on_row(row), if given, sees each row as
-    soon as it is measured (the command line prints it: a sweep can take a while)."""
+    """One row per diffusion step count (with_ar: and an AR row, the reference), averaged over
+    num_samples samples drawn with a fresh generator seeded with `seed`; on_row(row) sees each row."""
     device = model.lm_head.weight.device
     runs = [("ar", n_tokens)] if with_ar else []
     runs += [("diffusion", s) for s in steps_list]
