@@ -13,10 +13,10 @@ subset of whole documents, re-packed into windows every epoch (paper §5.1).
 """
 import argparse
 import codecs
-import ctypes
 import fcntl
 import gzip
 import hashlib
+import importlib.util
 import http.client
 import itertools
 import json
@@ -25,6 +25,8 @@ import os
 import re
 import shutil
 import signal
+import struct
+import subprocess
 import sys
 import threading
 import time
@@ -294,24 +296,9 @@ def list_input_files(inputs):
             raise ValueError(f"input folder {given} holds no {', '.join(FORMATS)} files (or .gz of text or JSON "
                              f"lines); name the files to use with --input")
         files += sorted(found, key=lambda f: f.relative_to(given).parts)
-    if any(file_format(path) == ("parquet", False) for path in files):
-        import_pyarrow()  # fail now, not after a long scan
+    if any(file_format(path) == ("parquet", False) for path in files) and importlib.util.find_spec("pyarrow") is None:
+        raise ValueError("reading parquet files needs pyarrow: pip install pyarrow")  # now, not after a long scan
     return files
-
-
-def import_pyarrow():
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        raise ValueError("reading parquet files needs pyarrow: pip install pyarrow") from None
-    # Flat memory (docs/data.md): pyarrow's default allocator (mimalloc) keeps what it frees, so use the
-    # system's; and glibc, once a large buffer is freed, serves the next ones from the heap, where the
-    # documents' strings pin them: a fixed mmap threshold (M_MMAP_THRESHOLD = -3) prevents it.
-    pyarrow.set_memory_pool(pyarrow.system_memory_pool())
-    if hasattr(libc := ctypes.CDLL(None), "mallopt"):  # glibc only
-        libc.mallopt(-3, 1 << 17)
-    return pyarrow
 
 
 def field_text(text, where, text_field):
@@ -341,31 +328,76 @@ def jsonl_documents(f, path, doc_split, text_field):
                              f"{path}, line {line_number}", text_field)
 
 
-def parquet_documents(path, text_field, rows_per_batch=64):
-    """A parquet file's text column, a few rows at a time from one row group after the other, page by
-    page (pre_buffer=False, buffer_size), so memory stays flat on files of any size."""
-    pa = import_pyarrow()
-    try:
+# Parquet is read by a child process (PARQUET_READER): a fresh interpreter that imports pyarrow and
+# nothing of data.py, so that neither pyarrow's libraries (27 MB) nor its read buffers (35 MB) add to this
+# process, which holds the tokenizer and feeds the workers, nor to the workers forked from it; the reader
+# itself holds no tokenizer, so no process peaks far above a JSON-lines run's (docs/data.md). It sends
+# frames (a tag byte, a little-endian uint64 length, the payload): b"g" a row group starts (its number),
+# b"t" a document (UTF-8), b"n" a null, b"e" an error (one line).
+PARQUET_READER = r"""
+import ctypes, os, signal, struct, sys
+import pyarrow as pa, pyarrow.parquet
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops reading, and kills us
+path, text_field, out = sys.argv[1], sys.argv[2], sys.stdout.buffer
+def send(tag, payload=b""):
+    out.write(struct.pack("<cQ", tag, len(payload)) + payload)
+# pyarrow's default allocator (mimalloc) keeps what it frees, so use the system's; and glibc, once a large
+# buffer is freed, serves the next ones from the heap, where strings pin them: fix the mmap threshold.
+pa.set_memory_pool(pa.system_memory_pool())
+if hasattr(libc := ctypes.CDLL(None), "mallopt"):  # glibc only
+    libc.mallopt(-3, 1 << 17)  # M_MMAP_THRESHOLD
+def read():
+    try:  # row group by row group, 64 rows at a time, page by page (pre_buffer off): flat memory
         parquet = pa.parquet.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
     except (pa.ArrowException, OSError) as e:
-        raise ValueError(f"{path} is not a readable parquet file ({e}); download or write it again") from None
-    with parquet:
-        schema = parquet.schema_arrow
-        if text_field not in schema.names:
-            raise ValueError(f"{path} has no column \"{text_field}\" (its columns: {', '.join(schema.names)}); "
-                             f"name the text column with --text_field")
-        column_type = schema.field(text_field).type
-        if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
-            raise ValueError(f"{path}: column \"{text_field}\" holds {column_type}, not strings; name the text "
-                             f"column with --text_field")
-        for group in range(parquet.num_row_groups):
-            where = f"{path}, row group {group} (counting from 0)"
-            try:
-                for batch in parquet.iter_batches(rows_per_batch, [group], [text_field], use_threads=False):
-                    yield from (field_text(text, where, text_field) for text in batch.column(0).to_pylist())
-            except (pa.ArrowException, OSError) as e:
-                raise ValueError(f"{where} cannot be read ({' '.join(str(e).split())}): a damaged file; download or "
-                                 f"write it again") from None
+        return f"{path} is not a readable parquet file ({e}); download or write it again"
+    schema = parquet.schema_arrow
+    if text_field not in schema.names:
+        return (f"{path} has no column \"{text_field}\" (its columns: {', '.join(schema.names)}); name the text "
+                f"column with --text_field")
+    column_type = schema.field(text_field).type
+    if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+        return (f"{path}: column \"{text_field}\" holds {column_type}, not strings; name the text column with "
+                f"--text_field")
+    for group in range(parquet.num_row_groups):
+        send(b"g", str(group).encode())
+        try:
+            for batch in parquet.iter_batches(64, [group], [text_field], use_threads=False):
+                for text in batch.column(0).to_pylist():
+                    send(b"t", text.encode()) if isinstance(text, str) else send(b"n")
+        except (pa.ArrowException, OSError) as e:
+            return (f"{path}, row group {group} (counting from 0) cannot be read ({' '.join(str(e).split())}): a "
+                    f"damaged file; download or write it again")
+try:
+    if (error := read()) is not None:
+        send(b"e", error.encode())
+    out.flush()
+except BrokenPipeError:  # the parent stopped reading: nothing left to say
+    os._exit(1)
+"""
+
+
+def parquet_documents(path, text_field):
+    """A parquet file's text column, document by document, from a PARQUET_READER child process."""
+    reader = subprocess.Popen([sys.executable, "-c", PARQUET_READER, str(path), text_field], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, bufsize=1 << 16)
+    where = str(path)
+    try:
+        while len(header := reader.stdout.read(9)) == 9:
+            tag, length = struct.unpack("<cQ", header)
+            payload = reader.stdout.read(length)
+            if tag == b"e":
+                raise ValueError(payload.decode())
+            if tag == b"g":
+                where = f"{path}, row group {payload.decode()} (counting from 0)"
+            else:
+                yield field_text(payload.decode() if tag == b"t" else None, where, text_field)
+        if header or reader.wait() != 0:
+            raise ValueError(f"the process reading {path} failed (exit code {reader.wait()}; its error above)")
+    finally:
+        reader.kill()
+        reader.wait()
+        reader.stdout.close()
 
 
 def read_documents(path, doc_split, text_field="text"):

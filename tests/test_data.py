@@ -591,6 +591,21 @@ def test_parquet_gives_the_tokens_of_the_same_documents_as_json_lines(corpus, pr
     assert ((tmp_path / "body_parquet" / "train.bin").read_bytes() == (tmp_path / "body_jsonl" / "train.bin").read_bytes())
 
 
+def test_parquet_is_read_in_a_child_process_so_data_py_never_loads_pyarrow(tmp_path):
+    """Flat memory (issue 23): pyarrow's libraries and read buffers stay out of data.py's process and its
+    encoding workers (forked from it), through all three passes; the documents come back whole and in order."""
+    texts = [f"document {i}\r\n" + "words and more words " * (i % 7 * 200) for i in range(60)]
+    write_parquet(tmp_path / "docs.parquet", texts, 16)
+    code = ("import json, pathlib, sys, data; data.prepare([sys.argv[1]], sys.argv[2], vocab_size=300, workers=2, "
+            "chunk_chars=20_000); print(json.dumps([sorted(m for m in sys.modules if m.startswith('pyarrow')), "
+            "list(data.iter_documents([pathlib.Path(sys.argv[1])], 'file'))]))")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "docs.parquet"), str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    modules, documents = json.loads(result.stdout.splitlines()[-1])
+    assert modules == [] and documents == [t.replace("\r\n", "\n").rstrip() for t in texts]
+
+
 def test_cli_bad_parquet_inputs_name_the_file_and_row_group(tmp_path):
     texts = [f"document {i} " * 50 for i in range(40)]
     write_parquet(tmp_path / "ok.parquet", texts, 10, count=list(range(40)))
@@ -717,6 +732,12 @@ def test_cli_ctrl_c_says_what_was_kept(corpus_files, tmp_path):
             if "unchanged" in kept else result.stderr == f"data.py: interrupted; {kept} to {out_dir}\n", result.stderr
     assert {name: (tmp_path / "out" / name).read_bytes() for name in data.OUTPUTS} == before
     assert not list((tmp_path / "out").glob("*.tmp")) and not (tmp_path / "new").exists()
+    # parquet, whose reading process (which ignores SIGINT) is stopped without a word of its own
+    write_parquet(tmp_path / "docs.parquet", [f"document {i} " * 3000 for i in range(200)], 20)
+    result = run_prepare_cli(patch, "--input", tmp_path / "docs.parquet", "--tokenizer", tmp_path / "out",
+                             "--workers", 2, "--out_dir", tmp_path / "pq")
+    assert result.returncode == 1 and result.stderr == f"data.py: interrupted; no dataset was written to " \
+        f"{tmp_path / 'pq'}\n", result.stderr
 
 
 def test_cli_full_disk_names_the_file_and_leaves_no_temporary_files(corpus_files, prepared, tmp_path):
