@@ -1,7 +1,6 @@
 """
-How fast is nanodual? One entry point, one subcommand per concern. Every comparison is measured side
-by side in one run (variants interleaved round by round), because on a shared machine only ratios
-measured together mean anything. docs/bench.md holds the figures.
+How fast is nanodual? Every comparison runs side by side in one run (variants take turns round by
+round): on a shared machine only ratios measured together mean anything. Figures: docs/bench.md.
 
     python bench.py model     # forward+backward tokens/s per attention mode; the optimizer step
     python bench.py train     # training steps AR / MD / dual: tokens/s, MFU (known GPUs), peak memory
@@ -14,8 +13,6 @@ measured together mean anything. docs/bench.md holds the figures.
 
     python bench.py train --device cuda --size 125m --compile    # on a GPU: bf16 autocast, MFU
     python bench.py nanogpt PATH --device cuda --compile         # both trainers compiled, bf16
-
-`python bench.py SUBCOMMAND -h` lists each one's options.
 """
 import argparse
 import ast
@@ -186,19 +183,11 @@ def bench_train(args):
 
 
 # -----------------------------------------------------------------------------
-# bench.py eval: the batched semi-autoregressive PLL against a one-sequence loop, then every mode
-#
-# The loop is what an evaluator without batching does: one forward pass per (sequence, target
-# position), each projecting every position through the LM head. The batched scorer packs rows of
-# many sequences into each pass, sorts them by length to cut padding, and projects only the one hidden
-# state per row that is scored. Every PLL row is still a full-length bidirectional pass, so batching
-# saves only the loop's fixed cost per pass: on a CPU the speed-up is largest for short sequences
-# (BLiMP) and shrinks as they grow. The model is tiny, with random weights (speed does not depend on
-# them); its tokenizer is a 512-token BPE trained in a second on Tiny Shakespeare.
+# bench.py eval: the batched semi-autoregressive PLL against a one-sequence loop, then every mode.
+# A tiny random-weight model (speed does not depend on the weights), a 512-token BPE of Tiny Shakespeare.
 
 def pll_loop(model, seqs, k):
-    """PLL with k masks (spec §4.4; right context visible, masks appended at the tail), one masked
-    input per forward pass, read exactly as the spec writes it."""
+    """PLL with k masks (EVAL_SPEC §4.4) as the spec writes it: one masked input per forward pass."""
     cfg, out = model.config, []
     with torch.inference_mode():
         for ids, start in seqs:
@@ -254,14 +243,8 @@ def bench_eval(args):
 
 
 # -----------------------------------------------------------------------------
-# bench.py sample: AR generation with and without the KV cache, and diffusion at several step counts
-#
-# The model has the tiny CPU config's shape (4 layers, width 128, vocab 2048) with random weights, its
-# window widened to --window so that <s> + 1024 new tokens fit (the window costs nothing by itself;
-# with --window 128 AR generation slides its window every 64 tokens and the cost per token stops
-# growing). One sample, prompt <s>, temperature 1; each timing is the best of --repeats runs. Without
-# the cache every new token reruns the whole sequence, so the cache's advantage grows with the length;
-# a diffusion step is one forward pass over the whole canvas.
+# bench.py sample: AR generation with and without the KV cache, and diffusion at several step counts,
+# in the tiny CPU config's shape with random weights and a window widened to --window.
 
 def bench_sample(args):
     from sample import generate_ar, generate_diffusion, timed as timed_call
@@ -302,15 +285,9 @@ def bench_sample(args):
 
 
 # -----------------------------------------------------------------------------
-# bench.py gp: gp_fit.py against scikit-learn on the same work, in one run: fit a GP to 50 synthetic
-# runs with L-BFGS-B restarts, then draw joint posterior samples on a 101-point λ grid at each of 8
-# repetition levels and take every sample's argmax (the optimal-λ distribution of §5.2).
-#
-# Both sides get the same data, kernel, bounds, first start and number of restarts; the restart points
-# differ (each library draws its own). scikit-learn's sample_y samples noisy observations (its
-# covariance includes the white noise) where gp_fit samples the noise-free function; the cost is the
-# same. BLAS runs on one thread by default: these problems are far too small to gain from threads, and
-# on busy cores OpenBLAS threads that spin while waiting slow both programs down several-fold.
+# bench.py gp: gp_fit.py against scikit-learn on the same work (a fit to 50 synthetic runs, then the
+# optimal-λ distribution of §5.2 from joint posterior samples). One BLAS thread by default: problems
+# this small gain nothing from threads, and OpenBLAS threads spinning on busy cores slow both down.
 
 def bench_gp(args):
     from threadpoolctl import threadpool_limits  # installed with scikit-learn (requirements-dev.txt)
@@ -363,15 +340,9 @@ def bench_gp(args):
 
 
 # -----------------------------------------------------------------------------
-# bench.py nanogpt PATH: nanodual's train.py against nanoGPT's own, unmodified train.py
-#
-# Both train the same shape (6 layers, 6 heads, width 384, context 256, 8 x 2 micro-batches of 256
-# tokens per step, AdamW, vocabulary 2048; nanodual's SwiGLU width 1024 gives the same 10.6M block
-# parameters as nanoGPT's 4x GELU MLP) on the same tokens: one Tiny Shakespeare preparation by
-# data.py, which nanoGPT reads as its dataset folder (train.bin / val.bin of uint16, plus the meta.pkl
-# it wants). Each trainer runs in its own process and logs every step; the runs take turns, round by
-# round, and the first --warmup steps of every run are dropped. nanoGPT runs from its own folder (its
-# train.py reads configurator.py from the working directory) and writes only to a temporary folder.
+# bench.py nanogpt PATH: nanodual's train.py against nanoGPT's own, unmodified train.py, at the same
+# shape and on the same tokens, each trainer in its own process (nanoGPT from its own folder: its
+# train.py reads configurator.py from the working directory). docs/bench.md describes the method.
 
 NANOGPT_LINE = re.compile(r"^iter (\d+): loss \S+, time ([\d.]+)ms")
 NANODUAL_LINE = re.compile(r"^iter (\d+)/\d+ \|.*\| ([\d,]+) tok/s")
@@ -556,14 +527,13 @@ def bench_data(args):
                 if run.returncode != 0:
                     raise RuntimeError(f"the {loader} loader failed: {run.stderr.strip().splitlines()[-1]}")
                 runs[loader].append(ast.literal_eval(run.stdout.strip().splitlines()[-1]))
+        median = {loader: sorted(r["windows_per_s"] for r in results)[args.rounds // 2]
+                  for loader, results in runs.items()}
         for loader, results in runs.items():
-            median = sorted(r["windows_per_s"] for r in results)[len(results) // 2]
-            print(f"{block_size:>8} x {batch_size:<3} {loader:>10} {median:>10,.0f} "
-                  f"{max(r['setup_s'] for r in results):>8.2f} {max(r['peak_rss_mb'] for r in results):>8.0f} "
-                  f"{max(r['rss_growth_mb'] for r in results):>9.1f}")
-        ratio = (sorted(r["windows_per_s"] for r in runs["documents"])[args.rounds // 2] /
-                 sorted(r["windows_per_s"] for r in runs["fixed"])[args.rounds // 2])
-        print(f"{'':>14} documents / fixed: {ratio:.2f}x windows/s")
+            worst = {key: max(r[key] for r in results) for key in ("setup_s", "peak_rss_mb", "rss_growth_mb")}
+            print(f"{block_size:>8} x {batch_size:<3} {loader:>10} {median[loader]:>10,.0f} {worst['setup_s']:>8.2f} "
+                  f"{worst['peak_rss_mb']:>8.0f} {worst['rss_growth_mb']:>9.1f}")
+        print(f"{'':>14} documents / fixed: {median['documents'] / median['fixed']:.2f}x windows/s")
 
 
 # -----------------------------------------------------------------------------
@@ -644,9 +614,8 @@ def main(argv=None):
 
     def model_options(p):
         p.add_argument("--size", default="10m", choices=list(SIZES))
-        p.add_argument("--vocab_size", type=int, help="default: 4096 for 10m, 51200 for 125m and 470m")
-        p.add_argument("--block_size", type=int, help="default: 256 / 1024 / 2048 by size")
-        p.add_argument("--batch_size", type=int, help="default: 8 / 16 / 16 by size")
+        for name in ("vocab_size", "block_size", "batch_size"):
+            p.add_argument(f"--{name}", type=int, help="default: by --size (bench.SIZES)")
         p.add_argument("--device", default="cpu")
         p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
         p.add_argument("--rounds", type=int, default=5)
@@ -683,7 +652,7 @@ def main(argv=None):
     p = sub.add_parser("nanogpt", help="train.py against nanoGPT's train.py: tokens/s and achieved FLOP/s")
     p.add_argument("path", help="a nanoGPT checkout (its train.py runs unmodified, from its own folder)")
     p.add_argument("--input", default=os.path.join(SHARED_DATA, "corpus", "tinyshakespeare", "input.txt"),
-                   help="text both trainers train on (prepared once by data.py)")
+                   help="the text both trainers train on")
     p.add_argument("--vocab_size", type=int, default=2048)
     p.add_argument("--n_layer", type=int, default=6)
     p.add_argument("--n_head", type=int, default=6)
@@ -696,14 +665,12 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=2, help="every trainer runs once per round (at least 2)")
     p.add_argument("--steps", type=int, default=6, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=2, help="first steps of every run, not timed")
-    p = sub.add_parser("data", help="the training loader (document subsets, re-packed epochs) against the "
-                       "fixed-window loader it replaced: windows/s and peak memory")
+    p = sub.add_parser("data", help="the training loader against the fixed-window one: windows/s, peak memory")
     p.add_argument("--data_dir", required=True, help="a folder prepared by data.py")
     p.add_argument("--repetitions", type=int, default=1, help="unique subset = train tokens / repetitions")
     p.add_argument("--batches", type=int, default=300, help="batches per loader and shape in each round")
     p.add_argument("--rounds", type=int, default=5, help="every loader runs once per round, in its own process")
-    p = sub.add_parser("prepare", help="data.py on parquet against the same documents as JSON lines: tokens/s, "
-                       "wall time, peak RSS")
+    p = sub.add_parser("prepare", help="data.py on parquet against the same documents as JSON lines")
     p.add_argument("--corpus", default=os.path.join(SHARED_DATA, "corpus", "english_novels"))
     p.add_argument("--copies", type=int, default=4, help="copies of the corpus (4: a 218 MB parquet file)")
     p.add_argument("--compression", default="none", help="parquet compression (none, snappy, zstd)")
