@@ -77,13 +77,6 @@ def interleaved(variants, dev, rounds, repeats):
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def peak_memory(dev):
-    """Peak memory of this process so far: allocated GPU memory, or the resident set on the CPU."""
-    if dev.type == "cuda":
-        return f"peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB"
-    return f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
-
-
 def model_setup(args):
     """A DualLM of --size with random weights and random batches (speed does not depend on either)."""
     dev = modeling.parse_device(args.device)
@@ -122,16 +115,13 @@ def bench_model(args):
             loss.backward()
         return run
 
-    def opt_step():
-        opt.step()  # the gradients left by the last backward; zeroing them is not part of the step
-
     times = interleaved({
         "causal": fwd_bwd("causal"),
         "bidirectional": fwd_bwd("bidirectional"),
         "prefix": fwd_bwd("prefix", prefix_len=b["prefix_len"]),
         "causal + documents": fwd_bwd("causal", doc_ids=b["doc_ids"]),
         "bidirectional + documents": fwd_bwd("bidirectional", doc_ids=b["doc_ids"]),
-        "optimizer step (Muon + AdamW)": opt_step,
+        "optimizer step (Muon + AdamW)": opt.step,  # on the last backward's gradients, never zeroed
     }, dev, args.rounds, args.repeats)
     base = times["causal"]
     print(f"\n{'forward+backward':<30} {'tokens/s':>10} {'ms':>8} {'vs causal':>10}")
@@ -176,7 +166,11 @@ def bench_train(args):
     for name, t in steps.items():
         mfu = f"{100 * flops / t / peak:>5.1f}%" if peak else f"{'-':>6}"
         print(f"{name:<32} {tokens / t:>10,.0f} {mfu} {t / steps['AR (λ=1)']:>10.3f}x")
-    print(peak_memory(dev) + ("" if peak else "; MFU is printed on known GPUs (train.PEAK_FLOPS)"))
+    if dev.type == "cuda":
+        memory = f"peak GPU memory {torch.cuda.max_memory_allocated(dev) / 2**30:.2f} GiB"
+    else:
+        memory = f"peak resident memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    print(memory + ("" if peak else "; MFU is printed on known GPUs (train.PEAK_FLOPS)"))
     if peak and not args.compile:  # compiled, every position goes through the LM head (static shapes)
         print("(MFU counts the LM head at every position; an eager MD micro-batch projects only its masked "
               "ones, so its MFU reads high)")
@@ -296,38 +290,39 @@ def bench_gp(args):
     from sklearn.preprocessing import StandardScaler
     from gp_fit import BOUNDS, START, features, fit_gp, optimal_lambda, synthetic_runs
 
-    def ours(X, y, levels, grid, restarts, samples, seed):
-        fit = fit_gp(X, y, nu=2.5, restarts=restarts, seed=seed)
-        result = optimal_lambda(fit, levels, grid=grid, samples=samples, seed=seed)
+    if args.blas_threads:
+        threadpool_limits(limits=args.blas_threads, user_api="blas")
+    runs = synthetic_runs(n=50, noise=0.3, seed=0)
+    X, y = np.column_stack([runs["repetitions"], runs["lambda"]]), runs["score"]
+    levels, grid, seed = 2.0 ** np.arange(8), np.arange(101) / 100, 0
+
+    def ours():
+        fit = fit_gp(X, y, nu=2.5, restarts=args.restarts, seed=seed)
+        result = optimal_lambda(fit, levels, grid=grid, samples=args.samples, seed=seed)
         return fit.log_marginal_likelihood, [level["mean"] for level in result]
 
-    def sklearn(X, y, levels, grid, restarts, samples, seed):
+    def sklearn():
         bounds, start = np.exp(BOUNDS), np.exp(START)
         kernel = (ConstantKernel(start[0], tuple(bounds[0]))
                   * Matern(start[1:3], [tuple(bounds[1]), tuple(bounds[2])], nu=2.5)
                   + WhiteKernel(start[3], tuple(bounds[3])))
         scaler = StandardScaler().fit(features(X))
-        gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=restarts, random_state=seed)
+        gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=args.restarts,
+                                      random_state=seed)
         gp.fit(scaler.transform(features(X)), y)
         rng = np.random.RandomState(seed)
         means = []
         for r in levels:
             grid_x = scaler.transform(features(np.column_stack([np.full_like(grid, r), grid])))
-            draws = gp.sample_y(grid_x, samples, rng)
+            draws = gp.sample_y(grid_x, args.samples, rng)
             means.append(grid[np.argmax(draws, axis=0)].mean())
         return gp.log_marginal_likelihood_value_, means
 
-    if args.blas_threads:
-        threadpool_limits(limits=args.blas_threads, user_api="blas")
-    runs = synthetic_runs(n=50, noise=0.3, seed=0)
-    X, y = np.column_stack([runs["repetitions"], runs["lambda"]]), runs["score"]
-    levels, grid = 2.0 ** np.arange(8), np.arange(101) / 100
-    work = (X, y, levels, grid, args.restarts, args.samples, 0)
     times = {"gp_fit": [], "sklearn": []}
     for _ in range(args.repeat):  # the two programs take turns; best of --repeat each
         for name, run in (("gp_fit", ours), ("sklearn", sklearn)):
             t0 = time.perf_counter()
-            lml, means = run(*work)
+            lml, means = run()
             times[name].append(time.perf_counter() - t0)
             if len(times[name]) == 1:
                 print(f"{name:>8}: log marginal likelihood {lml:.4f}, mean optimal λ per level "
@@ -393,10 +388,7 @@ def bench_nanogpt(args):
     # the model's own checks (heads, head dim, ...) before any trainer runs
     modeling.ModelConfig(vocab_size=args.vocab_size, block_size=T, n_layer=L, n_head=H, n_embd=d,
                          intermediate_size=intermediate)
-    cuda = args.device.startswith("cuda")
-    if cuda:
-        modeling.parse_device(args.device)
-    dtype = "bfloat16" if cuda else "float32"
+    dtype = "bfloat16" if modeling.parse_device(args.device).type == "cuda" else "float32"
     G = 2  # micro-batches per step: the dual step runs one AR and one MD micro-batch
     tokens_per_step = args.batch_size * G * T
     n_iters = args.warmup + args.steps
@@ -426,8 +418,7 @@ def bench_nanogpt(args):
               f"{args.steps} steps (after {args.warmup} warm-up) each", flush=True)
         speed = {name: [] for name in trainers}  # tokens/s of every round: the median of its timed steps
         for r in range(args.rounds):
-            # every other round runs the trainers in reverse order, so a steady drift of the machine's
-            # speed favours none of them over a pair of rounds
+            # every other round in reverse order, so a steady drift favours no trainer over a pair of rounds
             for name in (list(trainers) if r % 2 == 0 else list(trainers)[::-1]):
                 cmd, cwd, pattern = trainers[name]
                 kept = run_trainer(cmd, cwd, pattern, tokens_per_step, args.warmup, env)
@@ -439,8 +430,7 @@ def bench_nanogpt(args):
     attention = 12 * L * d * T
     flops = {"nanoGPT": 6 * (L * 12 * d * d + V * d) + attention}  # qkv, proj, 4x MLP; LM head (tied)
     nanodual = 6 * (L * (4 * d * d + 3 * d * intermediate) + V * d) + attention  # q, k, v, o, gate, up, down
-    # Each ratio is taken within a round (the trainers ran back to back) and then the median over the
-    # rounds: the machine's speed drifts between rounds more than between neighbouring runs.
+    # ratios within a round (runs back to back), then their median: the machine drifts between rounds
     paired = lambda a, b: [x / y for x, y in zip(speed[a], speed[b])]
     spread = lambda ratios: (f"{statistics.median(ratios):.3f}x ({min(ratios):.3f}-{max(ratios):.3f})"
                              if len(set(ratios)) > 1 else f"{ratios[0]:.3f}x")
@@ -460,8 +450,7 @@ def bench_nanogpt(args):
 
 
 # -----------------------------------------------------------------------------
-# data: the training loader against the fixed-window one it replaced (issue 11)
-
+# bench.py data: the training loader against the fixed-window one it replaced (issue 11)
 
 class FixedWindows:
     """The loader data.py had before documents were sampled (kept here only as a baseline): fixed
@@ -491,10 +480,8 @@ def data_worker(loader, data_dir, block_size, batch_size, batches, repetitions):
     meta = data.load_meta(data_dir)
     unique = (meta["train_tokens"] - 1) // repetitions
     t0 = time.perf_counter()
-    if loader == "documents":
-        windows = data.TrainWindows(data_dir, block_size, unique_tokens=unique)
-    else:
-        windows = FixedWindows(data_dir, block_size, unique)
+    windows = (data.TrainWindows(data_dir, block_size, unique_tokens=unique) if loader == "documents"
+               else FixedWindows(data_dir, block_size, unique))
     setup = time.perf_counter() - t0
     stride = max(1, windows.n_windows * 3 // (batches * batch_size))  # spread over about three epochs
     t0 = time.perf_counter()
