@@ -7,13 +7,10 @@ every direction of the update gets the same step size. The paper uses the Moonli
 (Liu et al. 2025): the orthogonal update is scaled by 0.2 * sqrt(max(rows, cols)) so that its RMS
 matches a typical AdamW update, which lets Muon share AdamW's learning rate and weight decay.
 
-Muon only makes sense for the 2-D matrices inside the transformer blocks. Embeddings, the LM head
-and the 1-D RMSNorm gains are trained by AdamW; `MuonAdamW` puts both behind one object.
-
-In a distributed run every rank holds the same averaged gradients, so every rank would compute the
-same Newton-Schulz iterations. Instead each rank orthogonalises a disjoint share of the matrices
-and one all_gather hands the results to everybody: the Newton-Schulz work is divided by the
-world size, and the parameters stay identical to a single-process run.
+Muon is for the 2-D matrices inside the transformer blocks; `MuonAdamW` adds AdamW for the rest.
+Distributed, every rank holds the same averaged gradients, so each orthogonalises a disjoint share
+of the matrices and one all_gather hands the results to all: the Newton-Schulz work is divided by
+the world size, and the parameters stay those of a single-process run.
 """
 import math
 
@@ -112,15 +109,9 @@ class Muon(torch.optim.Optimizer):
 
 
 class MuonAdamW:
-    """Muon for the matrices inside the transformer blocks, AdamW for everything else (token
-    embedding, LM head, RMSNorm gains), behind one optimizer-like object. With use_muon=False the
-    block matrices go to AdamW too (the all-AdamW baseline).
-
-    `lr` is the one learning-rate knob: both optimizers start from it (the Moonlight scaling makes
-    Muon's step comparable to AdamW's, so they can share it, unless `adamw_lr` is given), and
-    schedules scale both at once with `set_lr_factor`. Weight decay applies to the matrices and the
-    embeddings, not to the 1-D gains.
-    """
+    """Muon for the block matrices, AdamW for the embedding, LM head and gains (use_muon=False: AdamW
+    for all). One `lr` for both (Moonlight's scaling lets them share it, unless `adamw_lr` is given),
+    scaled by `set_lr_factor`; weight decay on matrices and embeddings, not on the 1-D gains."""
 
     def __init__(self, model, lr=0.007, weight_decay=0.1, momentum=0.95, adamw_lr=None,
                  adamw_betas=(0.9, 0.95), adamw_eps=1e-8, use_muon=True):
@@ -135,14 +126,9 @@ class MuonAdamW:
             else:
                 (decay_params if p.ndim >= 2 else gain_params).append(p)
                 self.groups_by_name["adamw"].append(name)
-        grouped = [id(p) for p in muon_params + decay_params + gain_params]
-        trainable = {id(p) for p in model.parameters() if p.requires_grad}
-        assert len(grouped) == len(set(grouped)) and set(grouped) == trainable, \
-            "every parameter must be in exactly one of the Muon and AdamW groups"
         self.muon = Muon(muon_params, lr=lr, momentum=momentum, weight_decay=weight_decay) if use_muon else None
         adamw_lr = lr if adamw_lr is None else adamw_lr
-        # the fused kernel (CUDA, and the CPU since PyTorch 2.4) does the whole update in one pass
-        # over each tensor: 3.5x faster than the per-tensor loop on one CPU thread
+        # the fused kernel (CUDA, CPU since PyTorch 2.4): 3.5x faster than the per-tensor loop on a CPU
         use_fused = all(p.device.type in ("cpu", "cuda") for p in decay_params + gain_params)
         self.adamw = torch.optim.AdamW(
             [{"params": decay_params, "weight_decay": weight_decay},
