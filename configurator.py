@@ -1,11 +1,7 @@
 """
-nanoGPT's configuration mechanism, with its sharp edges filed off (docs/train.md, "Settings").
-
-    python train.py config/tiny_cpu.py --lam=0.25 --max_iters=200
-
-configure(globals(), argv) runs each config file as plain Python in train.py's globals (assignments;
-`include` shares a recipe) and applies each --key=value, read with ast.literal_eval (never eval).
-Every mistake is one ValueError line naming the key or the file:line; --help lists every setting.
+nanoGPT's configuration mechanism, with its sharp edges filed off (docs/train.md, "Settings"):
+configure(globals(), argv) runs each config file as Python in train.py's globals and applies each
+--key=value (ast.literal_eval, never eval); every mistake is one ValueError line.
 """
 import ast
 import difflib
@@ -33,8 +29,7 @@ def unknown_key_error(key, known):
 
 
 def checked_value(key, value, default):
-    """`value` if it has the type of `default` (ints are accepted where floats are expected) and, for a
-    number, is finite: no setting has a use for inf or NaN (rope_theta=1e999 would train and be saved)."""
+    """`value` if it has the type of `default` (an int may stand for a float) and is not inf or NaN."""
     if isinstance(default, float) and type(value) is int:
         try:
             value = float(value)
@@ -49,8 +44,7 @@ def checked_value(key, value, default):
 
 
 def configure(namespace, argv):
-    """Apply config files and --key=value overrides from argv to `namespace` (train.py's globals).
-    Returns the list of keys that were set, in order."""
+    """Apply argv's config files and --key=value overrides to `namespace`; returns the keys set, in order."""
     known = settings(namespace)
     defaults = {k: namespace[k] for k in known}
     changed = []
@@ -97,8 +91,7 @@ def configure(namespace, argv):
 
 
 def make_include(namespace, folder):
-    """include("paper_470m.py") inside a config file runs that file (relative to the including
-    file's folder) in the same globals: recipes are shared, not copied."""
+    """include("paper_470m.py") in a config file runs that file (beside it) in the same globals."""
     def include(name):
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
@@ -108,9 +101,8 @@ def make_include(namespace, folder):
 
 
 def help_text(namespace, changed=()):
-    """Usage, then every setting with its current value and the comment on its line of the script
-    that declares them (`namespace["__file__"]`), in the script's order, under the script's own
-    section comments (a comment line directly above a setting)."""
+    """Usage, then every setting with its value and the comment on its line of the script, in the
+    script's order, under its section comments (a comment line directly above a setting)."""
     script = namespace.get("__file__", "train.py")
     known = settings(namespace)
     rows, section = [], None  # (section, key, comment)
@@ -143,8 +135,7 @@ class ConfigFileError(ValueError):
 
 
 def run_config_file(path, namespace):
-    """Run a config file in `namespace`. Any error in it (a syntax error, an undefined name, a failed
-    include) becomes one line that points at the file and line where it happened."""
+    """Run a config file in `namespace`; any error in it becomes one line naming its file:line."""
     try:
         with open(path, encoding="utf-8") as f:
             source = f.read()

@@ -1,24 +1,15 @@
 """
-The paper's headline experiment at a scale you can run yourself (paper §5, Figures 1 and 4): train
-one dual model per cell of a grid of data repetitions r x AR shares λ, all with the same token
-budget T, model and schedule; evaluate each (optionally); collect one CSV row per run; then draw the
-figures and fit the Gaussian process of gp_fit.py. docs/sweep.md has the details: the grid, seeds,
-when a cell counts as done, the outputs.
+The paper's headline experiment at a scale you can run yourself (paper §5, Figures 1 and 4): one dual
+model per cell of a grid of data repetitions r x AR shares λ, all with the same token budget; then
+the figures and the Gaussian process of gp_fit.py. docs/sweep.md has the details.
 
     python data.py --input ../shared/data/corpus/english_novels --out_dir data_novels_para \
         --doc_split blank_line --vocab_size 1024
     python sweep.py config/sweep_cpu.py --jobs 2 --lams 0,0.125,0.25,0.5,0.75,1 --eval_tasks none
     python sweep.py --figures results/sweep_cpu                                  # figures + GP fit
 
-(--eval_tasks none: the committed grid's models are at chance on BLiMP, so scoring it tells nothing.)
-Each cell is one or two subprocesses, exactly the commands a user would type:
-    python train.py CONFIG --lam=λ --repetitions=r --out_dir=runs/NAME/r{r}_lam{λ} [--key=value ...]
-    python eval.py --ckpt runs/NAME/r{r}_lam{λ}/ckpt.pt --tasks blimp --modes causal,pll ...
-so a sweep is only a loop, and a cell can be rerun or inspected by hand. Extra `--key=value`
-arguments go to every train.py call. Rerunning resumes; a cell run with other settings stops the
-sweep before any work (--overwrite runs it again instead); Ctrl-C or kill stops the cells' train.py
-and eval.py too. Results (small, meant to be committed) go to results/NAME/: results.csv (one row per
-cell) and curves.csv (every evaluation of every run), each row with the git commit that made it.
+Each cell runs `python train.py CONFIG --lam=λ --repetitions=r --out_dir=runs/NAME/r{r}_lam{λ}` (and
+eval.py on its checkpoint), exactly as a user would type it: a sweep is only a loop.
 """
 import concurrent.futures
 import csv
@@ -67,9 +58,8 @@ def git_commit():
 
 
 def grid_values(text, what, allowed, problem):
-    """The distinct values of a comma list, in order. Equal values (0.5 and 0.50) are one cell: merged,
-    with a note. Values that differ but would share a cell folder (its name keeps 6 significant
-    digits) are refused: two jobs must never write to one out_dir."""
+    """The distinct values of a comma list, in order (0.5 and 0.50 are one cell); values that would
+    share a cell folder (6 significant digits) are refused: two jobs must never share an out_dir."""
     try:
         values = [float(v) + 0.0 for v in text.split(",") if v.strip()]  # + 0.0: -0.0 is 0.0's cell
     except ValueError:
@@ -103,8 +93,7 @@ def train_args(config, r, lam, cell_dir, train_overrides):
 
 
 def train_config(argv):
-    """The settings train.py would run with for argv, resolved and checked by train.py's own code
-    without running it: a value train.py refuses fails here, before any cell starts."""
+    """The settings train.py would run with for argv, checked by train.py's own code before any cell starts."""
     import train  # and torch with it: only a sweep that trains needs them, not --figures
     namespace = vars(train)
     defaults = {k: namespace[k] for k in settings(namespace)}
@@ -124,7 +113,7 @@ def eval_settings(args):
 
 
 def read_run(cell_dir):
-    """A cell's checkpoint, memory-mapped (only its small entries are read); {} if it has none."""
+    """A cell's checkpoint, memory-mapped (only its small entries are read); {} if none."""
     import torch
     path = cell_dir / "ckpt.pt"
     if not path.exists():
@@ -149,17 +138,14 @@ def read_record(cell_dir):
 
 
 def differences(recorded, wanted):
-    """'key recorded -> wanted' for each setting that differs. A key only one side has is skipped: a
-    setting train.py gained or lost since the cell ran (its default keeps the old behaviour)."""
+    """'key recorded -> wanted' for each setting that differs; a key train.py gained or lost is skipped."""
     return [f"{k} {recorded[k]!r} -> {wanted[k]!r}" for k in sorted(wanted)
             if k in recorded and k not in NOT_COMPARED and recorded[k] != wanted[k]]
 
 
 def stale_cells(cells, runs_dir, config, train_overrides, args):
-    """({cell name: the settings that differ}, names of the cells to train again) for the cells run
-    with other settings than this sweep's: the train.py settings their checkpoint records, or the eval
-    settings cell.json records beside eval.json. Resolves every cell's train.py settings on the way,
-    so that a value train.py refuses fails before any work."""
+    """({cell name: the settings that differ}, names of the cells to train again) for the cells run with
+    other train.py settings (from their checkpoint) or eval settings (from cell.json) than this sweep's."""
     stale, retrain = {}, set()
     for r, lam in cells:
         cell_dir = runs_dir / cell_name(r, lam)
@@ -188,11 +174,9 @@ class Stopped(Exception):
 
 
 class Subprocesses:
-    """The running cells' train.py and eval.py. stop(), the signal handler, passes the signal on and
-    keeps new ones from starting (a train.py left running would hold its cell's lock). They run in
-    sessions of their own, so that a Ctrl-C reaches them once, through the sweep. The lock makes
-    "stopped, or started and listed" one step; only worker threads start processes, so the handler
-    (in the main thread) never waits on itself."""
+    """The running cells' train.py and eval.py, in sessions of their own so that a Ctrl-C reaches them
+    once, through stop(), the signal handler, which also keeps new ones from starting. Only worker
+    threads start processes, so the handler (in the main thread) never waits on the lock."""
 
     def __init__(self):
         self.lock, self.running, self.stopped_by = threading.Lock(), set(), None
@@ -237,8 +221,7 @@ def run_logged(cmd, log_path, threads):
 
 
 def run_cell(cell_dir, config, r, lam, args, train_overrides, threads, retrain=False):
-    """Train (or resume, or find finished) and evaluate one cell; returns what was done. retrain: the
-    cell holds a run of other settings, which --overwrite replaces."""
+    """Train (or resume) and evaluate one cell; returns what was done. retrain: --overwrite a stale run."""
     if SUBPROCESSES.stopped_by:
         raise Stopped
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -285,8 +268,7 @@ def evaluating(args):
 
 
 def evaluated(cell_dir, record, args):
-    """eval.json exists and cell.json records that it was made with this sweep's eval settings (an
-    eval.json that an older sweep.py left without that record is made again)."""
+    """eval.json exists, made (cell.json says) with this sweep's eval settings."""
     return (cell_dir / "eval.json").exists() and record.get("eval") == eval_settings(args)
 
 
@@ -508,10 +490,7 @@ def figures(results_dir, nu=2.5, samples=10000, seed=0):
         ax.grid(alpha=0.3)
     save(fig, axes, "fig2_score_vs_lambda.png")
 
-    # Figure 3 (paper Figure 4): the Gaussian process over (r, λ) of each score. The primary one is
-    # the final validation AR loss (gp/: the paper compares final checkpoints); the others are the
-    # final MD loss (gp_md/) and the lowest of each during training (gp_min/, gp_min_md/: the
-    # checkpoint early stopping would keep); BLiMP (gp_blimp/) where the sweep evaluated it.
+    # Figure 3 (paper Figure 4): the Gaussian process over (r, λ) of each score in GP_SCORES
     fits = {}
     for column, lower_is_better, folder in GP_SCORES:
         if all(row.get(column) is None for row in rows):
@@ -533,6 +512,7 @@ def figures(results_dir, nu=2.5, samples=10000, seed=0):
     return fits
 
 
+# (column, lower is better, folder); the first is primary: the paper compares final checkpoints
 GP_SCORES = [("final_val_ar_loss", True, "gp"), ("min_val_ar_loss", True, "gp_min"),
              ("final_val_md_loss", True, "gp_md"), ("min_val_md_loss", True, "gp_min_md"),
              ("blimp_best", False, "gp_blimp")]
@@ -560,9 +540,8 @@ def headline(rows, fits, r_max):
 
 
 def claims(rows, fits, replicates, key="final_val_ar_loss"):
-    """The paper's claims, one by one, tested on the grid: a markdown table with a verdict each.
-    A difference counts when it exceeds twice the noise: the seed-to-seed standard deviation of the
-    replicated cell where there is one, else the GP's fitted noise."""
+    """The paper's claims tested on the grid, a markdown table with a verdict each. A difference counts
+    beyond twice the noise: the seed-to-seed sd of a replicated cell if any, else the GP's noise."""
     if key not in fits:
         return ["(no GP fit of the final validation AR loss: no claims table)"]
     cell = {(row["repetitions"], row["lambda"]): row for row in rows}
@@ -635,19 +614,18 @@ def claims(rows, fits, replicates, key="final_val_ar_loss"):
 
 def summary_table(rows):
     """results.csv as a markdown table, for the README (BLiMP columns only where a cell has them)."""
-    def num(v, fmt):
-        return "" if v is None else format(v, fmt)
-    blimp = any(row.get("blimp_causal") is not None for row in rows)
-    lines = ["| r | λ | unique tokens | final val AR | min val AR | final val MD | min val MD | "
-             + ("BLiMP causal | BLiMP PLL | " if blimp else "") + "overfit |",
-             "|" + " --- |" * (10 if blimp else 8)]
+    columns = [("unique tokens", "unique_tokens", ",.0f"), ("final val AR", "final_val_ar_loss", ".3f"),
+               ("min val AR", "min_val_ar_loss", ".3f"), ("final val MD", "final_val_md_loss", ".3f"),
+               ("min val MD", "min_val_md_loss", ".3f")]
+    if any(row.get("blimp_causal") is not None for row in rows):
+        columns += [("BLiMP causal", "blimp_causal", ".1f"), ("BLiMP PLL", "blimp_pll", ".1f")]
+    lines = ["| r | λ | " + " | ".join(title for title, _, _ in columns) + " | overfit |",
+             "|" + " --- |" * (len(columns) + 3)]
     for row in sorted(rows, key=lambda row: (row["repetitions"], row["lambda"])):
-        flags = [name for name in ("ar", "md") if row[f"overfit_{name}"]]
-        lines.append(f"| {row['repetitions']:g} | {row['lambda']:g} | {num(row['unique_tokens'], ',.0f')} | "
-                     f"{num(row['final_val_ar_loss'], '.3f')} | {num(row['min_val_ar_loss'], '.3f')} | "
-                     f"{num(row['final_val_md_loss'], '.3f')} | {num(row['min_val_md_loss'], '.3f')} | "
-                     + (f"{num(row['blimp_causal'], '.1f')} | {num(row['blimp_pll'], '.1f')} | " if blimp else "")
-                     + f"{', '.join(flags) or '-'} |")
+        cells = [format(row["repetitions"], "g"), format(row["lambda"], "g"),
+                 *("" if row[key] is None else format(row[key], fmt) for _, key, fmt in columns),
+                 ", ".join(name for name in ("ar", "md") if row[f"overfit_{name}"]) or "-"]
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -659,8 +637,8 @@ def at_least(least):
 
 def parse_args(argv):
     """(the sweep's options, the --key=value overrides for every train.py call)."""
-    p = ArgumentParser(prog="sweep.py", allow_abbrev=False, description="Train and evaluate a (repetitions x λ) grid "
-                       "of dual models, or draw its figures. Extra --key=value arguments go to every train.py call.")
+    p = ArgumentParser(prog="sweep.py", allow_abbrev=False, description="Train and evaluate a (repetitions x λ) "
+                       "grid, or draw its figures. Extra --key=value arguments go to every train.py call.")
     p.add_argument("config", nargs="?", help="train.py config of every cell, e.g. config/sweep_cpu.py")
     p.add_argument("--figures", metavar="RESULTS_DIR", help="draw the figures and fit the GP from RESULTS_DIR")
     p.add_argument("--repetitions", default="1,4,16,64,128", help="comma list of r (default 1,4,16,64,128)")
@@ -670,14 +648,11 @@ def parse_args(argv):
     p.add_argument("--stage", default="all", choices=["all", "train", "eval"], help="do only one stage")
     p.add_argument("--runs_dir", help="checkpoints and logs (default runs/<config name>)")
     p.add_argument("--results_dir", help="results.csv and curves.csv (default results/<config name>)")
-    p.add_argument("--overwrite", action="store_true", help="run again the cells that --runs_dir holds from a sweep "
-                   "of other settings (default: refuse to start, naming the settings that differ)")
-    p.add_argument("--eval_tasks", default="blimp", help="eval.py --tasks for every cell (default blimp); "
-                   "none: no evaluation, the validation losses only")
+    p.add_argument("--overwrite", action="store_true", help="run again cells run with other settings")
+    p.add_argument("--eval_tasks", default="blimp", help="eval.py --tasks (default blimp; none: no evaluation)")
     p.add_argument("--eval_modes", default="causal,pll", help="eval.py --modes (default causal,pll)")
     p.add_argument("--pll_k", default="1", help="eval.py --pll_k (default 1)")
-    p.add_argument("--eval_limit", type=at_least(0), default=20, help="eval.py --limit: items per task, per BLiMP "
-                   "paradigm (default 20, i.e. 1,340 BLiMP pairs); 0 = all")
+    p.add_argument("--eval_limit", type=at_least(0), default=20, help="eval.py --limit (default 20; 0 = all)")
     p.add_argument("--eval_data_dir", help="eval.py --data_dir (default: eval.py's default)")
     args, rest = p.parse_known_args(argv)
     bad = [a for a in rest if not (a.startswith("--") and "=" in a)]

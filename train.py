@@ -4,20 +4,11 @@ Train a dual-objective language model: one transformer, two objectives, in the r
     python train.py config/tiny_cpu.py                              # CPU or one GPU
     torchrun --nproc_per_node=8 train.py config/lambda_0.5.py       # DDP on 8 GPUs
 
-How lam is realised. An optimizer step is made of `gradient_accumulation_steps` (G) micro-batches,
-counted over all ranks as in nanoGPT; each rank runs G / world_size of them. Every micro-batch runs
-exactly one objective, either autoregressive (AR) or masked diffusion (MD), so each compute graph
-stays static and compiles well. lam * G of the G micro-batches are AR: micro-batch g of an
-optimizer step in epoch e is AR iff (g + e) mod G < lam * G. With one micro-batch per GPU this is
-the paper's "k of N devices run AR"; the shift by e rotates the assignment every epoch, as the
-official code does, so no slice of the data is only ever seen by one objective.
-
-One GPU reproduces N GPUs. The data of micro-batch g of step s, the objective and the diffusion
-noise depend only on (seed, s, g), never on the rank, and the gradients are averaged over all G
-micro-batches either way. So N ranks compute what one process with the same G computes.
-
-Resuming is exact for the same reason: everything random is a function of (seed, step, micro-batch),
-and the checkpoint holds the model, the optimizer and the step.
+An optimizer step is G = gradient_accumulation_steps micro-batches, counted over all ranks; each runs
+one objective, so every compute graph stays static. Micro-batch g of a step in epoch e is AR iff
+(g + e) mod G < lam * G: the paper's "k of N devices run AR", rotated every epoch as the official
+code does. Data, objective and noise depend only on (seed, step, g), never on the rank, so one
+process reproduces N ranks, and resuming is exact.
 """
 import fcntl
 import importlib.util
@@ -120,8 +111,7 @@ def ar_micro_batches(lam, G, world=1):
 
 
 def objective_of(g, epoch, G, n_ar):
-    """"ar" or "md" for micro-batch g (0 <= g < G) of a step in `epoch`: exactly n_ar of the G are
-    AR, and the assignment rotates by one micro-batch every epoch."""
+    """"ar" or "md" for micro-batch g of a step in `epoch`: n_ar of the G, rotating every epoch."""
     return "ar" if (g + epoch) % G < n_ar else "md"
 
 
@@ -143,10 +133,8 @@ def noise_seed(step, g):
 
 
 def validation_batch(val_x, val_y, val_docs, i, batch_size, noise):
-    """Validation batch i, padded to batch_size windows so that a compiled model sees one shape (a
-    shorter last batch would compile another graph). Padding rows have target -1, which both losses
-    ignore. Returns x, y, doc ids, the MD masking rates t (MDLM's stratified draw from `noise` for the
-    n real windows, so the padding changes no real window's t; 1 for the padding) and n."""
+    """(x, y, doc ids, MD rates t, n real windows) of validation batch i, padded to batch_size windows
+    (target -1, t = 1) so that a compiled model sees one shape; the padding changes no real window's t."""
     sl = slice(i * batch_size, (i + 1) * batch_size)
     dev = noise.device
     x, y, docs = val_x[sl].to(dev), val_y[sl].to(dev), val_docs[sl].to(dev)
@@ -161,8 +149,7 @@ def validation_batch(val_x, val_y, val_docs, i, batch_size, noise):
 
 
 def compiled_graphs():
-    """Graphs torch.compile has built in this process. A run needs four, each built once: the AR and
-    the MD step, and the two again without autograd for evaluation (no_grad is a different graph)."""
+    """Graphs torch.compile has built in this process: a run needs four (AR and MD, with and without grad)."""
     from torch._dynamo.utils import counters
     return counters["stats"]["unique_graphs"]
 
@@ -185,8 +172,7 @@ def overfitting(history, key_val, key_train, patience):
 
 
 def plot_curves(history, path):
-    """Draw the training (dotted) and validation (solid) loss of both objectives against tokens into
-    path, a PNG, atomically: a reader never sees half a file."""
+    """Training (dotted) and validation (solid) losses against tokens, into the PNG path, atomically."""
     from matplotlib.figure import Figure  # the object API: no pyplot state, no display needed
     fig = Figure(figsize=(6, 3.6), dpi=100, layout="constrained")
     ax = fig.subplots()
@@ -239,10 +225,8 @@ def check_settings():
 
 
 def claim_out_dir(ckpt_path):
-    """Check out_dir before any work and lock it for this process: two runs writing one out_dir would
-    interleave their metrics and keep whichever checkpoint came last. The lock is an advisory flock,
-    which the kernel releases when the process dies, so even a SIGKILL leaves no stale lock. Returns
-    the lock file, which must stay open for the whole run."""
+    """Check out_dir and lock it (an flock, which the kernel releases even on SIGKILL): two runs in one
+    out_dir would interleave their metrics. Returns the lock file, to keep open for the whole run."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"out_dir={out_dir} is a file, not a folder; choose another out_dir")
     try:
@@ -282,8 +266,7 @@ DATA_FILES = ("train.bin", "train.idx", "val.bin")
 
 
 def dataset_fingerprint(data_dir):
-    """What identifies a prepared dataset: meta.json's contents, and the size and modification time of
-    each token file (None for a file that is missing). Cheap enough for every evaluation."""
+    """meta.json's contents and each token file's [size, mtime] (None if missing): cheap at every eval."""
     try:
         with open(os.path.join(data_dir, "meta.json"), encoding="utf-8") as f:
             meta = json.load(f)
@@ -314,9 +297,8 @@ def dataset_changes(old, new, times=True):
 
 
 def resumable_checkpoint(ckpt_path, meta, tokenizer, fingerprint, config, log):
-    """The checkpoint to resume, once it is known to continue this run: written by train.py, on the
-    same dataset, with the same model and optimizer. Returns it and its segments, extended by one if
-    settings changed."""
+    """The checkpoint to resume, checked to continue this run (same dataset, model and optimizer), and
+    its segments, extended by one if settings changed."""
     if not os.path.isfile(ckpt_path):
         raise ValueError(f"resume=True but there is no checkpoint at {ckpt_path}; run without --resume=True")
     ckpt = modeling.read_checkpoint(ckpt_path)
@@ -345,9 +327,7 @@ def resumable_checkpoint(ckpt_path, meta, tokenizer, fingerprint, config, log):
     old_config = ckpt["config"]
     # resume and overwrite say how a run started, not how it trains
     changed = [k for k in config if k in old_config and old_config[k] != config[k] and k not in ("resume", "overwrite")]
-    # The record of how the model was trained: one segment per stretch of steps [from_iter, to_iter) run with
-    # the same settings, each listing the settings that differ between segments (a resume with lam 0.5 -> 1.0
-    # shows how many steps ran at each). A checkpoint from before segments: one, whatever happened in it.
+    # one segment per stretch of steps run with the same settings (docs/train.md); older checkpoints: one
     segments = ckpt.get("segments") or [{"from_iter": 0, "to_iter": ckpt["iter_num"], "settings": {}}]
     if changed:  # allowed (e.g. a longer max_iters), but the run is then not the one that was started
         log("note: resuming with changed settings: " + ", ".join(f"{k} {old_config[k]!r} -> {config[k]!r}"
@@ -662,8 +642,7 @@ def last_checkpoint():
 
 
 def run(argv):
-    """main(argv) as the command line runs it: a failure ends it with one line (SystemExit's message,
-    which Python prints on stderr with exit status 1), never a traceback."""
+    """main(argv) as the command line runs it: a failure ends it with one line on stderr, exit status 1."""
     try:
         main(argv)
     except BrokenPipeError:  # the reader of stdout went away (`train.py ... | head`)
