@@ -499,10 +499,13 @@ def num_weights(cfg):
     return 2 * V * E + E + cfg.n_layer * (4 * E * E + 3 * E * I + 2 * E)
 
 
-def check_size(path, cfg, weights):
-    """Refuse a model_config that does not match its weights before building the model, so a damaged
-    one (n_layer=10**9) allocates nothing; the rotary tables, unbounded by any weight, get at most
-    max(the weights' size, 1 GiB)."""
+def load_checkpoint(path, device="cpu"):
+    """The model of a train.py checkpoint, in eval mode; the rest of the checkpoint is `model.meta`."""
+    ckpt = read_checkpoint(path)
+    cfg, weights = ModelConfig.from_dict(ckpt["model_config"]), ckpt["model"]
+    # a model_config that does not match its weights is refused before the model is built, so a damaged
+    # one (n_layer=10**9) allocates nothing; the rotary tables, bounded by no weight, get at most
+    # max(the weights' size, 1 GiB)
     if not isinstance(weights, dict) or not all(isinstance(w, torch.Tensor) for w in weights.values()):
         raise ValueError(f"checkpoint {path}: 'model' is not a dict of tensors; pass the ckpt.pt that train.py wrote")
     have, want = sum(w.numel() for w in weights.values()), num_weights(cfg)
@@ -513,16 +516,9 @@ def check_size(path, cfg, weights):
     if rope_bytes > max(4 * have, 1 << 30):
         raise ValueError(f"checkpoint {path}: model_config block_size={cfg.block_size:,} would need "
                          f"{rope_bytes / 2**30:.1f} GiB of rotary tables; the file is damaged")
-
-
-def load_checkpoint(path, device="cpu"):
-    """The model of a train.py checkpoint, in eval mode; the rest of the checkpoint is `model.meta`."""
-    ckpt = read_checkpoint(path)
-    cfg = ModelConfig.from_dict(ckpt["model_config"])
-    check_size(path, cfg, ckpt["model"])
     model = DualLM(cfg)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:  # missing/unexpected keys or wrong shapes: weights and config disagree
         detail = (str(e).strip().splitlines()[1:] or [type(e).__name__])[0].strip()
         raise ValueError(f"checkpoint {path}: the weights do not fit its model_config ({detail[:200]}); "
@@ -557,21 +553,6 @@ def training_lam(meta):
     if segments and "lam" in segments[0].get("settings", {}):
         return [s["settings"]["lam"] for s in segments]
     return meta.get("config", {}).get("lam")
-
-
-def hf_config(cfg, eos_id=None, lam=None):
-    return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": cfg.vocab_size, "hidden_size": cfg.n_embd, "intermediate_size": cfg.intermediate_size,
-        "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_head, "head_dim": cfg.n_embd // cfg.n_head,
-        "max_position_embeddings": cfg.block_size, "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-        "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": cfg.bos_id, "eos_token_id": eos_id,
-        "pad_token_id": cfg.pad_id, "torch_dtype": "float32",
-        "nanodual_lam": lam,  # the training λ: 0 means the causal objective was never trained
-    }
 
 
 def hf_tokenizer_files(spec, bos_id, block_size):
@@ -646,8 +627,17 @@ def write_hf(model, out_dir):
     # documents carry no </s>: it is suppressed like every special token, as in sample.py
     generation = {"bos_token_id": cfg.bos_id, "eos_token_id": eos_id, "pad_token_id": cfg.pad_id,
                   "suppress_tokens": banned}
-    lam = training_lam(getattr(model, "meta", {}))
-    files = {"config.json": json.dumps(hf_config(cfg, eos_id, lam), indent=2),
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+              "vocab_size": cfg.vocab_size, "hidden_size": cfg.n_embd, "intermediate_size": cfg.intermediate_size,
+              "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+              "num_key_value_heads": cfg.n_head, "head_dim": cfg.n_embd // cfg.n_head,
+              "max_position_embeddings": cfg.block_size, "rms_norm_eps": cfg.norm_eps,
+              "rope_theta": cfg.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+              "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+              "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": cfg.bos_id, "eos_token_id": eos_id,
+              "pad_token_id": cfg.pad_id, "torch_dtype": "float32",
+              "nanodual_lam": training_lam(getattr(model, "meta", {}))}  # 0: the causal objective never trained
+    files = {"config.json": json.dumps(config, indent=2),
              "generation_config.json": json.dumps(generation, indent=2)}
     if tok is not None and spec.get("kind") == "bpe":
         files.update(hf_tokenizer_files(spec, cfg.bos_id, cfg.block_size))
