@@ -402,23 +402,15 @@ def analyse(runs, out_dir, nu=2.5, samples=10000, seed=0, restarts=10, at=(), gr
     grid = np.arange(grid_size) / (grid_size - 1)
     levels = optimal_lambda(fit, list(runs["repetitions"]) + list(at), grid, samples, seed, lower_is_better)
     result = {
-        "n_runs": len(y),
-        "lower_is_better": lower_is_better,
-        "kernel": fit.hyperparameters(),
-        "kernel_standardised": fit.hyperparameters(standardised=True),
+        "n_runs": len(y), "lower_is_better": lower_is_better,
+        "kernel": fit.hyperparameters(), "kernel_standardised": fit.hyperparameters(standardised=True),
         "standardisation": {"log2_repetitions_mean": fit.x_mean[0], "log2_repetitions_std": fit.x_std[0],
                             "lambda_mean": fit.x_mean[1], "lambda_std": fit.x_std[1],
                             "score_mean": fit.y_mean, "score_std": fit.y_std},
-        "at_bound": at_bound,
-        "alpha": fit.alpha,
-        "jitter": fit.jitter,
+        "at_bound": at_bound, "alpha": fit.alpha, "jitter": fit.jitter,
         "log_marginal_likelihood": fit.log_marginal_likelihood,
-        "r2": r_squared(y, fit.predict(X)),
-        "r2_loo": r_squared(y, fit.loo_predictions()),
-        "restarts": restarts,
-        "samples": samples,
-        "seed": seed,
-        "optimal_lambda": levels,
+        "r2": r_squared(y, fit.predict(X)), "r2_loo": r_squared(y, fit.loo_predictions()),
+        "restarts": restarts, "samples": samples, "seed": seed, "optimal_lambda": levels,
     }
     result = json.loads(json.dumps(result, default=float))  # numpy scalars -> plain floats
     bad = first_non_finite(result)

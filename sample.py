@@ -278,12 +278,11 @@ def timed(fn, device):
 
 def speed_quality_curve(model, prompt_ids, n_tokens, steps_list, sampler="ancestral", block_size=None,
                         temperature=1.0, top_k=None, top_p=1.0, num_samples=4, seed=1337, banned_ids=None,
-                        with_ar=True, on_row=None, reveal="count"):
-    """One row per diffusion step count (with_ar: and an AR row, the reference), averaged over
+                        on_row=None, reveal="count"):
+    """An AR row (the reference), then one row per diffusion step count, averaged over
     num_samples samples drawn with a fresh generator seeded with `seed`; on_row(row) sees each row."""
     device = model.lm_head.weight.device
-    runs = [("ar", n_tokens)] if with_ar else []
-    runs += [("diffusion", s) for s in steps_list]
+    runs = [("ar", n_tokens)] + [("diffusion", s) for s in steps_list]
     rows = []
     generate_ar(model, prompt_ids, 1, temperature=0)  # warm-up: the first call allocates and picks kernels
     for method, steps in runs:
@@ -333,19 +332,6 @@ def check_out(path, inputs):
                          f"rows); give another path, or delete that file first")
 
 
-def check_args(args):
-    """Fail fast, before the checkpoint is loaded, on options that cannot work together."""
-    check_sampling_args(args.temperature, args.top_k, args.top_p)
-    if args.out:  # now, not after the generation
-        check_out(args.out, [("--ckpt", args.ckpt), ("--prompt_file", args.prompt_file)])
-    ar_only = [f for f in ("no_cache", "prefix_prompt") if getattr(args, f)]
-    diffusion_only = [f for f in ("block_size", "sweep_steps") if getattr(args, f) is not None]
-    if args.mode == "ar" and diffusion_only:
-        raise ValueError(f"--{diffusion_only[0]} applies to --mode diffusion only")
-    if args.mode == "diffusion" and ar_only:
-        raise ValueError(f"--{ar_only[0]} applies to --mode ar only")
-
-
 def positive(text):
     return int(text) if int(text) >= 1 else None
 
@@ -387,7 +373,15 @@ def parse_args(argv):
                         "e.g. 1,4,16,64")
     parser.add_argument("--out", help="write one JSON line per sample (per curve row with --sweep_steps)")
     args = parser.parse_args(argv)
-    check_args(args)
+    check_sampling_args(args.temperature, args.top_k, args.top_p)  # before the checkpoint is loaded
+    if args.out:
+        check_out(args.out, [("--ckpt", args.ckpt), ("--prompt_file", args.prompt_file)])
+    ar_only = [f for f in ("no_cache", "prefix_prompt") if getattr(args, f)]
+    diffusion_only = [f for f in ("block_size", "sweep_steps") if getattr(args, f) is not None]
+    if args.mode == "ar" and diffusion_only:
+        raise ValueError(f"--{diffusion_only[0]} applies to --mode diffusion only")
+    if args.mode == "diffusion" and ar_only:
+        raise ValueError(f"--{ar_only[0]} applies to --mode ar only")
     return args
 
 
