@@ -16,6 +16,7 @@ round): on a shared machine only ratios measured together mean anything. Figures
 """
 import argparse
 import ast
+import filecmp
 import functools
 import os
 import pickle
@@ -524,8 +525,7 @@ def bench_data(args):
 
 
 # -----------------------------------------------------------------------------
-# prepare: data.py on parquet against the same documents as JSON lines (issue 23)
-
+# bench.py prepare: data.py on parquet against the same documents as JSON lines (issue 23)
 
 # Runs argv[1:] and prints its peak RSS (its own, and its waited-for children's, the largest). From a
 # small process: a child forked from this one (torch loaded) would report this one's RSS as its peak.
@@ -569,16 +569,15 @@ def bench_prepare(args):
           f"group) and the same documents as {sizes['jsonl']:.0f} MB of JSON lines ({args.copies} copies of the "
           f"novels' paragraphs), {args.workers} workers, {args.rounds} round(s) in {work}")
     print(f"{'input':>8} {'wall s':>8} {'tokens/s':>10} {'peak RSS MB':>12} {'output MB':>10}")
+    data_py = [sys.executable, "-c", PEAK_RSS_OF_CHILD, sys.executable, os.path.join(REPO, "data.py")]
     for _ in range(args.rounds):
         for kind, path in paths.items():
             out_dir = os.path.join(work, f"out_{kind}")
             log = os.path.join(work, f"log_{kind}.txt")
             t0 = time.perf_counter()
             with open(log, "w") as f:
-                data_py = [sys.executable, os.path.join(REPO, "data.py")]
-                run = subprocess.run([sys.executable, "-c", PEAK_RSS_OF_CHILD, *data_py, "--input", path, "--out_dir",
-                                      out_dir, "--tokenizer", tokenizer, "--workers", str(args.workers)],
-                                     stdout=f, stderr=subprocess.STDOUT)
+                run = subprocess.run([*data_py, "--input", path, "--out_dir", out_dir, "--tokenizer", tokenizer,
+                                      "--workers", str(args.workers)], stdout=f, stderr=subprocess.STDOUT)
             wall = time.perf_counter() - t0
             stdout = open(log).read()
             if run.returncode != 0:
@@ -587,8 +586,8 @@ def bench_prepare(args):
             rate = float(re.search(r"([\d,]+) tokens/s", stdout).group(1).replace(",", ""))
             output = sum(os.path.getsize(os.path.join(out_dir, n)) for n in data.OUTPUTS) / 1e6
             print(f"{kind:>8} {wall:>8.1f} {rate:>10,.0f} {peak_mb:>12.0f} {output:>10.0f}", flush=True)
-    same = all(open(os.path.join(work, "out_parquet", n), "rb").read() == open(os.path.join(work, "out_jsonl", n),
-               "rb").read() for n in ("train.bin", "val.bin", "train.idx"))
+    same = all(filecmp.cmp(os.path.join(work, "out_parquet", n), os.path.join(work, "out_jsonl", n), shallow=False)
+               for n in ("train.bin", "val.bin", "train.idx"))
     print(f"train.bin, val.bin, train.idx identical: {same}")
 
 
