@@ -115,8 +115,7 @@ def features(X):
 
 
 class GPFit:
-    """A Gaussian process conditioned on runs X = [(repetitions, λ), ...] with scores y, at fixed
-    log-hyper-parameters theta (for standardised inputs and normalised outputs)."""
+    """A Gaussian process conditioned on runs X = [(repetitions, λ), ...] with scores y, at fixed theta."""
 
     def __init__(self, X, y, theta, nu=2.5, alpha=ALPHA):
         y = np.asarray(y, dtype=float)
@@ -144,8 +143,7 @@ class GPFit:
         return self.constant * matern(d, self.nu)
 
     def hyperparameters(self, standardised=False):
-        """The kernel's hyper-parameters by name: variances in score^2, length scales in log2(repetitions)
-        and λ; or, with standardised=True, as scikit-learn reports them for the standardised data."""
+        """The kernel's hyper-parameters by name, in score^2, log2(r) and λ units (standardised: sklearn's)."""
         values = [self.constant, *self.length_scale, self.noise]
         if not standardised:
             values = [values[0] * self.y_std**2, values[1] * self.x_std[0], values[2] * self.x_std[1],
@@ -153,8 +151,7 @@ class GPFit:
         return {"nu": self.nu, **{name: float(v) for name, v in zip(HYPERPARAMETERS, values)}}
 
     def predict(self, X, return_std=False):
-        """Posterior mean score at runs X; with return_std, also the standard deviation of a new run's
-        score (observation noise included, as scikit-learn's predict does)."""
+        """Posterior mean score at runs X; with return_std, also a new run's sd (noise included, as sklearn)."""
         Ks = self.kernel(self.standardise(X), self.X)
         mean = self.y_mean + self.y_std * (Ks @ self.weights)
         if not return_std:
@@ -180,8 +177,7 @@ class GPFit:
         return samples, jitter
 
     def loo_predictions(self):
-        """Leave-one-out predictive means at the training runs, at fixed hyper-parameters, in closed
-        form (GPML eq. 5.12: mu_i = y_i - [K^-1 y]_i / [K^-1]_ii), in score units."""
+        """Leave-one-out predictive means at the training runs (GPML eq. 5.12), in score units."""
         K_inv_diag = np.diag(cho_solve((self.L, True), np.eye(len(self.y)), check_finite=False))
         return self.y_mean + self.y_std * (self.y - self.weights / K_inv_diag)
 
@@ -225,8 +221,7 @@ def check_runs(X, y, nu):
 
 
 def fit_gp(X, y, nu=2.5, restarts=10, seed=0):
-    """Fit the GP to runs X = [(repetitions, λ), ...] with scores y by maximising the LML with
-    L-BFGS-B, from START and from `restarts` starts drawn log-uniformly within BOUNDS."""
+    """Fit the GP by maximising the LML with L-BFGS-B from START and `restarts` random starts in BOUNDS."""
     X, y = check_runs(X, y, nu)
     rng = np.random.default_rng(seed)
     starts = [START] + [rng.uniform(BOUNDS[:, 0], BOUNDS[:, 1]) for _ in range(restarts)]
@@ -366,8 +361,7 @@ def read_runs(csv_paths=(), results_paths=(), score=None):
 
 
 def synthetic_optimum(repetitions):
-    """The synthetic sweep's optimal λ: near 1 with little repetition, then λ·r rising slowly
-    (8 at r=16, about 14 at r=128), roughly the paper's rule of thumb."""
+    """The synthetic sweep's optimal λ: near 1 at little repetition, λ·r = 8 at r=16, about 14 at r=128."""
     return 1.0 / (1.0 + np.asarray(repetitions) / 16.0)
 
 

@@ -41,9 +41,8 @@ def check_sampling_args(temperature, top_k, top_p):
 
 
 def filter_logits(logits, top_k=None, top_p=1.0):
-    """Set to -inf every logit outside the top_k largest (top_k None or 0: off) and outside the
-    nucleus: the smallest set of most probable tokens whose probability reaches top_p (Holtzman et
-    al. 2020). The most probable token is always kept."""
+    """-inf for every logit outside the top_k (None or 0: off) and outside the nucleus, the smallest set
+    of most probable tokens whose probability reaches top_p (Holtzman et al. 2020)."""
     if top_k:
         kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, -math.inf)
@@ -232,10 +231,8 @@ def generate_diffusion(model, prompt_ids, n_tokens, steps, sampler="ancestral", 
 # Generative perplexity and the speed-quality curve
 
 def causal_nll(model, seq):
-    """Per-token NLL of a (L,) sequence in causal mode: entry i is -log p(seq[i+1] | seq[:i+1]).
-    Sequences longer than the model's window are scored in windows of block_size tokens that advance
-    by half a block; each window scores only tokens not scored before, so every token past the first
-    window sees at least half a block of context (strided perplexity)."""
+    """Per-token NLL of a (L,) sequence in causal mode: entry i is -log p(seq[i+1] | seq[:i+1]). Past the
+    model's window, windows advance by half a block and score only new tokens (strided perplexity)."""
     L, W = seq.size(0), model.config.block_size
     nll = torch.full((L - 1,), math.nan)
     done, end = 0, min(L, W)  # entries [0, done) are filled; the current window is [end - W, end)
@@ -267,12 +264,11 @@ def score_samples(model, sequences, n_context):
 
 def timed(fn, device):
     """(fn(), seconds), waiting for the GPU to finish when there is one."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync()
     t0 = time.perf_counter()
     result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync()
     return result, time.perf_counter() - t0
 
 
