@@ -336,9 +336,8 @@ def bench_gp(args):
 
 
 # -----------------------------------------------------------------------------
-# bench.py nanogpt PATH: nanodual's train.py against nanoGPT's own, unmodified train.py, at the same
-# shape and on the same tokens, each trainer in its own process (nanoGPT from its own folder: its
-# train.py reads configurator.py from the working directory). docs/bench.md describes the method.
+# bench.py nanogpt PATH: nanodual's train.py against nanoGPT's own, unmodified one (run from its own
+# folder: it reads configurator.py from there), same shape, same tokens (method: docs/bench.md)
 
 NANOGPT_LINE = re.compile(r"^iter (\d+): loss \S+, time ([\d.]+)ms")
 NANODUAL_LINE = re.compile(r"^iter (\d+)/\d+ \|.*\| ([\d,]+) tok/s")
@@ -451,7 +450,8 @@ def bench_nanogpt(args):
 
 
 # -----------------------------------------------------------------------------
-# bench.py data: the training loader against the fixed-window one it replaced (issue 11)
+# bench.py data: the training loader against the fixed-window one it replaced (issue 11), each loader
+# in its own process, interleaved over rounds
 
 class FixedWindows:
     """The loader data.py had before documents were sampled (kept here only as a baseline): fixed
@@ -497,8 +497,6 @@ def data_worker(loader, data_dir, block_size, batch_size, batches, repetitions):
 
 
 def bench_data(args):
-    """Windows/s and peak memory of the document loader (sampled subset, re-packed every epoch) and of
-    the fixed-window loader it replaced, each in its own process, interleaved over rounds."""
     shapes = [(128, 16), (2048, 8)]
     data.load_meta(args.data_dir)  # a one-line error for a folder that is not a dataset
     data_dir = os.path.abspath(args.data_dir)
@@ -539,8 +537,7 @@ sys.exit(os.waitstatus_to_exitcode(status))"""
 
 
 def bench_prepare(args):
-    """data.py's tokens/s, wall time and peak RSS on one parquet file against the same documents as
-    JSON lines, each run in its own process; both must give the same train.bin."""
+    """Each input in its own data.py process: tokens/s, wall time, peak RSS; both must give the same output."""
     import json
     import pyarrow as pa
     import pyarrow.parquet as pq
