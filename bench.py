@@ -54,27 +54,23 @@ def sync(dev):
         torch.cuda.synchronize()
 
 
-def timed(fn, dev, repeats):
-    """Median seconds of `repeats` calls of fn (after the caller's warm-up)."""
-    times = []
-    for _ in range(repeats):
-        sync(dev)
-        t0 = time.perf_counter()
-        fn()
-        sync(dev)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def interleaved(variants, dev, rounds, repeats):
-    """Median time per variant, measuring every variant once per round so drifts hit all alike."""
+    """Seconds per call of each variant: the median over rounds of each round's median of `repeats`
+    calls. Every variant runs in every round, so drifts hit all alike."""
     for fn in variants.values():  # warm-up (and compilation)
         fn()
         fn()
     samples = {name: [] for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
-            samples[name].append(timed(fn, dev, repeats))
+            times = []
+            for _ in range(repeats):
+                sync(dev)
+                t0 = time.perf_counter()
+                fn()
+                sync(dev)
+                times.append(time.perf_counter() - t0)
+            samples[name].append(statistics.median(times))
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
