@@ -118,7 +118,10 @@ def test_figures_from_the_csvs(sweep_dirs):
     assert "final validation AR loss at r=4" in out.stdout and "lowest validation AR loss at r=4" in out.stdout
     summary = (results / "summary.md").read_text()
     assert len(re.findall(r"^\| 4 \| [0-9.]+ \|", summary, re.M)) == 2  # one table row per (4, λ) cell
-    assert "| 5 | a mix beats pure MD at every r |" in summary  # and the table of the paper's claims
+    # the table of the paper's claims: a grid of λ in {0, 1} and r in {1, 4} has not the cells of claims 1, 2, 3, 5
+    assert "| 5 | a mix beats both pure objectives at every r, on each metric | inconclusive (the grid has no mixed λ) |" \
+        in summary
+    assert "| 3 | λ* is lower at r ≥ 32 than at r ≤ 16" in summary and "inconclusive (the grid has no r ≥ 32)" in summary
 
 
 def test_a_rerun_with_other_settings_is_refused(sweep_dirs):
@@ -328,3 +331,61 @@ def test_the_documented_commands_are_the_configs_own():
     assert [c.split()[1] for c in commands] == ["data.py", "sweep.py"] and "data_novels_para" in commands[0]
     for doc in (sweep.__doc__, (REPO / "docs" / "sweep.md").read_text()):
         assert all(command.strip() in flat(doc) for command in commands), commands
+
+
+# sweep.claims on fake cells (no training): each verdict needs its cells, and tests the claim whole
+def fake_cells(losses, md=None):
+    """results.csv rows from {(r, λ): final val AR loss} (and {(r, λ): final val MD loss}); no overfitting."""
+    md = md or {}
+    return [{"repetitions": float(r), "lambda": float(lam), "final_val_ar_loss": ar, "min_val_ar_loss": ar,
+             "final_val_md_loss": md.get((r, lam), 4.0)} for (r, lam), ar in losses.items()]
+
+
+def fake_fits(optimal, noise=0.01):
+    """A GP fit of the final val AR loss: its noise sd and E[λ*] per r."""
+    return {"final_val_ar_loss": {"kernel": {"noise_level": noise ** 2}, "optimal_lambda": [
+        {"repetitions": float(r), "mean": m} for r, m in optimal.items()]}}
+
+
+def verdicts(rows, fits, replicates=()):
+    lines = sweep.claims(rows, fits, list(replicates))
+    return {int(line.split("|")[1]): line.split("|")[3].strip() for line in lines if re.match(r"\| \d \|", line)}
+
+
+def test_claims_without_their_cells_are_inconclusive():
+    rows = fake_cells({(1, 0): 5.0, (1, 1): 3.6, (4, 0): 5.1, (4, 1): 3.7})
+    got = verdicts(rows, fake_fits({1: 0.9, 4: 0.9}))
+    assert got == {1: "inconclusive (the grid has no λ in (0.5, 1))", 2: "inconclusive (the grid has no r ≥ 32)",
+                   3: "inconclusive (the grid has no r ≥ 32)", 4: "not tested at this scale (the grid has no PLL score)",
+                   5: "inconclusive (the grid has no mixed λ)"}
+    high = fake_cells({(64, 0): 5.0, (64, 0.5): 4.5, (128, 0): 5.5, (128, 0.5): 5.0})  # no r <= 16, no λ = 1
+    got = verdicts(high, fake_fits({64: 0.3, 128: 0.2}))
+    assert got[1] == "inconclusive (the grid has no r ≤ 16)"
+    assert got[2] == "inconclusive (the grid has no λ = 1 at r = 128)"
+    assert got[5] == "inconclusive (the grid has no λ = 1)"
+    assert sweep.claims(rows, {}, []) == [
+        "(no seed replicates and no GP fit of the final validation AR loss: no noise level, no claims table)"]
+
+
+def test_claim_1_fails_when_pure_ar_beats_the_best_mix():
+    losses = {(1, 0): 5.0, (1, 0.5): 4.0, (1, 0.75): 3.8, (1, 1): 3.6}  # more AR is better, and λ = 1 is best
+    fits = fake_fits({1: 0.9})
+    assert verdicts(fake_cells(losses), fits)[1] == "fails"
+    losses[(1, 1)] = 3.81  # pure AR level with the best mix, within the noise: no improvement
+    assert verdicts(fake_cells(losses), fits)[1] == "holds"
+    losses[(1, 0.75)] = losses[(1, 1)] = 4.0  # more AR weight no better than λ = 0.5
+    assert verdicts(fake_cells(losses), fits)[1] == "inconclusive"
+
+
+def test_claim_5_needs_a_mix_to_beat_both_pure_objectives_on_each_metric():
+    losses = {(1, 0): 5.0, (1, 0.5): 3.8, (1, 1): 3.6}
+    fits = fake_fits({1: 0.9})
+    assert verdicts(fake_cells(losses), fits)[5] == "fails"  # the mix beats λ = 0, not λ = 1, on the AR loss
+    losses[(1, 1)] = 4.0
+    md = {(1, 0): 4.2, (1, 0.5): 4.4, (1, 1): 6.0}  # on the MD loss λ = 0 beats the mix
+    replicates = [{"repetitions": 1.0, "lambda": 0.0, "final_val_ar_loss": 5.01, "final_val_md_loss": 4.21}]
+    assert verdicts(fake_cells(losses, md), fits, replicates)[5] == "fails"
+    md[(1, 0.5)] = 4.0
+    lines = sweep.claims(fake_cells(losses, md), fits, replicates)
+    assert verdicts(fake_cells(losses, md), fits, replicates)[5] == "holds"
+    assert "AR loss holds" in lines[-1] and "MD loss (ELBO) holds" in lines[-1]
