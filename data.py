@@ -400,17 +400,18 @@ def parquet_documents(path, text_field):
         reader.stdout.close()
 
 
-def read_documents(path, doc_split, text_field="text"):
+def read_documents(path, doc_split, text_field="text", max_doc_bytes=None):
     """The documents of one file, trimmed (trailing whitespace and leading blank lines dropped), empty
-    ones included. Text is UTF-8 (a BOM is dropped) and line endings become \\n."""
+    ones included, each cut to max_doc_bytes (see cap_document). Text is UTF-8 (a BOM is dropped) and line
+    endings become \\n. Every reader of the corpus comes here, so scan, BPE and encoding see the same documents."""
     kind, gzipped = file_format(path)
     if kind == "parquet":
-        yield from map(trim_document, parquet_documents(path, text_field))
+        yield from capped(parquet_documents(path, text_field), max_doc_bytes)
         return
     read = jsonl_documents if kind == "jsonl" else text_documents
     try:
         with (gzip.open if gzipped else open)(path, "rt", encoding="utf-8-sig", newline=None) as f:
-            yield from map(trim_document, read(f, path, doc_split, text_field))
+            yield from capped(read(f, path, doc_split, text_field), max_doc_bytes)
     except UnicodeDecodeError:
         with (gzip.open if gzipped else open)(path, "rb") as f:
             start = f.read(4)
@@ -430,9 +431,32 @@ def trim_document(text):
     return text[text.rfind("\n", 0, start) + 1:]  # keeps the first line's indentation
 
 
-def iter_documents(files, doc_split, text_field="text"):
+def cap_document(text, max_bytes):
+    """Cut a document of more than max_bytes UTF-8 bytes into pieces at line breaks, each as many whole
+    lines as fit in max_bytes; a single line longer than that is a piece of its own, never cut inside."""
+    piece, size = [], -1  # pieces are joined by "\n": n lines of b bytes in all take b + n - 1
+    for line in text.split("\n"):
+        n = len(line.encode("utf-8")) + 1
+        if piece and size + n > max_bytes:
+            yield "\n".join(piece)
+            piece, size = [], -1
+        piece.append(line)
+        size += n
+    yield "\n".join(piece)
+
+
+def capped(documents, max_doc_bytes):
+    """Trimmed documents; with max_doc_bytes, a longer one is cut into trimmed, non-empty pieces."""
+    for text in map(trim_document, documents):
+        if max_doc_bytes is None or len(text.encode("utf-8")) <= max_doc_bytes:
+            yield text
+        else:
+            yield from filter(None, map(trim_document, cap_document(text, max_doc_bytes)))
+
+
+def iter_documents(files, doc_split, text_field="text", max_doc_bytes=None):
     """All non-empty documents, lazily, in a fixed order."""
-    return (text for path in files for text in read_documents(path, doc_split, text_field) if text)
+    return (text for path in files for text in read_documents(path, doc_split, text_field, max_doc_bytes) if text)
 
 
 def document_hash(text, seed):
@@ -451,12 +475,12 @@ class CorpusScan:
     max_hash: int = -1
 
 
-def scan_corpus(files, doc_split, text_field, seed):
+def scan_corpus(files, doc_split, text_field, seed, max_doc_bytes=None):
     """Pass 1: read everything once (so bad input fails before any long work) and keep O(1) state."""
     scan = CorpusScan()
     progress = Progress(total=len(files), desc="scan", unit="files", stream=sys.stdout)
     for path in files:
-        for text in read_documents(path, doc_split, text_field):
+        for text in read_documents(path, doc_split, text_field, max_doc_bytes):
             if not text:
                 scan.empty_skipped += 1
                 continue
@@ -515,7 +539,8 @@ def encode_chunk(texts):
     return out, sum(len(t.encode("utf-8")) for t in texts)
 
 
-def encode_corpus(files, doc_split, text_field, tok, threshold, seed, out_dir, workers, chunk_chars, total_bytes):
+def encode_corpus(files, doc_split, text_field, max_doc_bytes, tok, threshold, seed, out_dir, workers, chunk_chars,
+                  total_bytes):
     """Pass 3 into train.bin.tmp, val.bin.tmp and train.idx.tmp; returns the token and document counts."""
     dtype = token_dtype(tok.vocab_size)
     paths = {name: out_dir / f"{name}.tmp" for name in ("train.bin", "val.bin", "train.idx")}
@@ -526,7 +551,7 @@ def encode_corpus(files, doc_split, text_field, tok, threshold, seed, out_dir, w
     slots, stopping = threading.Semaphore(CHUNKS_IN_FLIGHT_PER_WORKER * workers), threading.Event()
 
     def chunks():
-        for chunk in batches(iter_documents(files, doc_split, text_field), chunk_chars):
+        for chunk in batches(iter_documents(files, doc_split, text_field, max_doc_bytes), chunk_chars):
             yield chunk
             slots.acquire()  # before reading the next one (in imap's feeder thread)
             if stopping.is_set():
@@ -595,7 +620,8 @@ def encode_corpus(files, doc_split, text_field, tok, threshold, seed, out_dir, w
 # The whole preparation
 
 
-def train_tokenizer(files, doc_split, text_field, seed, threshold, scan, vocab_size, tokenizer_train_bytes):
+def train_tokenizer(files, doc_split, text_field, max_doc_bytes, seed, threshold, scan, vocab_size,
+                    tokenizer_train_bytes):
     """Pass 2: train the BPE on the training documents only. With a byte budget, on a deterministic
     sample: each training document is in with probability budget / corpus bytes, decided by its hash
     (uniform over [threshold, 2^64) for training documents). Returns the tokenizer and a description."""
@@ -604,7 +630,7 @@ def train_tokenizer(files, doc_split, text_field, seed, threshold, scan, vocab_s
     sample = {"documents": 0, "bytes": 0}
 
     def training_texts():
-        for text in iter_documents(files, doc_split, text_field):
+        for text in iter_documents(files, doc_split, text_field, max_doc_bytes):
             n_bytes = len(text.encode("utf-8"))
             if threshold <= document_hash(text, seed) < cutoff:
                 sample["documents"] += 1
@@ -674,26 +700,29 @@ def lock_out_dir(out_dir):
     return lock
 
 
-def choose_doc_split(files, doc_split, text_field, seed):
+def choose_doc_split(files, doc_split, text_field, seed, max_doc_bytes=None):
     """Scan the corpus; without a --doc_split, "file", unless that makes the whole corpus a single
-    document (one plain-text file, nanoGPT's usual input), which is then split at blank lines."""
-    scan = scan_corpus(files, doc_split or "file", text_field, seed)
+    document (one plain-text file, nanoGPT's usual input), which is then split at blank lines. (That
+    choice is made on uncut documents: a cap would otherwise hide a single document.)"""
+    scan = scan_corpus(files, doc_split or "file", text_field, seed, max_doc_bytes if doc_split else None)
     if scan.documents == 0:
         raise ValueError(f"empty input corpus: no non-empty document in {len(files)} input file(s); give files "
                          f"that contain text")
     if doc_split is None and scan.min_hash == scan.max_hash and any(file_format(f)[0] == "text" for f in files):
-        scan = scan_corpus(files, "blank_line", text_field, seed)
+        scan = scan_corpus(files, "blank_line", text_field, seed, max_doc_bytes)
         print(f"the input is a single document, so it is split into documents at blank lines: "
               f"{scan.documents:,} documents (--doc_split file keeps one document per file)", flush=True)
         if scan.min_hash == scan.max_hash:
             raise ValueError("the corpus holds a single distinct document even when split at blank lines, so none "
                              "can be held out for validation; give more text, or more files")
         return "blank_line", scan
+    if doc_split is None and max_doc_bytes is not None:
+        scan = scan_corpus(files, "file", text_field, seed, max_doc_bytes)
     return doc_split or "file", scan
 
 
 def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe", doc_split=None, text_field="text",
-            workers=1, seed=0, tokenizer_train_bytes=None, sources=None, chunk_chars=1 << 20):
+            workers=1, seed=0, tokenizer_train_bytes=None, max_doc_bytes=None, sources=None, chunk_chars=1 << 20):
     """Prepare a dataset folder from input files/folders; returns meta. tokenizer: "bpe" (train one),
     "gpt2" (tiktoken), or a tokenizer file / prepared folder to reuse; doc_split: see choose_doc_split."""
     if not 0 < val_fraction < 1:
@@ -705,6 +734,9 @@ def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe"
                          f"tokens) and at most 2^32 = {MAX_VOCAB_SIZE} (ids are stored as uint32), got {vocab_size}")
     if tokenizer_train_bytes is not None and tokenizer_train_bytes < 1:
         raise ValueError(f"--tokenizer_train_bytes must be positive, got {tokenizer_train_bytes}")
+    if max_doc_bytes is not None and max_doc_bytes < 1:
+        raise ValueError(f"--max_doc_bytes must be a positive number of bytes, got {max_doc_bytes}; leave it out "
+                         f"to keep documents whole")
     check_out_dir(out_dir)
     if tokenizer != "bpe":  # a tokenizer that cannot load should fail before any long pass
         tok, tokenizer_rule = load_given_tokenizer(tokenizer)
@@ -715,15 +747,15 @@ def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe"
     lock = None
     try:
         lock = lock_out_dir(out_dir)
-        doc_split, scan = choose_doc_split(files, doc_split, text_field, seed)
+        doc_split, scan = choose_doc_split(files, doc_split, text_field, seed, max_doc_bytes)
         threshold, threshold_note = val_threshold(val_fraction, scan)
         if tokenizer == "bpe":
-            tok, tokenizer_rule = train_tokenizer(files, doc_split, text_field, seed, threshold, scan, vocab_size,
-                                                  tokenizer_train_bytes)
+            tok, tokenizer_rule = train_tokenizer(files, doc_split, text_field, max_doc_bytes, seed, threshold, scan,
+                                                  vocab_size, tokenizer_train_bytes)
         # Everything is written under temporary names beside the old dataset, which stays whole until
         # the new one is complete; then the files are renamed over it, meta.json last.
-        counts = encode_corpus(files, doc_split, text_field, tok, threshold, seed, out_dir, workers, chunk_chars,
-                               scan.bytes)
+        counts = encode_corpus(files, doc_split, text_field, max_doc_bytes, tok, threshold, seed, out_dir, workers,
+                               chunk_chars, scan.bytes)
         plain_text = ("each plain-text file is one document" if doc_split == "file" else
                       "plain-text files are split into documents at blank lines (lines holding only whitespace)")
         meta = {
@@ -734,10 +766,13 @@ def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe"
             "unk_id": tok.unk_id,
             "sources": [str(s) for s in (sources or [Path(i).resolve() for i in inputs])],
             "input_files": len(files), "corpus_bytes": scan.bytes, "empty_documents_skipped": scan.empty_skipped,
-            "doc_split": doc_split, "text_field": text_field,
+            "doc_split": doc_split, "text_field": text_field, "max_doc_bytes": max_doc_bytes,
             "document_rule": (
                 f"{plain_text}; each line of a .jsonl file and each row of a .parquet file is one document (its "
-                f"\"{text_field}\" field). Text is read as UTF-8 without BOM, line endings normalised to \\n, trailing "
+                f"\"{text_field}\" field)"
+                + (f"; a document over max_doc_bytes {max_doc_bytes} UTF-8 bytes is cut at line breaks into "
+                   f"documents of at most that many bytes (a longer single line stays whole)" if max_doc_bytes else "")
+                + f". Text is read as UTF-8 without BOM, line endings normalised to \\n, trailing "
                 f"whitespace and leading blank lines removed; empty documents are skipped. In the .bin files each "
                 f"document is <s> followed by its tokens (no end-of-document token), documents back to back in "
                 f"input order"),
@@ -998,6 +1033,9 @@ def main(argv=None):
     parser.add_argument("--tokenizer_train_bytes", type=int, default=None,
                         help="train the BPE on a deterministic hash-chosen sample of about this many bytes of the "
                              "training documents (default: all of them)")
+    parser.add_argument("--max_doc_bytes", type=int, default=None,
+                        help="cut a longer document at line breaks into documents of at most this many UTF-8 bytes "
+                             "(a longer single line stays whole), so no book is one document (default: no cap)")
     parser.add_argument("--val_fraction", type=float, default=0.02,
                         help="share of documents held out for validation, chosen by a hash of their text (at least "
                              "one document; default: %(default)s)")

@@ -972,3 +972,64 @@ def test_block_size_or_token_budget_too_large_for_the_data(tmp_path):
     with pytest.raises(ValueError) as error:
         data.val_windows(folder, 10, 4)
     assert "val.bin" in one_line(error) and "block_size" in str(error.value)
+
+
+# -----------------------------------------------------------------------------
+# --max_doc_bytes: a book with no blank lines is cut into documents at line breaks (issue 21 §3)
+
+
+@pytest.fixture(scope="module")
+def unbroken_book(shared_data, tmp_path_factory):
+    """A novel slice with its blank lines removed, as Great Expectations is: one document at blank lines."""
+    raw = (shared_data / "corpus" / "english_novels" / "Hardy_Tess_1891.txt").read_bytes()
+    text = cut_at_line(raw, 60_000).decode("utf-8-sig").replace("\r\n", "\n")
+    text = "\n".join(line for line in text.split("\n") if line.strip())
+    text += "\n" + " ".join(["a-single-line-longer-than-the-cap"] * 100)  # 3,399 bytes: kept whole, not cut
+    path = tmp_path_factory.mktemp("book") / "book.txt"
+    path.write_text(text + "\n", encoding="utf-8")
+    return path, text
+
+
+def test_a_long_document_is_cut_at_line_breaks_under_the_cap(unbroken_book):
+    path, text = unbroken_book
+    assert list(data.read_documents(path, "blank_line")) == [text]  # no cap: one document
+    pieces = list(data.read_documents(path, "blank_line", max_doc_bytes=2000))
+    assert len(pieces) > 25 and "\n".join(pieces) == text  # whole lines, in order, nothing lost
+    sizes = [len(p.encode()) for p in pieces]
+    assert all(s <= 2000 for s in sizes[:-1]) and sizes[-1] == 3399  # the over-long line alone, whole
+    assert sum(sizes[:-1]) / len(sizes[:-1]) > 1500  # filled near the cap, not line by line
+    # the same pieces from every input format
+    (path.parent / "book.jsonl").write_text(json.dumps({"text": text}) + "\n", encoding="utf-8")
+    assert list(data.read_documents(path.parent / "book.jsonl", "blank_line", max_doc_bytes=2000)) == pieces
+    write_parquet(path.parent / "book.parquet", [text], 1)
+    assert list(data.read_documents(path.parent / "book.parquet", "blank_line", max_doc_bytes=2000)) == pieces
+    # documents under the cap are untouched
+    assert list(data.read_documents(path, "blank_line", max_doc_bytes=len(text.encode()))) == [text]
+    # one text file without --doc_split is split at blank lines as before: a cap does not make it "file"
+    doc_split, scan = data.choose_doc_split([path], None, "text", 0, 2000)
+    assert doc_split == "blank_line" and scan.documents == len(pieces)
+
+
+def test_the_pieces_of_a_book_are_split_into_train_and_val_independently(unbroken_book, tmp_path, capsys):
+    path, text = unbroken_book
+    data.main([str(a) for a in ("--input", path, "--out_dir", tmp_path / "capped", "--doc_split", "blank_line",
+                                "--vocab_size", 400, "--val_fraction", 0.2, "--max_doc_bytes", 2000, "--workers", 1)])
+    meta = data.load_meta(tmp_path / "capped")
+    assert meta["max_doc_bytes"] == 2000 and "max_doc_bytes 2000" in meta["document_rule"]
+    tok, pieces = data.Tokenizer.load(tmp_path / "capped"), list(data.read_documents(path, "blank_line", "text", 2000))
+    for split in ("train", "val"):
+        tokens = np.fromfile(tmp_path / "capped" / f"{split}.bin", dtype=meta["dtype"])
+        found = [tok.decode(d) for d in split_documents(tokens, meta["bos_id"])]
+        assert found == [p for p in pieces if (reference_hash(p, 0) < meta["val_hash_threshold"]) == (split == "val")]
+        assert len(found) >= 3  # the one book spreads across both splits
+    # without the cap the book is one document: a single one cannot be split
+    assert "single distinct document" in cli_error("--input", path, "--out_dir", tmp_path / "whole",
+                                                   "--doc_split", "blank_line", "--vocab_size", "400")
+
+
+def test_default_is_no_cap_and_a_bad_cap_is_a_one_line_error(prepared, corpus_files, tmp_path):
+    assert data.load_meta(prepared)["max_doc_bytes"] is None
+    for bad in ("0", "-5"):
+        message = cli_error("--input", *corpus_files, "--out_dir", tmp_path / "out", "--max_doc_bytes", bad)
+        assert_one_line_error(message, f"--max_doc_bytes must be a positive number of bytes, got {bad}")
+    assert not (tmp_path / "out").exists()
