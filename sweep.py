@@ -616,7 +616,8 @@ def claims(rows, fits, replicates, key="final_val_ar_loss"):
             else "fails" if rise < 0.5 * margins[key] else "inconclusive"
         text = (f"λ=1 final {ar[key]:.4f}, rose {rise:.4f} above its lowest; best mix {mix:.4f} (λ={mix_lam:g}); "
                 f"λ=0 {md[key]:.4f}")
-    lines.append(f"| 2 | at r = {r_max:g}, pure AR overfits and a mix beats both pure objectives | {verdict} | {text} |")
+    lines.append(f"| 2 | at r = {r_max:g}, pure AR overfits and a mix beats both pure objectives | "
+                 f"{verdict} | {text} |")
     # 3: λ* lower at every r >= 32 than at any r <= 16 and falling from one r >= 32 to the next; λ*·r in [8, 32]
     levels = sorted(optimal)
     high = [r for r in levels if r >= 32]

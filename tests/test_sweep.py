@@ -356,7 +356,8 @@ def test_claims_without_their_cells_are_inconclusive():
     rows = fake_cells({(1, 0): 5.0, (1, 1): 3.6, (4, 0): 5.1, (4, 1): 3.7})
     got = verdicts(rows, fake_fits({1: 0.9, 4: 0.9}))
     assert got == {1: "inconclusive (the grid has no λ in (0.5, 1))", 2: "inconclusive (the grid has no r ≥ 32)",
-                   3: "inconclusive (the grid has no r ≥ 32)", 4: "not tested at this scale (the grid has no PLL score)",
+                   3: "inconclusive (the grid has no r ≥ 32)",
+                   4: "not tested at this scale (the grid has no PLL score)",
                    5: "inconclusive (the grid has no mixed λ)"}
     high = fake_cells({(64, 0): 5.0, (64, 0.5): 4.5, (128, 0): 5.5, (128, 0.5): 5.0})  # no r <= 16, no λ = 1
     got = verdicts(high, fake_fits({64: 0.3, 128: 0.2}))
