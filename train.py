@@ -624,8 +624,6 @@ def main(argv):
         f"checkpoint {ckpt_path}" + (f"; {compiled_graphs()} graphs compiled" if use_compile else ""))
     if master and wandb:
         wandb.finish()
-    if world > 1:
-        dist.destroy_process_group()
 
 
 def non_finite_loss(step, ckpt_path):
@@ -645,6 +643,9 @@ def run(argv):
     """main(argv) as the command line runs it: a failure ends it with one line on stderr, exit status 1."""
     try:
         main(argv)
+        if dist.is_initialized():  # after main's DDP model is gone, and once every rank is done: tearing the
+            dist.barrier()         # group down under a live DDP reducer, or before another rank finished,
+            dist.destroy_process_group()  # could abort a gloo rank at exit (SIGABRT after a good run)
     except BrokenPipeError:  # the reader of stdout went away (`train.py ... | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
         sys.exit(f"train.py: stopped: its output was closed; {last_checkpoint()}")
