@@ -17,6 +17,7 @@ import torch
 
 import model as M
 import sample as S
+from conftest import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = [40, 41, 97, 130, 7, 256, 300, 18, 77, 5, 460, 64]  # ordinary (non-special) token ids
@@ -382,18 +383,9 @@ def test_temperatures_below_the_floor_decode_greedily(temperature):
 # Command line
 
 def run_cli(capsys, *args):
-    """sample.main(args) in this process (the command line without a new python and torch import):
-    (exit code, stdout, stderr) as the shell would see them; sys.exit(message) prints the message."""
-    try:
-        S.main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-        if isinstance(code, str):
-            print(code, file=sys.stderr)
-            code = 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    """(exit code, stdout, stderr) of sample.main(args) run in this process."""
+    run = run_main(S.main, *args)
+    return run.returncode, run.stdout, run.stderr
 
 
 def test_cli_writes_json_lines_with_scores(tiny_checkpoint, tmp_path, capsys):

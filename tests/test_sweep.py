@@ -2,10 +2,8 @@
 the CSVs and draws the figures; it refuses to reuse cells of other settings, and stops its children.
 sweep.main runs in this process (no python and torch start-up per call; the cells' train.py and
 eval.py are subprocesses as ever); three tests run `python sweep.py` itself."""
-import contextlib
 import csv
 import fcntl
-import io
 import json
 import os
 import re
@@ -14,12 +12,11 @@ import signal
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import pytest
 
 import sweep
-from conftest import REPO
+from conftest import REPO, run_main
 
 TINY_MODEL = ["--max_iters=3", "--eval_interval=1", "--eval_iters=1", "--batch_size=2", "--block_size=32",
               "--n_layer=1", "--n_embd=32", "--n_head=2", "--intermediate_size=64", "--log_interval=1",
@@ -32,19 +29,7 @@ def run(args, **kw):
 
 
 def sweep_main(*args):
-    """sweep.main(args) in this process, with what the shell would see: returncode, stdout and stderr
-    (sys.exit(message) prints the message and exits with 1)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            sweep.main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-            if isinstance(code, str):
-                print(code, file=sys.stderr)
-                code = 1
-    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+    return run_main(sweep.main, *args)
 
 
 def read_rows(path):
