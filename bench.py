@@ -8,7 +8,7 @@ round): on a shared machine only ratios measured together mean anything. Figures
     python bench.py sample    # sample.py: AR with and without the KV cache; diffusion sampling
     python bench.py gp        # gp_fit.py against scikit-learn on the same work
     python bench.py nanogpt ../shared/anchors/nanoGPT   # train.py against nanoGPT's train.py
-    python bench.py data --data_dir data_novels_para   # the training loader against the one it replaced
+    python bench.py data --data_dir data_novels_capped   # the training loader against the one it replaced
     python bench.py prepare    # data.py on a parquet file against the same documents as JSON lines
 
     python bench.py train --device cuda --size 125m --compile    # on a GPU: bf16 autocast, MFU

@@ -755,13 +755,60 @@ def evaluate_mode(model, task, items, req, mode, settings, autocast, dump, run=N
     return entry
 
 
+# -----------------------------------------------------------------------------
+# Held-out text (docs/eval.md: Held-out loss): the paper judges bidirectional use by PLL (§4), so a
+# dataset's validation windows are scored by PLL beside the causal likelihood, on the same tokens.
+
+def heldout_sequences(data_dir, block_size, n_windows, bos_id):
+    """train.py's validation windows (data.val_windows), one token shorter so that PLL's last <mask> still
+    fits the model's window, cut at document starts so that no token sees another document: [(piece, 1)]."""
+    import data
+    x, y, _ = data.val_windows(data_dir, block_size - 1, n_windows)
+    seqs = []
+    for w in torch.cat([x, y[:, -1:]], dim=1).numpy():
+        cuts = sorted({0, len(w), *np.flatnonzero(w == bos_id).tolist()})
+        seqs += [(w[a:b], 1) for a, b in zip(cuts, cuts[1:]) if b - a >= 2]
+    return seqs, len(x)
+
+
+def heldout_losses(model, tokenizer, data_dir, n_windows, autocast=False, batch_size=64, batch_tokens=None,
+                   progress=True):
+    """Held-out loss in nats per token, causal and PLL (k = 1: one <mask> per token). Each piece is scored
+    from its second token, the tokens train.py's AR validation loss scores: causal mode is that loss on
+    these windows, and pll its bidirectional counterpart."""
+    import data
+    if not data.same_tokenizer(tokenizer.to_spec(), data.Tokenizer.load(data_dir).to_spec()):
+        raise ValueError(f"--heldout_data {data_dir} has another tokenizer than the checkpoint; give the folder "
+                         f"of the dataset the model was trained on")
+    seqs, n_windows = heldout_sequences(data_dir, model.config.block_size, n_windows, model.config.bos_id)
+    tokens = sum(len(ids) - 1 for ids, _ in seqs)
+    entry = {"data_dir": os.path.abspath(data_dir), "windows": n_windows, "tokens": tokens}
+    start = time.time()
+    for mode in ("causal", "pll"):
+        bar = Progress(100, desc=f"held-out {mode}", unit="%") if progress else None
+        ll, _, truncated = sequence_logliks(model, seqs, mode, k=1, batch_size=batch_size, batch_tokens=batch_tokens,
+                                            autocast=autocast,
+                                            on_progress=bar and (lambda f: bar.update(int(100 * f) - bar.count)))
+        assert not truncated.any(), "a held-out piece longer than the model's window"
+        entry[f"{mode}_loss"] = float(-ll.sum() / tokens)
+        if bar:
+            bar.close()
+    entry["seconds"] = time.time() - start
+    if progress:
+        print(f"eval.py: held-out ({n_windows} windows, {tokens:,} tokens of {data_dir}): causal loss "
+              f"{entry['causal_loss']:.4f}, PLL loss {entry['pll_loss']:.4f}, {entry['seconds']:.1f}s", flush=True)
+    return entry
+
+
 def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_DATA_DIR, dump=None,
-             checkpoint=None, progress=True, autocast=None, out=None, **options):
-    """The results dict (docs/eval.md) of `tasks` ("all", names or {name: [Item]}) in `modes`; `options`: the
-    fields of Settings. `out` is written after every (task, mode) pair, and what it holds is kept."""
+             checkpoint=None, progress=True, autocast=None, out=None, heldout=None, **options):
+    """The results dict (docs/eval.md) of `tasks` ("all", "none", names or {name: [Item]}) in `modes`; `options`:
+    the fields of Settings. `out` is written after every (task, mode) pair, and what it holds is kept.
+    heldout: (dataset folder, number of validation windows) to score as heldout_losses does."""
     settings = Settings(**options)
     modes = parse_names(modes, MODES, "mode")
-    given = {name: tasks[name] if isinstance(tasks, dict) else None for name in parse_names(tasks, TASKS, "task")}
+    given = {} if tasks == "none" else {name: tasks[name] if isinstance(tasks, dict) else None
+                                        for name in parse_names(tasks, TASKS, "task")}
     device = next(model.parameters()).device
     autocast = device.type == "cuda" if autocast is None else autocast
     cfg = model.config
@@ -811,10 +858,15 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
 
     def save():
         results["average"] = average_scores(results["tasks"])
-        if out and results["tasks"]:
+        if out and (results["tasks"] or results.get("heldout")):
             write_atomically("--out", out, lambda f: json.dump(results, f, indent=2))
 
     try:
+        if heldout:
+            results["heldout"] = heldout_losses(model, tokenizer, *heldout, autocast=autocast,
+                                                batch_size=settings.batch_size, batch_tokens=settings.batch_tokens,
+                                                progress=progress)
+            save()
         for name, mode in todo:
             entry = evaluate_mode(model, name, loaded[name], requests[name], mode, settings, autocast,
                                   write_dump if dump_file else None, run if progress else None)
@@ -871,8 +923,9 @@ def results_problem(r):
     """What makes `r` (a parsed results file) unfit to merge into, or None."""
     if not isinstance(r, dict):
         return "not a JSON object"
-    for key, kind in (("fingerprint", str), ("settings", dict), ("tasks", dict), ("items_sha256", dict), ("run", dict)):
-        if not isinstance(r.get(key, {} if key in ("items_sha256", "run") else None), kind):
+    for key, kind in (("fingerprint", str), ("settings", dict), ("tasks", dict), ("items_sha256", dict), ("run", dict),
+                      ("heldout", dict)):
+        if not isinstance(r.get(key, {} if key in ("items_sha256", "run", "heldout") else None), kind):
             return f"{key!r} is missing or not a {'string' if kind is str else 'JSON object'}"
     for task, entries in r["tasks"].items():
         if task not in TASKS or not isinstance(entries, dict):
@@ -920,6 +973,8 @@ def keep_results(out, results, modes, dump=None):
             print(f"eval.py: {out} holds results of another evaluation (differs in: {', '.join(differ)}); "
                   f"replacing {pair_list(previous['tasks'])}", flush=True)
         return
+    if previous.get("heldout"):  # replaced when this run scores held-out text
+        results["heldout"] = previous["heldout"]
     stale = {t: e for t, e in previous["tasks"].items() if t in running and old_digests.get(t) != running[t]}
     if stale:
         print(f"eval.py: {out} scored {', '.join(stale)} on other items (another task file, --limit, ...); "
@@ -955,7 +1010,7 @@ def parse_args(argv):
     p = ArgumentParser(prog="eval.py", allow_abbrev=False, description="Zero-shot evaluation of a nanodual "
                        "checkpoint: nine tasks, four scoring modes (EVAL_SPEC.md; docs/eval.md).")
     p.add_argument("--ckpt", required=True, help="checkpoint written by train.py")
-    p.add_argument("--tasks", default="all", help=f"'all' or a comma list of: {', '.join(TASKS)}")
+    p.add_argument("--tasks", default="all", help=f"'all', 'none' or a comma list of: {', '.join(TASKS)}")
     p.add_argument("--modes", default="causal", help=f"comma list of: {', '.join(MODES)}")
     p.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="default: $NANODUAL_EVAL_DATA or eval_data")
     p.add_argument("--task_file", dest="task_files", type=task_file, action="append", default=[], metavar="TASK=PATH",
@@ -978,6 +1033,9 @@ def parse_args(argv):
                    help="count the continuation's leading space in per-char normalisation (OLMES: on)")
     p.add_argument("--mmlu_description", type=on_off, default=True, metavar="on|off", help="MMLU's subject line")
     p.add_argument("--olmes_subsample", action="store_true", help="OLMES's 1000 items of ARC-E, HellaSwag, PIQA, SIQA")
+    p.add_argument("--heldout", type=positive_int, metavar="N",
+                   help="also score N validation windows of the dataset causally and by PLL (loss per token)")
+    p.add_argument("--heldout_data", metavar="DIR", help="that dataset's folder (default: the checkpoint's data_dir)")
     p.add_argument("--out", help="the results JSON; a rerun reuses its pairs (same checkpoint and settings)")
     p.add_argument("--dump", help="one JSON line per (item, choice, mode)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -988,18 +1046,25 @@ def parse_args(argv):
 
 
 def format_table(results):
+    heldout = results.get("heldout")
+    held = heldout and (f"held-out loss per token ({heldout['windows']} windows): causal {heldout['causal_loss']:.4f}, "
+                        f"PLL {heldout['pll_loss']:.4f}")
+    if not results["tasks"]:
+        return held
     modes = list(results["average"])  # every mode that has a result, in MODES order
     lines = [f"{'task':<14}" + "".join(f"{m + ' acc (norm)':>22}" for m in modes)]
     lines += [f"{task:<14}" + "".join(f"{e[m]['accuracy']:>13.1f} ({e[m]['normalized']:5.1f})" if m in e else " " * 22
                                       for m in modes) for task, e in results["tasks"].items()]
     lines.append(f"{'average':<14}" + "".join(f"{'':>13} ({results['average'][m]:5.1f})" for m in modes))
-    return "\n".join(lines)
+    return "\n".join(lines + ([held] if held else []))
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        tasks = parse_names(args.tasks, TASKS, "task")
+        tasks = "none" if args.tasks == "none" else parse_names(args.tasks, TASKS, "task")
+        if tasks == "none" and not args.heldout:
+            raise ValueError("--tasks none evaluates nothing without --heldout N; give tasks, or --heldout 256")
         modes = parse_names(args.modes, MODES, "mode")
         from model import load_checkpoint, parse_device
         device = parse_device(args.device)
@@ -1023,11 +1088,15 @@ def main(argv=None):
         if "tokenizer" not in model.meta:
             raise ValueError(f"checkpoint {args.ckpt} has no tokenizer spec; pass a checkpoint written by train.py")
         tokenizer = data.Tokenizer.from_spec(model.meta["tokenizer"])
+        heldout_data = args.heldout_data or model.meta.get("data", {}).get("data_dir")
+        if args.heldout and not heldout_data:
+            raise ValueError(f"checkpoint {args.ckpt} records no dataset; give --heldout_data DIR")
         results = evaluate(model, tokenizer, tasks, modes, data_dir=args.data_dir, dump=args.dump,
+                           heldout=args.heldout and (heldout_data, args.heldout),
                            checkpoint=os.path.abspath(args.ckpt), out=args.out,
                            autocast=device.type == "cuda" and args.dtype == "bfloat16",
                            **{f.name: getattr(args, f.name) for f in fields(Settings)})
-        if not results["tasks"]:
+        if not results["tasks"] and not results.get("heldout"):
             raise FileNotFoundError(f"none of the tasks were found under {args.data_dir} (looked for "
                                     f"{'; '.join(results['skipped'].values())}); see README: Evaluation data")
         print(format_table(results))

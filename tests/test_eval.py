@@ -720,6 +720,26 @@ def test_items_without_two_different_choices_are_refused(tmp_path):
 
 
 # -----------------------------------------------------------------------------
+# Held-out text
+
+def test_heldout_losses_equal_train_validation_loss_and_a_pll_loop(tiny, tok, tiny_dataset):
+    """Causal: model.ar_loss, train.py's validation loss (document masking), on the same windows, another
+    code path. PLL: one forward pass per masked token over each document's piece of a window."""
+    entry = ev.heldout_losses(tiny, tok, tiny_dataset, 3, progress=False)
+    x, y, docs = data.val_windows(tiny_dataset, tiny.config.block_size - 1, 3)
+    with torch.no_grad():
+        assert entry["causal_loss"] == pytest.approx(M.ar_loss(tiny, x, y, docs)[0].item(), rel=1e-5)
+    seqs, n_windows = ev.heldout_sequences(tiny_dataset, tiny.config.block_size, 3, tok.bos_id)
+    assert n_windows == entry["windows"] == 3 and len(seqs) > 3  # the windows hold several documents
+    assert all(tok.bos_id not in ids[1:] for ids, _ in seqs)    # no piece crosses a document start
+    assert entry["tokens"] == int((y != tok.bos_id).sum()) == sum(len(ids) - 1 for ids, _ in seqs)
+    with torch.no_grad():
+        pll = sum(ref_pll(tiny, ids.tolist(), 1, 1) for ids, _ in seqs)
+    assert entry["pll_loss"] == pytest.approx(-pll / entry["tokens"], rel=1e-5)
+    assert abs(entry["pll_loss"] - entry["causal_loss"]) > 0.1  # two measures, not one read twice
+
+
+# -----------------------------------------------------------------------------
 # Command line
 
 def start_cli(*args):
@@ -799,10 +819,35 @@ def test_cli(tiny_checkpoint, shared_data, tmp_path, capsys):
         # before loading the model (this checkpoint is garbage), not after the evaluation
         f"--out {tmp_path} is a folder; give the path of a file in it": ["--ckpt", garbage, "--out", tmp_path],
         f"--dump {tmp_path} is a folder": ["--ckpt", garbage, "--dump", tmp_path],
+        "--tasks none evaluates nothing without --heldout N": ["--ckpt", garbage, "--tasks", "none"],
+        "records no dataset; give --heldout_data DIR": ["--ckpt", tiny_checkpoint, "--tasks", "none", "--heldout", "2"],
     }
     for expected, args in cases.items():
         assert expected in run_main_for_error(args), expected
         assert capsys.readouterr().err == "", expected  # the error is the only line
+
+
+def test_heldout_on_the_command_line_is_kept_by_a_rerun_and_needs_the_model_tokenizer(tiny_checkpoint, tiny_dataset,
+                                                                                       shared_data, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    heldout = ["--ckpt", tiny_checkpoint, "--heldout", "2", "--heldout_data", tiny_dataset]
+    ev.main(list(map(str, heldout + ["--tasks", "none", "--out", out])))
+    first = json.loads(out.read_text())["heldout"]
+    assert first["windows"] == 2 and first["tokens"] > 400 and first["pll_loss"] > 0
+    assert "held-out loss per token (2 windows): causal" in capsys.readouterr().out
+    ev.main(list(map(str, ["--ckpt", tiny_checkpoint, "--data_dir", shared_data, "--tasks", "csqa", "--limit", "2",
+                           "--out", out])))
+    results = json.loads(out.read_text())
+    assert results["heldout"] == first and results["tasks"]["csqa"]["causal"]["n_items"] == 2
+    other = tmp_path / "other_tokenizer"
+    shutil.copytree(tiny_dataset, other)
+    spec = json.loads((other / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    a, b = list(vocab)[300:302]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (other / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    error = run_main_for_error(["--ckpt", tiny_checkpoint, "--tasks", "none", "--heldout", "2", "--heldout_data", other])
+    assert f"--heldout_data {other} has another tokenizer than the checkpoint" in error
 
 
 def test_cli_never_writes_over_an_input_or_a_foreign_file(tiny_checkpoint, shared_data, tmp_path):

@@ -83,6 +83,7 @@ def test_sweep_resumes_and_writes_one_row_per_cell(sweep_dirs):
         assert float(row["tokens"]) == 3 * 4 * 2 * 32  # max_iters x G x batch x block: the same T everywhere
         assert float(row["unique_tokens"]) == float(row["tokens"]) / float(row["repetitions"])
         assert 0 <= float(row["blimp_causal"]) <= 100 and 0 <= float(row["blimp_pll"]) <= 100
+        assert float(row["heldout_pll_loss"]) > 0 and float(row["heldout_causal_loss"]) > 0  # eval.py --heldout
         assert float(row["min_val_ar_loss"]) <= float(row["final_val_ar_loss"])
         assert row["train_commit"] and row["eval_commit"]
     # λ = 0 never trains AR, λ = 1 never trains MD: their train losses are absent, not zero
@@ -98,14 +99,14 @@ def test_figures_from_the_csvs(sweep_dirs):
     out = run(["sweep.py", "--figures", str(results)])  # the shell, with one BLAS thread: 3x faster here
     assert out.returncode == 0, out.stderr
     for name in ("fig1_loss_curves.png", "fig2_score_vs_lambda.png", "gp/gp_fit.png", "gp/fit.json",
-                 "gp_min/fit.json", "gp_blimp/fit.json", "summary.md"):
+                 "gp_min/fit.json", "gp_pll/fit.json", "gp_blimp/fit.json", "summary.md"):
         assert (results / name).stat().st_size > 0
     assert "final validation AR loss at r=4" in out.stdout and "lowest validation AR loss at r=4" in out.stdout
     summary = (results / "summary.md").read_text()
     assert len(re.findall(r"^\| 4 \| [0-9.]+ \|", summary, re.M)) == 2  # one table row per (4, λ) cell
     # the table of the paper's claims: a grid of λ in {0, 1} and r in {1, 4} has not the cells of claims 1, 2, 3, 5
-    assert "| 5 | a mix beats both pure objectives at every r, on each metric | inconclusive (the grid has no mixed λ) |" \
-        in summary
+    assert "| 5 | a mix beats both pure objectives at every r, causally and by PLL | inconclusive (the grid has no mixed " \
+        "λ) |" in summary and "| held-out PLL |" in summary
     assert "| 3 | λ* is lower at r ≥ 32 than at r ≤ 16" in summary and "inconclusive (the grid has no r ≥ 32)" in summary
 
 
@@ -226,7 +227,8 @@ def test_bad_input_from_the_shell_is_one_line():
         out.stderr == "sweep.py: error: --lam=0.5: the sweep sets lam for each cell; use --lams\n"
 
 
-DEFAULT_EVAL = {"eval_tasks": "blimp", "eval_modes": "causal,pll", "pll_k": "1", "eval_limit": 20, "eval_data_dir": None}
+DEFAULT_EVAL = {"eval_tasks": "blimp", "eval_modes": "causal,pll", "pll_k": "1", "eval_limit": 20, "eval_data_dir": None,
+                "heldout": 256}
 
 
 def fake_cell(runs, name, record=json.dumps({"train_done": True, "eval": DEFAULT_EVAL}), config=None):
@@ -300,7 +302,7 @@ def test_cell_json_is_written_atomically(tmp_path, monkeypatch):
         return f
     monkeypatch.setattr(cli, "open", disk_full, raising=False)
     args = argparse.Namespace(stage="eval", eval_tasks="blimp", eval_modes="causal", pll_k="1", eval_limit=1,
-                              eval_data_dir=None)
+                              eval_data_dir=None, heldout=0)
     with pytest.raises(OSError, match=f"cannot write --runs_dir {cell / 'cell.json'} \\(No space left on device\\)"):
         sweep.run_cell(cell, "config/sweep_cpu.py", 1.0, 0.5, args, [], 1)
     assert json.loads((cell / "cell.json").read_text()) == {"train_done": True, "train_seconds": 7}  # intact
@@ -313,17 +315,19 @@ def test_the_documented_commands_are_the_configs_own():
         return " ".join(re.sub(r"\\\n", " ", text).replace("#", " ").split())
     config = flat((REPO / "config" / "sweep_cpu.py").read_text())
     commands = re.findall(r"python (?:data|sweep)\.py .*?(?= python |data_dir =)", config)
-    assert [c.split()[1] for c in commands] == ["data.py", "sweep.py"] and "data_novels_para" in commands[0]
+    assert [c.split()[1] for c in commands] == ["data.py", "sweep.py"] and "data_novels_capped" in commands[0]
     for doc in (sweep.__doc__, (REPO / "docs" / "sweep.md").read_text()):
         assert all(command.strip() in flat(doc) for command in commands), commands
 
 
 # sweep.claims on fake cells (no training): each verdict needs its cells, and tests the claim whole
-def fake_cells(losses, md=None):
-    """results.csv rows from {(r, λ): final val AR loss} (and {(r, λ): final val MD loss}); no overfitting."""
+def fake_cells(losses, md=None, pll=None):
+    """results.csv rows from {(r, λ): final val AR loss} (and {(r, λ): final val MD loss}, {(r, λ): held-out PLL
+    loss}); no overfitting."""
     md = md or {}
     return [{"repetitions": float(r), "lambda": float(lam), "final_val_ar_loss": ar, "min_val_ar_loss": ar,
-             "final_val_md_loss": md.get((r, lam), 4.0)} for (r, lam), ar in losses.items()]
+             "final_val_md_loss": md.get((r, lam), 4.0), "heldout_pll_loss": (pll or {}).get((r, lam))}
+            for (r, lam), ar in losses.items()]
 
 
 def fake_fits(optimal, noise=0.01):
@@ -342,7 +346,7 @@ def test_claims_without_their_cells_are_inconclusive():
     got = verdicts(rows, fake_fits({1: 0.9, 4: 0.9}))
     assert got == {1: "inconclusive (the grid has no λ in (0.5, 1))", 2: "inconclusive (the grid has no r ≥ 32)",
                    3: "inconclusive (the grid has no r ≥ 32)",
-                   4: "not tested at this scale (the grid has no PLL score)",
+                   4: "inconclusive (the grid has no PLL score)",
                    5: "inconclusive (the grid has no mixed λ)"}
     high = fake_cells({(64, 0): 5.0, (64, 0.5): 4.5, (128, 0): 5.5, (128, 0.5): 5.0})  # no r <= 16, no λ = 1
     got = verdicts(high, fake_fits({64: 0.3, 128: 0.2}))
@@ -363,15 +367,38 @@ def test_claim_1_fails_when_pure_ar_beats_the_best_mix():
     assert verdicts(fake_cells(losses), fits)[1] == "inconclusive"
 
 
-def test_claim_5_needs_a_mix_to_beat_both_pure_objectives_on_each_metric():
+def test_claim_5_needs_a_mix_to_beat_both_pure_objectives_causally_and_by_pll():
     losses = {(1, 0): 5.0, (1, 0.5): 3.8, (1, 1): 3.6}
     fits = fake_fits({1: 0.9})
     assert verdicts(fake_cells(losses), fits)[5] == "fails"  # the mix beats λ = 0, not λ = 1, on the AR loss
     losses[(1, 1)] = 4.0
-    md = {(1, 0): 4.2, (1, 0.5): 4.4, (1, 1): 6.0}  # on the MD loss λ = 0 beats the mix
-    replicates = [{"repetitions": 1.0, "lambda": 0.0, "final_val_ar_loss": 5.01, "final_val_md_loss": 4.21}]
-    assert verdicts(fake_cells(losses, md), fits, replicates)[5] == "fails"
-    md[(1, 0.5)] = 4.0
-    lines = sweep.claims(fake_cells(losses, md), fits, replicates)
-    assert verdicts(fake_cells(losses, md), fits, replicates)[5] == "holds"
-    assert "AR loss holds" in lines[-1] and "MD loss (ELBO) holds" in lines[-1]
+    assert verdicts(fake_cells(losses), fits)[5] == "inconclusive (the grid has no PLL score)"  # AR loss alone
+    md = {(1, 0): 4.2, (1, 0.5): 4.4, (1, 1): 6.0}  # on the ELBO λ = 0 beats the mix: reported, not judged
+    pll = {(1, 0): 3.0, (1, 0.5): 3.1, (1, 1): 5.0}  # on the PLL loss λ = 0 beats the mix
+    replicates = [{"repetitions": 1.0, "lambda": 0.0, "final_val_ar_loss": 5.01, "final_val_md_loss": 4.21,
+                   "heldout_pll_loss": 3.01}]
+    assert verdicts(fake_cells(losses, md, pll), fits, replicates)[5] == "fails"
+    pll[(1, 0.5)] = 2.9
+    lines = sweep.claims(fake_cells(losses, md, pll), fits, replicates)
+    assert verdicts(fake_cells(losses, md, pll), fits, replicates)[5] == "holds"
+    assert "AR loss holds" in lines[-1] and "PLL loss holds" in lines[-1]
+    assert "MD loss (ELBO) fails (not judged)" in lines[-1]
+    assert "PLL loss 2 x 0.0071, the sd of 2 seeds at r=1, λ=0" in lines[0]  # its own seed spread
+
+
+def test_claim_4_compares_the_optimal_lambda_of_the_ar_and_pll_losses():
+    losses = {(1, 0): 5.0, (1, 0.5): 3.8, (1, 1): 3.6, (64, 0): 5.0, (64, 0.5): 4.5, (64, 1): 6.0}
+    rows = fake_cells(losses, pll={cell: loss - 1 for cell, loss in losses.items()})
+
+    def fit(optimal):  # E[λ*] and its 90% interval per r
+        return {"kernel": {"noise_level": 1e-4}, "optimal_lambda": [
+            {"repetitions": float(r), "mean": m, "interval": (lo, hi)} for r, (m, lo, hi) in optimal.items()]}
+    fits = {"final_val_ar_loss": fit({1: (0.9, 0.6, 1.0), 64: (0.3, 0.2, 0.4)}),
+            "heldout_pll_loss": fit({1: (0.7, 0.4, 0.9), 64: (0.35, 0.25, 0.45)})}
+    assert verdicts(rows, fits)[4] == "holds"  # the intervals overlap at every r
+    fits["heldout_pll_loss"] = fit({1: (0.7, 0.4, 0.9), 64: (0.1, 0.0, 0.15)})
+    lines = sweep.claims(rows, fits, [])
+    assert verdicts(rows, fits)[4] == "fails"  # disjoint at r = 64
+    assert "r=64: 0.30 (0.20-0.40) vs 0.10 (0.00-0.15)" in next(line for line in lines if line.startswith("| 4 |"))
+    del fits["heldout_pll_loss"]
+    assert verdicts(rows, fits)[4] == "inconclusive (the grid has no GP fit of both losses)"
