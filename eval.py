@@ -73,11 +73,10 @@ def malformed(where, what):
 
 def checked(where, item):
     """The item, if two or more choices differ and none is empty (repeats occur in the releases: §1.1)."""
-    n = len(item.continuations)
+    n, empty = len(item.continuations), [i for i, c in enumerate(item.continuations) if not c.strip()]
     if n < 2 or len(set(item.continuations)) < 2:
         raise malformed(where, f"{n} choice(s)" + (", all the same text" if n > 1 else "") +
                         "; an item needs at least two different choices")
-    empty = [i for i, c in enumerate(item.continuations) if not c.strip()]
     if empty:
         raise malformed(where, f"choice {empty[0]} has empty text; every choice needs words to score")
     return item
@@ -112,13 +111,13 @@ def jsonl_records(path):
 
 def get(record, *keys, where, kind=str):
     """record[k0][k1]..., or a one-line error naming `where`."""
-    value = record
+    value, name = record, ".".join(keys)
     for key in keys:
         if not isinstance(value, dict) or key not in value:
-            raise malformed(where, f"missing field {'.'.join(keys)!r}")
+            raise malformed(where, f"missing field {name!r}")
         value = value[key]
     if not isinstance(value, kind):
-        raise malformed(where, f"field {'.'.join(keys)!r} has the wrong type ({type(value).__name__}: {value!r})")
+        raise malformed(where, f"field {name!r} has the wrong type ({type(value).__name__}: {value!r})")
     return value
 
 
@@ -126,8 +125,7 @@ def qa_item(where, record, item_id):
     """The AI2 layout of ARC, CSQA and OBQA; gold is the answerKey's position among the labels (spec §2.2)."""
     stem = get(record, "question", "stem", where=where)
     choices = get(record, "question", "choices", where=where, kind=list)
-    labels = [get(c, "label", where=where) for c in choices]
-    texts = [get(c, "text", where=where) for c in choices]
+    labels, texts = [get(c, "label", where=where) for c in choices], [get(c, "text", where=where) for c in choices]
     key = get(record, "answerKey", where=where).strip()
     if len(set(labels)) < len(labels):
         raise malformed(where, f"the choice labels {labels} repeat, so the answerKey {key!r} names no single choice")
@@ -137,38 +135,41 @@ def qa_item(where, record, item_id):
                                labels.index(key)))
 
 
+def ai2_record(item_id, stem, labels, texts, key):
+    """A question of another layout (MosaicML's ARC, OBQA's TSV, the hub) in the AI2 layout of qa_item."""
+    return {"id": item_id, "answerKey": key,
+            "question": {"stem": stem, "choices": [{"label": a, "text": t} for a, t in zip(labels, texts)]}}
+
+
 def read_qa(path):
     items = []
     for n, (where, record) in enumerate(jsonl_records(path)):
-        if "query" in record:  # the MosaicML variant of ARC, turned into the AI2 layout
+        if "query" in record:  # the MosaicML variant of ARC
             query, choices = get(record, "query", where=where), get(record, "choices", where=where, kind=list)
             gold = get(record, "gold", where=where, kind=int)
             if not query.startswith("Question: ") or not 0 <= gold < len(choices):
                 raise malformed(where, "expected a 'Question: ...' query and 0 <= gold < number of choices")
-            record = {"id": f"{os.path.basename(path)}:{n}", "answerKey": str(gold),
-                      "question": {"stem": query.removeprefix("Question: "),
-                                   "choices": [{"label": str(i), "text": c} for i, c in enumerate(choices)]}}
+            record = ai2_record(f"{os.path.basename(path)}:{n}", query.removeprefix("Question: "),
+                                [str(i) for i in range(len(choices))], choices, str(gold))
         items.append(qa_item(where, record, where))
     return items
 
 
 def read_obqa_tsv(path):
     """The release's Data/Main/test.tsv: ID, Question Stem, Choices "(A) .. (B) ..", ..., Answer Key."""
-    lines = read_lines(path)
-    header = lines[0].split("\t") if lines else []
-    need = ("ID", "Question Stem", "Choices", "Answer Key")
+    lines, items = read_lines(path), []
+    header, need = lines[0].split("\t") if lines else [], ("ID", "Question Stem", "Choices", "Answer Key")
     if any(name not in header for name in need):
         raise malformed(f"{path}:1", f"expected the header columns {need}")
-    items = []
     for n, line in enumerate(lines[1:], 2):
-        if not line.strip():
-            continue
         cols = dict(zip(header, line.split("\t")))
         choices = re.findall(r"\(([A-Z])\) (.*?)(?= \([A-Z]\) |$)", cols.get("Choices", ""))
+        if not line.strip():
+            continue
         if len(cols) != len(header) or not choices:
             raise malformed(f"{path}:{n}", f"expected {len(header)} tab-separated columns with '(A) ...' choices")
-        items.append(qa_item(f"{path}:{n}", {"id": cols["ID"], "answerKey": cols["Answer Key"], "question": {
-            "stem": cols["Question Stem"], "choices": [{"label": a, "text": t} for a, t in choices]}}, cols["ID"]))
+        items.append(qa_item(f"{path}:{n}", ai2_record(cols["ID"], cols["Question Stem"], *zip(*choices),
+                                                       cols["Answer Key"]), cols["ID"]))
     return items
 
 
@@ -189,14 +190,11 @@ def hellaswag_item(where, record, item_id):
                                int(label)))
 
 
-def read_hellaswag(path):
-    if path.endswith(".jsonl"):
-        return [hellaswag_item(where, record, where) for where, record in jsonl_records(path)]
-    # the 6-line text variant: "label: ctx", gold, 4 endings, already preprocessed (ctx_b's capital is lost)
-    lines = read_lines(path)
+def read_hellaswag_text(path):
+    """The 6-line text variant: "label: ctx", gold, 4 endings, already preprocessed (ctx_b's capital is lost)."""
+    lines, items = read_lines(path), []
     if len(lines) % 6:
         raise malformed(f"{path}:{len(lines) - len(lines) % 6 + 1}", "the last item has fewer than 6 lines")
-    items = []
     for start in range(0, len(lines), 6):
         context, label, *endings = lines[start:start + 6]
         if label.strip() not in ("0", "1", "2", "3"):
@@ -208,19 +206,16 @@ def read_hellaswag(path):
 
 def mmlu_item(where, subject, question, choices, gold, item_id, description=True):
     """OLMES v0.1 prepends the subject line even at 0 shots (spec §2.2)."""
-    prompt = f"Question: {question.strip()}\nAnswer:"
-    if description:
-        about = subject.replace("_", " ")
-        prompt = f"The following are multiple choice questions (with answers) about {about}.\n\n" + prompt
-    return checked(where, Item(item_id, prompt, [" " + c for c in choices], gold, subtask=subject))
+    about = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+    return checked(where, Item(item_id, (about if description else "") + f"Question: {question.strip()}\nAnswer:",
+                               [" " + c for c in choices], gold, subtask=subject))
 
 
 def read_mmlu(folder, description=True):
     """<subject>_test.csv: no header; question, A, B, C, D, answer letter (spec §2.2)."""
-    paths = sorted(glob.glob(os.path.join(folder, "*_test.csv")))
+    paths, items = sorted(glob.glob(os.path.join(folder, "*_test.csv"))), []
     if not paths:
         raise FileNotFoundError(f"no *_test.csv files in {folder}")
-    items = []
     for path in paths:
         subject = os.path.basename(path)[: -len("_test.csv")]
         try:
@@ -253,21 +248,20 @@ def flat_item(task, where, record, label, item_id):
 
 
 def read_flat(task, path):
-    records = jsonl_records(path)
-    labels_path = path[: -len(".jsonl")] + "-labels.lst"
+    records, labels_path = jsonl_records(path), path[: -len(".jsonl")] + "-labels.lst"
     if not os.path.isfile(labels_path):
         raise FileNotFoundError(f"{labels_path} is missing (the labels that go with {path}); "
                                 f"download the task again (README: Evaluation data)")
-    valid, labels = FLAT_LAYOUTS[task][2], []
-    for n, line in enumerate(read_lines(labels_path), 1):
-        if line.strip():  # blank lines are skipped, as in the jsonl, without shifting the line numbers
-            if line.strip() not in valid:
-                raise malformed(f"{labels_path}:{n}", f"label {line.strip()!r} should be one of {valid}")
-            labels.append(line.strip())
+    valid = FLAT_LAYOUTS[task][2]
+    # blank lines are skipped, as in the jsonl, without shifting the line numbers
+    labels = [(n, s) for n, s in enumerate(map(str.strip, read_lines(labels_path)), 1) if s]
+    for n, label in labels:
+        if label not in valid:
+            raise malformed(f"{labels_path}:{n}", f"label {label!r} should be one of {valid}")
     if len(labels) != len(records):
         raise malformed(labels_path, f"{len(labels)} labels for {len(records)} items")
     return [flat_item(task, where, record, label, str(n))
-            for n, ((where, record), label) in enumerate(zip(records, labels))]
+            for n, ((where, record), (_, label)) in enumerate(zip(records, labels))]
 
 
 def blimp_item(where, record):
@@ -292,10 +286,9 @@ def hf_items(name, rows, mmlu_description=True):
         elif name == "blimp":
             items.append(blimp_item(where, row))
         else:
-            choices = [{"text": t, "label": lab} for t, lab in zip(row["choices"]["text"], row["choices"]["label"])]
-            stem = row["question_stem"] if name == "obqa" else row["question"]
-            items.append(qa_item(where, {"id": row["id"], "question": {"stem": stem, "choices": choices},
-                                         "answerKey": row["answerKey"]}, str(n)))
+            record = ai2_record(row["id"], row["question_stem"] if name == "obqa" else row["question"],
+                                row["choices"]["label"], row["choices"]["text"], row["answerKey"])
+            items.append(qa_item(where, record, str(n)))
     return items
 
 
@@ -312,6 +305,23 @@ def hf_rows(name):
     except Exception as e:  # offline, renamed dataset, script-based loader refused, ...
         raise ValueError(f"could not load {path} from the Hugging Face hub ({type(e).__name__}); "
                          f"use the release files with --data_dir instead") from None
+
+
+def read_task(name, path, mmlu_description):
+    """The items of a task's file or folder, in any of the layouts it comes in (docs/eval.md)."""
+    if name == "blimp":
+        paradigms = sorted(glob.glob(os.path.join(path, "*.jsonl")))
+        if not paradigms:
+            raise FileNotFoundError(f"no <paradigm>.jsonl files in {path}")
+        return [blimp_item(where, record) for p in paradigms for where, record in jsonl_records(p)]
+    if name == "mmlu":
+        return read_mmlu(path, mmlu_description)
+    if name == "hellaswag":
+        return ([hellaswag_item(where, record, where) for where, record in jsonl_records(path)]
+                if path.endswith(".jsonl") else read_hellaswag_text(path))
+    if name in FLAT_LAYOUTS:
+        return read_flat(name, path)
+    return read_obqa_tsv(path) if name == "obqa" and path.endswith(".tsv") else read_qa(path)
 
 
 def load_task(name, data_dir=DEFAULT_DATA_DIR, limit=None, olmes_subsample=False, mmlu_description=True, path=None,
@@ -334,19 +344,7 @@ def load_task(name, data_dir=DEFAULT_DATA_DIR, limit=None, olmes_subsample=False
             raise ValueError(f"--task_file {name}={path} is {'a folder' if os.path.isdir(path) else 'a file'}; "
                              f"{name} reads {kind} {TASKS[name].files[0]}")
         try:
-            if name == "blimp":
-                paradigms = sorted(glob.glob(os.path.join(path, "*.jsonl")))
-                if not paradigms:
-                    raise FileNotFoundError(f"no <paradigm>.jsonl files in {path}")
-                items = [blimp_item(where, record) for p in paradigms for where, record in jsonl_records(p)]
-            elif name == "mmlu":
-                items = read_mmlu(path, mmlu_description)
-            elif name == "hellaswag":
-                items = read_hellaswag(path)
-            elif name in FLAT_LAYOUTS:
-                items = read_flat(name, path)
-            else:
-                items = read_obqa_tsv(path) if name == "obqa" and path.endswith(".tsv") else read_qa(path)
+            items = read_task(name, path, mmlu_description)
         except FileNotFoundError as e:
             if not explicit:
                 raise
@@ -359,7 +357,7 @@ def load_task(name, data_dir=DEFAULT_DATA_DIR, limit=None, olmes_subsample=False
         items = random.Random(1234).sample(items, 1000)
     if limit is None:
         return items
-    kept, taken = [], Counter()
+    kept, taken = [], Counter()  # the first `limit` of each sub-task
     for it in items:
         taken[it.subtask] += 1
         if taken[it.subtask] <= limit:
@@ -409,13 +407,13 @@ Rows = namedtuple("Rows", "seq length masked read")
 
 @torch.inference_mode()
 def run_rows(model, attention, table, starts, rows, batch_size=64, batch_tokens=None, autocast=False,
-             on_rows_done=None):
+             on_progress=None):
     """Sum of log p(clean token p+1) over each row's read positions; `table`: the chunk's clean sequences,
-    padded, one column wider than the longest row."""
+    padded, one column wider than the longest row. on_progress(share of the row tokens done)."""
     cfg, device = model.config, table.device
     # a CPU runs a small model fastest on batches that stay in its caches, a GPU wants large ones
     batch_tokens = batch_tokens or (16384 if device.type == "cuda" else 2048)
-    sums = np.zeros(len(rows.seq))
+    sums, done = np.zeros(len(rows.seq)), 0.0
     order = np.argsort(-rows.length, kind="stable")  # longest first: an out-of-memory shows at once
     first = 0
     while first < len(order):
@@ -442,8 +440,9 @@ def run_rows(model, attention, table, starts, rows, batch_size=64, batch_tokens=
                 logits = model.lm_head(h[r, q].float())
                 logp[i:i + step] = logits.gather(1, clean[r, q + 1][:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
         sums[batch] += torch.zeros(count, dtype=torch.float64, device=device).index_add_(0, row, logp).cpu().numpy()
-        if on_rows_done is not None:
-            on_rows_done(batch)
+        done += float(rows.length[batch].sum())
+        if on_progress is not None:
+            on_progress(done / float(rows.length.sum()))
     return sums
 
 
@@ -509,18 +508,16 @@ def max_length(mode, block_size, k=1, tail="append"):
 
 
 def scoring_windows(seqs, limit, mode, n_samples=128):
-    """Every window the sequences are scored in, its sequence and number there, and its rows and row
-    tokens (the work behind progress and ETA; MC has at most 2^n - 1 distinct patterns)."""
-    windows, owner, number = [], [], []
-    for i, (ids, start) in enumerate(seqs):
-        for w, window in enumerate(rolling_windows(ids, start, limit)):
-            windows.append(window)
-            owner.append(i)
-            number.append(w)
+    """Every window the sequences are scored in, with its sequence and number there, and its rows and
+    row tokens: the work behind progress and ETA (MC has at most 2^n - 1 distinct patterns)."""
+    per_seq = [rolling_windows(ids, start, limit) for ids, start in seqs]
+    windows = [window for ws in per_seq for window in ws]
+    owner = np.repeat(np.arange(len(seqs)), [len(ws) for ws in per_seq])
+    number = np.array([w for ws in per_seq for w in range(len(ws))], dtype=np.int64)
     lengths = np.array([len(ids) for ids, _ in windows])
     cont = lengths - np.array([start for _, start in windows])
     rows = {"pll": cont, "mc": np.minimum(n_samples, 2.0 ** np.minimum(cont, 60) - 1)}.get(mode, np.ones(len(windows)))
-    return windows, np.array(owner, dtype=np.int64), np.array(number, dtype=np.int64), rows, rows * lengths
+    return windows, owner, number, rows, rows * lengths
 
 
 def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="append", n_samples=128,
@@ -541,16 +538,14 @@ def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="a
     attention = mode if mode in ("causal", "prefix") else "bidirectional"
     device = next(model.parameters()).device
     work_total, work_before = max(float(work.sum()), 1.0), 0.0
-    order = np.argsort(-lengths, kind="stable")
-    first = 0
+    order, first = np.argsort(-lengths, kind="stable"), 0
     while first < len(order):
         width = int(lengths[order[first]]) + k + 1
         last, cells = first, 0
         while last < len(order) and (last == first or cells + rows_per_window[order[last]] * width <= chunk_cells):
             cells += rows_per_window[order[last]] * width
             last += 1
-        chunk = order[first:last]
-        first = last
+        chunk, first = order[first:last], last
         L, P = lengths[chunk], np.array([windows[i][1] for i in chunk])
         table = np.full((len(chunk), width), model.config.pad_id, dtype=np.int64)
         for r, i in enumerate(chunk):
@@ -563,16 +558,10 @@ def sequence_logliks(model, seqs, mode, *, k=1, right_context="visible", tail="a
             rows, inverses, weights = mc_rows(L, P, window_seeds, n_samples, mc_masking)
         else:
             rows = causal_rows(L, P)
-        chunk_work, chunk_rows, rows_done_work = float(work[chunk].sum()), float(rows.length.sum()), 0.0
-
-        def rows_done(batch):
-            nonlocal rows_done_work
-            rows_done_work += float(rows.length[batch].sum())
-            if on_progress is not None:
-                on_progress(min(1.0, (work_before + chunk_work * rows_done_work / chunk_rows) / work_total))
-
+        chunk_work = float(work[chunk].sum())
+        progress = on_progress and (lambda f: on_progress(min(1.0, (work_before + chunk_work * f) / work_total)))
         sums = run_rows(model, attention, torch.from_numpy(table).to(device), torch.from_numpy(P).to(device), rows,
-                        batch_size, batch_tokens, autocast, rows_done)
+                        batch_size, batch_tokens, autocast, progress)
         work_before += chunk_work
         bounds = np.concatenate([[0], np.cumsum(np.bincount(rows.seq, minlength=len(chunk)))])
         for r, i in enumerate(chunk):
@@ -722,23 +711,21 @@ def evaluate_mode(model, task, items, req, mode, settings, autocast, dump, run=N
     """One (task, mode) pair: its results entry. `run`: the whole run's progress, None for silence."""
     per_k = {}
     for k in settings.pll_k if mode == "pll" else (1,):
-        key = (task, mode, k)
-        desc = f"{task} {mode}" + (f" k={k}" if mode == "pll" else "")
-        bar = None if run is None else Progress(len(items), desc=desc, unit="items", suffix=run.line)
+        key, start = (task, mode, k), time.time()
+        bar = run and Progress(len(items), desc=f"{task} {mode}" + (f" k={k}" if mode == "pll" else ""),
+                               unit="items", suffix=run.line)
 
         def advance(fraction):  # items' worth of the work done, so items/s and ETA hold throughout
-            if bar is not None:
-                run.advance(key, fraction)
-                bar.update(int(fraction * len(items)) - bar.count)
+            run.advance(key, fraction)
+            bar.update(int(fraction * len(items)) - bar.count)
 
-        start = time.time()
         ll, stderr, truncated = sequence_logliks(
             model, req["seqs"], mode, k=k, right_context=settings.pll_right_context, tail=settings.pll_tail,
             n_samples=settings.mc_samples, mc_masking=settings.mc_masking, seeds=req["seeds"],
             batch_size=settings.batch_size, batch_tokens=settings.batch_tokens, autocast=autocast,
-            on_progress=advance)
-        if bar is not None:
-            run.advance(key, 1.0)
+            on_progress=bar and advance)
+        if bar:
+            advance(1.0)
             bar.close()
         per_k[k] = score_task(task, items, req, mode, ll, stderr, truncated, settings, dump,
                               k if mode == "pll" else None)
@@ -781,9 +768,8 @@ def heldout_losses(model, tokenizer, data_dir, n_windows, autocast=False, batch_
         raise ValueError(f"--heldout_data {data_dir} has another tokenizer than the checkpoint; give the folder "
                          f"of the dataset the model was trained on")
     seqs, n_windows = heldout_sequences(data_dir, model.config.block_size, n_windows, model.config.bos_id)
-    tokens = sum(len(ids) - 1 for ids, _ in seqs)
+    tokens, start = sum(len(ids) - 1 for ids, _ in seqs), time.time()
     entry = {"data_dir": os.path.abspath(data_dir), "windows": n_windows, "tokens": tokens}
-    start = time.time()
     for mode in ("causal", "pll"):
         bar = Progress(100, desc=f"held-out {mode}", unit="%") if progress else None
         ll, _, truncated = sequence_logliks(model, seqs, mode, k=1, batch_size=batch_size, batch_tokens=batch_tokens,
@@ -809,9 +795,8 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
     modes = parse_names(modes, MODES, "mode")
     given = {} if tasks == "none" else {name: tasks[name] if isinstance(tasks, dict) else None
                                         for name in parse_names(tasks, TASKS, "task")}
-    device = next(model.parameters()).device
+    device, cfg = next(model.parameters()).device, model.config
     autocast = device.type == "cuda" if autocast is None else autocast
-    cfg = model.config
     if (tokenizer.bos_id, tokenizer.mask_id, tokenizer.pad_id) != (cfg.bos_id, cfg.mask_id, cfg.pad_id):
         raise ValueError("the tokenizer's <s>/<mask>/<pad> ids differ from the model's; "
                          "use the checkpoint's own tokenizer")
@@ -857,7 +842,8 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
                 from None
 
     def save():
-        results["average"] = average_scores(results["tasks"])
+        scores = {mode: [e[mode]["normalized"] for e in results["tasks"].values() if mode in e] for mode in MODES}
+        results["average"] = {mode: float(np.mean(values)) for mode, values in scores.items() if values}
         if out and (results["tasks"] or results.get("heldout")):
             write_atomically("--out", out, lambda f: json.dump(results, f, indent=2))
 
@@ -885,12 +871,6 @@ def evaluate(model, tokenizer, tasks="all", modes=("causal",), data_dir=DEFAULT_
     return results
 
 
-def average_scores(task_results):
-    """Mean normalised score per mode over the tasks evaluated in that mode."""
-    scores = {mode: [e[mode]["normalized"] for e in task_results.values() if mode in e] for mode in MODES}
-    return {mode: float(np.mean(values)) for mode, values in scores.items() if values}
-
-
 def fingerprint(model, tokenizer):
     """sha256 of the weights and the tokenizer: a checkpoint's identity, whatever its path or file time."""
     digest = hashlib.sha256()
@@ -904,10 +884,9 @@ def fingerprint(model, tokenizer):
 def run_info(model):
     """What gp_fit.py and the sweep need to place this checkpoint: lambda, repetitions, tokens seen."""
     meta = getattr(model, "meta", None) or {}
-    config = meta.get("config") or {}
+    config, segments = meta.get("config") or {}, meta.get("segments") or []
     # `config` holds the last segment's settings: a lam or repetitions changed by a resume is not the run's
-    segments = meta.get("segments") or []
-    varied = set().union(*(s.get("settings", {}) for s in segments)) if segments else set()
+    varied = set().union(*(s.get("settings", {}) for s in segments))
     return {"lam": None if "lam" in varied else config.get("lam"),
             "repetitions": None if "repetitions" in varied else config.get("repetitions"),
             "tokens_seen": meta.get("tokens_seen"), "iter_num": meta.get("iter_num"),
