@@ -2,17 +2,16 @@
 Text in, token files out; and the loader that train.py reads them with (docs/data.md has the details).
 
     python data.py --input ../shared/data/corpus/english_novels --out_dir data_novels
-    python data.py --input fineweb/sample/10BT --out_dir data_fineweb     # parquet shards ("text" column)
     python data.py --input more.jsonl --tokenizer data_novels --out_dir data_more   # share a vocabulary
     python data.py     # no --input: download Tiny Shakespeare (as nanoGPT does) and prepare it
 
-Three streaming passes: (1) scan: count the documents and fix the train/val split, (2) train the BPE
-on the training documents, (3) encode in parallel, appending to train.bin, val.bin and train.idx in
-input order. The new files are swapped in only when complete. TrainWindows then trains on a random
-subset of whole documents, re-packed into windows every epoch (paper §5.1).
+Three streaming passes: (1) scan: count the documents and fix the train/val split, (2) train the BPE on
+the training documents, (3) encode in parallel into train.bin, val.bin and train.idx, in input order,
+swapped in only when complete. TrainWindows trains on a random subset of whole documents (paper §5.1).
 """
 import argparse
 import codecs
+import collections
 import fcntl
 import gzip
 import hashlib
@@ -28,13 +27,12 @@ import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import tiktoken
@@ -93,7 +91,8 @@ class Tokenizer:
             bpe.encode_special_tokens = True
             bpe.no_padding()
             bpe.no_truncation()
-            specials = {t.content: i for i, t in bpe.get_added_tokens_decoder().items() if t.special}
+            added = bpe.get_added_tokens_decoder()
+            specials = {t.content: i for i, t in added.items() if t.special}
             missing = [t for t in SPECIAL_TOKENS if t not in specials]
             if missing:
                 raise ValueError(f"the tokenizer lacks the special tokens {' '.join(missing)} (it needs all of "
@@ -104,10 +103,10 @@ class Tokenizer:
             # Cutting long texts into pieces is exact for the GPT-2 regex only (see split_into_pieces),
             # and only when no non-special added token (matched before pre-tokenizing) could span a cut.
             settings = json.loads(bpe.to_str())
-            pre_tokenizer = settings["pre_tokenizer"] or {}
-            self.encode_in_pieces = (settings["normalizer"] is None and pre_tokenizer.get("type") == "ByteLevel"
-                                     and pre_tokenizer.get("use_regex") and not pre_tokenizer.get("add_prefix_space")
-                                     and all(t.special for t in bpe.get_added_tokens_decoder().values()))
+            pre = settings["pre_tokenizer"] or {}
+            self.encode_in_pieces = (settings["normalizer"] is None and pre.get("type") == "ByteLevel" and
+                                     pre.get("use_regex") and not pre.get("add_prefix_space") and
+                                     all(t.special for t in added.values()))
         else:
             # tiktoken's gpt2 uses ids 0..50256; ours follow (<unk> 50257 .. <mask> 50261), and the
             # vocabulary is rounded up to a multiple of 64 as in nanoGPT (50262..50303 never occur).
@@ -131,8 +130,8 @@ class Tokenizer:
         return ids
 
     def encode_pieces(self, texts):
-        """(index of the text, its next token ids) in text order, at least once per text: long texts
-        come in pieces, so a caller that stores ids compactly never holds a long text's ids as a list."""
+        """(index of the text, its next token ids) in text order, at least once per text: long texts come
+        in pieces, so a caller that stores ids compactly never holds a long text's ids as a list."""
         if self.tiktoken is not None:  # compact in memory: no need for pieces
             yield from ((i, self.tiktoken.encode_ordinary(t)) for i, t in enumerate(texts))
         elif not self.encode_in_pieces:
@@ -180,11 +179,8 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path):
-        """path: a prepared dataset folder, or a tokenizer file (tokenizers' tokenizer.json, or our
-        small tiktoken spec)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "tokenizer.json"
+        """path: a prepared dataset folder, or a tokenizer file (tokenizers' tokenizer.json, or our tiktoken spec)."""
+        path = Path(path) / "tokenizer.json" if Path(path).is_dir() else Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no tokenizer at {path}; give a prepared data folder or a tokenizer.json file")
         try:
@@ -196,9 +192,8 @@ class Tokenizer:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not JSON ({e}); give a tokenizers tokenizer.json file") from None
         try:
-            if isinstance(content, dict) and "kind" in content:
-                return cls.from_spec(content)
-            return cls(bpe=tokenizers.Tokenizer.from_str(text))
+            is_spec = isinstance(content, dict) and "kind" in content
+            return cls.from_spec(content) if is_spec else cls(bpe=tokenizers.Tokenizer.from_str(text))
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
         except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
@@ -259,11 +254,9 @@ def file_format(path):
         magic = f.read(4)
     gzipped = magic[:2] == b"\x1f\x8b"
     name = path.name.lower().removesuffix(".gz") if gzipped else path.name.lower()
-    if magic == b"PAR1" or name.endswith(".parquet"):
-        return "parquet", gzipped
-    if name.endswith(".jsonl"):
-        return "jsonl", gzipped
-    return ("text" if name.endswith(".txt") or (gzipped and "." not in name) else None), gzipped
+    kind = ("parquet" if magic == b"PAR1" or name.endswith(".parquet") else "jsonl" if name.endswith(".jsonl") else
+            "text" if name.endswith(".txt") or (gzipped and "." not in name) else None)
+    return kind, gzipped
 
 
 def list_input_files(inputs):
@@ -309,23 +302,13 @@ def field_text(text, where, text_field):
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def text_documents(f, path, doc_split, text_field):
-    if doc_split == "file":
-        yield f.read()
-    else:  # blank_line: a document is a run of lines that are not blank
-        yield from ("".join(lines) for blank, lines in itertools.groupby(f, key=lambda l: not l.strip()) if not blank)
-
-
-def jsonl_documents(f, path, doc_split, text_field):
-    for line_number, line in enumerate(f, 1):
-        if line.strip():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {line_number}: not valid JSON ({e.msg}); each line of a .jsonl file "
-                                 f"must be one JSON object with a \"{text_field}\" field") from None
-            yield field_text(record.get(text_field) if isinstance(record, dict) else None,
-                             f"{path}, line {line_number}", text_field)
+def json_text(line, where, text_field):
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg}); each line of a .jsonl file must be one JSON object "
+                         f"with a \"{text_field}\" field") from None
+    return field_text(record.get(text_field) if isinstance(record, dict) else None, where, text_field)
 
 
 # Parquet is read by a child process (PARQUET_READER): a fresh interpreter that imports pyarrow and
@@ -402,16 +385,23 @@ def parquet_documents(path, text_field):
 
 def read_documents(path, doc_split, text_field="text", max_doc_bytes=None):
     """The documents of one file, trimmed (trailing whitespace and leading blank lines dropped), empty
-    ones included, each cut to max_doc_bytes (see cap_document). Text is UTF-8 (a BOM is dropped) and line
-    endings become \\n. Every reader of the corpus comes here, so scan, BPE and encoding see the same documents."""
+    ones included, each cut to max_doc_bytes (see capped). Text is UTF-8 (a BOM is dropped) and line endings
+    become \\n. Every reader of the corpus comes here, so scan, BPE and encoding see the same documents."""
     kind, gzipped = file_format(path)
     if kind == "parquet":
         yield from capped(parquet_documents(path, text_field), max_doc_bytes)
         return
-    read = jsonl_documents if kind == "jsonl" else text_documents
     try:
         with (gzip.open if gzipped else open)(path, "rt", encoding="utf-8-sig", newline=None) as f:
-            yield from capped(read(f, path, doc_split, text_field), max_doc_bytes)
+            if kind == "jsonl":
+                documents = (json_text(line, f"{path}, line {number}", text_field)
+                             for number, line in enumerate(f, 1) if line.strip())
+            elif doc_split == "file":
+                documents = [f.read()]
+            else:  # blank_line: a document is a run of lines that are not blank
+                documents = ("".join(lines) for blank, lines in itertools.groupby(f, key=lambda l: not l.strip())
+                             if not blank)
+            yield from capped(documents, max_doc_bytes)
     except UnicodeDecodeError:
         with (gzip.open if gzipped else open)(path, "rb") as f:
             start = f.read(4)
@@ -431,27 +421,22 @@ def trim_document(text):
     return text[text.rfind("\n", 0, start) + 1:]  # keeps the first line's indentation
 
 
-def cap_document(text, max_bytes):
-    """Cut a document of more than max_bytes UTF-8 bytes into pieces at line breaks, each as many whole
-    lines as fit in max_bytes; a single line longer than that is a piece of its own, never cut inside."""
-    piece, size = [], -1  # pieces are joined by "\n": n lines of b bytes in all take b + n - 1
-    for line in text.split("\n"):
-        n = len(line.encode("utf-8")) + 1
-        if piece and size + n > max_bytes:
-            yield "\n".join(piece)
-            piece, size = [], -1
-        piece.append(line)
-        size += n
-    yield "\n".join(piece)
-
-
 def capped(documents, max_doc_bytes):
-    """Trimmed documents; with max_doc_bytes, a longer one is cut into trimmed, non-empty pieces."""
+    """Trimmed documents; with max_doc_bytes, a longer one is cut at line breaks into trimmed, non-empty
+    pieces of as many whole lines as fit in max_doc_bytes (a longer single line is a piece of its own)."""
     for text in map(trim_document, documents):
         if max_doc_bytes is None or len(text.encode("utf-8")) <= max_doc_bytes:
             yield text
-        else:
-            yield from filter(None, map(trim_document, cap_document(text, max_doc_bytes)))
+            continue
+        pieces, size = [[]], -1  # pieces are joined by "\n": n lines of b bytes in all take b + n - 1
+        for line in text.split("\n"):
+            n = len(line.encode("utf-8")) + 1
+            if pieces[-1] and size + n > max_doc_bytes:
+                pieces.append([])
+                size = -1
+            pieces[-1].append(line)
+            size += n
+        yield from filter(None, (trim_document("\n".join(piece)) for piece in pieces))
 
 
 def iter_documents(files, doc_split, text_field="text", max_doc_bytes=None):
@@ -466,18 +451,10 @@ def document_hash(text, seed):
     return int.from_bytes(digest, "little")
 
 
-@dataclass
-class CorpusScan:
-    documents: int = 0
-    bytes: int = 0
-    empty_skipped: int = 0   # documents that were empty after trimming
-    min_hash: int = 2**64
-    max_hash: int = -1
-
-
 def scan_corpus(files, doc_split, text_field, seed, max_doc_bytes=None):
-    """Pass 1: read everything once (so bad input fails before any long work) and keep O(1) state."""
-    scan = CorpusScan()
+    """Pass 1: read everything once (so bad input fails before any long work) and keep O(1) state: the
+    non-empty documents, their bytes, the documents empty after trimming, the smallest and largest hash."""
+    scan = SimpleNamespace(documents=0, bytes=0, empty_skipped=0, min_hash=2**64, max_hash=-1)
     progress = Progress(total=len(files), desc="scan", unit="files", stream=sys.stdout)
     for path in files:
         for text in read_documents(path, doc_split, text_field, max_doc_bytes):
@@ -539,51 +516,49 @@ def encode_chunk(texts):
     return out, sum(len(t.encode("utf-8")) for t in texts)
 
 
-def encode_corpus(files, doc_split, text_field, max_doc_bytes, tok, threshold, seed, out_dir, workers, chunk_chars,
-                  total_bytes):
-    """Pass 3 into train.bin.tmp, val.bin.tmp and train.idx.tmp; returns the token and document counts."""
+def encode_corpus(documents, tok, threshold, seed, out_dir, workers, chunk_chars, total_bytes):
+    """Pass 3 of documents() into train.bin.tmp, val.bin.tmp and train.idx.tmp (prepare removes them if
+    it fails); returns the token and document counts."""
     dtype = token_dtype(tok.vocab_size)
     paths = {name: out_dir / f"{name}.tmp" for name in ("train.bin", "val.bin", "train.idx")}
     counts = {"train_tokens": 0, "val_tokens": 0, "train_documents": 0, "val_documents": 0}
-    # Memory stays flat: a chunk is read only when one of CHUNKS_IN_FLIGHT_PER_WORKER x workers slots is
-    # free, and a slot frees when its tokens are on disk. (imap alone reads as fast as workers encode and
-    # keeps their results until they are written: a slow disk would let them pile up.)
-    slots, stopping = threading.Semaphore(CHUNKS_IN_FLIGHT_PER_WORKER * workers), threading.Event()
-
-    def chunks():
-        for chunk in batches(iter_documents(files, doc_split, text_field, max_doc_bytes), chunk_chars):
-            yield chunk
-            slots.acquire()  # before reading the next one (in imap's feeder thread)
-            if stopping.is_set():
-                return
-
-    slots.acquire()  # the first chunk's slot
     # One core per worker: tokenizers' own threads would only oversubscribe the CPU (set before forking,
     # this also stops tokenizers warning about a fork after its threads ran).
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     init_args = (tok.to_spec(), threshold, seed, dtype.str)
     pool = multiprocessing.Pool(workers, init_worker, (*init_args, True)) if workers > 1 else None
     start, progress = time.time(), Progress(total=total_bytes, desc="encode", unit="B", stream=sys.stdout)
-    files_out, done_bytes, complete = {}, 0, False
+    files_out = {}
+
+    def results():  # in input order, whatever the order the workers finish in
+        if pool is None:
+            init_worker(*init_args)
+            yield from map(encode_chunk, batches(documents(), chunk_chars))
+            return
+        # Memory stays flat: a chunk is read only when fewer than CHUNKS_IN_FLIGHT_PER_WORKER x workers
+        # are read but not yet written, however slow the disk is.
+        in_flight = collections.deque()
+        for chunk in batches(documents(), chunk_chars):
+            in_flight.append(pool.apply_async(encode_chunk, (chunk,)))
+            if len(in_flight) == CHUNKS_IN_FLIGHT_PER_WORKER * workers:
+                yield in_flight.popleft().get()
+        while in_flight:
+            yield in_flight.popleft().get()
 
     def write(name, array=None):  # array=None: close the file (which flushes it)
         try:
             files_out[name].write(array.data) if array is not None else files_out[name].close()
         except OSError as e:  # a full disk: say where, and how much room the rest needs
             written = (counts["train_tokens"] + counts["val_tokens"]) * dtype.itemsize + 8 * counts["train_documents"]
-            fraction = done_bytes / total_bytes
+            fraction = progress.count / total_bytes
             where = (f"after {written / 1e6:,.1f} MB of token files for {fraction:.0%} of the corpus (about "
                      f"{written / fraction / 1e6:,.0f} MB in all)" if fraction else "in the corpus's first chunk")
             raise OSError(f"cannot write {paths[name]} ({e.strerror or e}) {where}; free space there or choose "
                           f"another --out_dir") from None
 
     try:
-        if pool is None:
-            init_worker(*init_args)
-        # imap yields the results in input order, whatever the order the workers finish in
-        results = pool.imap(encode_chunk, chunks()) if pool else map(encode_chunk, chunks())
         files_out = {name: open(path, "wb") for name, path in paths.items()}
-        for out, n_bytes in results:
+        for out, n_bytes in results():
             lengths = out["train"][1]
             write("train.idx", (counts["train_tokens"] + np.cumsum(lengths) - lengths).astype("<u8"))
             for split in ("train", "val"):
@@ -591,24 +566,17 @@ def encode_corpus(files, doc_split, text_field, max_doc_bytes, tok, threshold, s
                 write(f"{split}.bin", tokens)
                 counts[f"{split}_tokens"] += len(tokens)
                 counts[f"{split}_documents"] += len(lengths)
-            done_bytes += n_bytes
             progress.update(n_bytes)
-            slots.release()
         for name in paths:
             write(name)
-        complete = True
     finally:
         for f in files_out.values():
             try:
                 f.close()
             except OSError:  # a close that failed above, already reported
                 pass
-        stopping.set()
-        slots.release(CHUNKS_IN_FLIGHT_PER_WORKER * workers + 1)  # a feeder waiting for a slot returns
         if pool is not None:
             pool.terminate()
-        for path in paths.values() if not complete else ():
-            path.unlink(missing_ok=True)
     progress.close()
     seconds = time.time() - start
     n_tokens = counts["train_tokens"] + counts["val_tokens"]
@@ -620,8 +588,7 @@ def encode_corpus(files, doc_split, text_field, max_doc_bytes, tok, threshold, s
 # The whole preparation
 
 
-def train_tokenizer(files, doc_split, text_field, max_doc_bytes, seed, threshold, scan, vocab_size,
-                    tokenizer_train_bytes):
+def train_tokenizer(documents, seed, threshold, scan, vocab_size, tokenizer_train_bytes):
     """Pass 2: train the BPE on the training documents only. With a byte budget, on a deterministic
     sample: each training document is in with probability budget / corpus bytes, decided by its hash
     (uniform over [threshold, 2^64) for training documents). Returns the tokenizer and a description."""
@@ -630,7 +597,7 @@ def train_tokenizer(files, doc_split, text_field, max_doc_bytes, seed, threshold
     sample = {"documents": 0, "bytes": 0}
 
     def training_texts():
-        for text in iter_documents(files, doc_split, text_field, max_doc_bytes):
+        for text in documents():
             n_bytes = len(text.encode("utf-8"))
             if threshold <= document_hash(text, seed) < cutoff:
                 sample["documents"] += 1
@@ -658,19 +625,6 @@ def train_tokenizer(files, doc_split, text_field, max_doc_bytes, seed, threshold
                     if sampled else "") + f"); asked vocab_size {vocab_size}, got {tok.vocab_size}")
 
 
-def load_given_tokenizer(tokenizer):
-    """--tokenizer gpt2, or a tokenizer file / prepared folder to reuse. Returns it and a description."""
-    if tokenizer == "gpt2":
-        tok = Tokenizer.from_spec({"kind": "tiktoken", "name": "gpt2"})
-        return tok, (f"tiktoken gpt2 (ids 0..50256) plus {' '.join(SPECIAL_TOKENS)} as ids 50257..50261; "
-                     f"vocab_size rounded up to a multiple of 64: {tok.vocab_size}")
-    if not Path(tokenizer).exists():
-        raise FileNotFoundError(f"--tokenizer {tokenizer}: no such file or folder; use bpe, gpt2, or the path of a "
-                                f"tokenizer.json or of a prepared data folder")
-    tok = Tokenizer.load(tokenizer)
-    return tok, f"reused from {Path(tokenizer).resolve()} ({tok.vocab_size} ids)"
-
-
 def check_out_dir(out_dir):
     """Fail at once, not after hours of work, on an out_dir that cannot become a folder we write in."""
     existing = Path(out_dir).absolute()
@@ -695,8 +649,7 @@ def lock_out_dir(out_dir):
         raise ValueError(f"--out_dir {out_dir} is in use by another data.py (PID {holder}); wait for it to finish "
                          f"or choose another --out_dir") from None
     lock.truncate(0)
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
+    print(os.getpid(), file=lock, flush=True)
     return lock
 
 
@@ -738,8 +691,16 @@ def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe"
         raise ValueError(f"--max_doc_bytes must be a positive number of bytes, got {max_doc_bytes}; leave it out "
                          f"to keep documents whole")
     check_out_dir(out_dir)
-    if tokenizer != "bpe":  # a tokenizer that cannot load should fail before any long pass
-        tok, tokenizer_rule = load_given_tokenizer(tokenizer)
+    if tokenizer == "gpt2":  # a tokenizer that cannot load should fail before any long pass
+        tok = Tokenizer.from_spec({"kind": "tiktoken", "name": "gpt2"})
+        tokenizer_rule = (f"tiktoken gpt2 (ids 0..50256) plus {' '.join(SPECIAL_TOKENS)} as ids 50257..50261; "
+                          f"vocab_size rounded up to a multiple of 64: {tok.vocab_size}")
+    elif tokenizer != "bpe":
+        if not Path(tokenizer).exists():
+            raise FileNotFoundError(f"--tokenizer {tokenizer}: no such file or folder; use bpe, gpt2, or the path of "
+                                    f"a tokenizer.json or of a prepared data folder")
+        tok = Tokenizer.load(tokenizer)
+        tokenizer_rule = f"reused from {Path(tokenizer).resolve()} ({tok.vocab_size} ids)"
     files = list_input_files(inputs)
     out_dir = Path(out_dir)
     created = not out_dir.exists()
@@ -749,13 +710,13 @@ def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe"
         lock = lock_out_dir(out_dir)
         doc_split, scan = choose_doc_split(files, doc_split, text_field, seed, max_doc_bytes)
         threshold, threshold_note = val_threshold(val_fraction, scan)
+        def documents():  # each pass reads the corpus anew
+            return iter_documents(files, doc_split, text_field, max_doc_bytes)
         if tokenizer == "bpe":
-            tok, tokenizer_rule = train_tokenizer(files, doc_split, text_field, max_doc_bytes, seed, threshold, scan,
-                                                  vocab_size, tokenizer_train_bytes)
+            tok, tokenizer_rule = train_tokenizer(documents, seed, threshold, scan, vocab_size, tokenizer_train_bytes)
         # Everything is written under temporary names beside the old dataset, which stays whole until
         # the new one is complete; then the files are renamed over it, meta.json last.
-        counts = encode_corpus(files, doc_split, text_field, max_doc_bytes, tok, threshold, seed, out_dir, workers,
-                               chunk_chars, scan.bytes)
+        counts = encode_corpus(documents, tok, threshold, seed, out_dir, workers, chunk_chars, scan.bytes)
         plain_text = ("each plain-text file is one document" if doc_split == "file" else
                       "plain-text files are split into documents at blank lines (lines holding only whitespace)")
         meta = {
