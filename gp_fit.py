@@ -1,14 +1,8 @@
 """
-Which λ is best for a given amount of data repetition? The paper's §5.2 and Figure 4: fit a Gaussian
-process to score(repetitions, λ) of many trained models, then sample its posterior for the
-probability that each λ is optimal at each repetition level.
-
-    python gp_fit.py runs.csv --out_dir out-gp               # columns repetitions, lambda, score
-    python gp_fit.py --results out-eval/*.json --out_dir out-gp  # eval.py result files
-    python gp_fit.py --synthetic --out_dir out-gp-synthetic --figure assets/gp_synthetic.png  # README figure
-
-writes OUT_DIR/fit.json and OUT_DIR/gp_fit.png. The model (docs/gp_fit.md) matches scikit-learn's
-GaussianProcessRegressor(normalize_y=True) to rounding error.
+Which λ is best for a given amount of data repetition? The paper's §5.2 and Figure 4: a Gaussian process
+fit to score(repetitions, λ) of many trained models, sampled for the probability that each λ is optimal at
+each repetition level. docs/gp_fit.md has the commands, the model (scikit-learn's
+GaussianProcessRegressor(normalize_y=True) to rounding error) and what fit.json holds.
 """
 import csv
 import json
@@ -117,17 +111,17 @@ def features(X):
 class GPFit:
     """A Gaussian process conditioned on runs X = [(repetitions, λ), ...] with scores y, at fixed theta."""
 
-    def __init__(self, X, y, theta, nu=2.5, alpha=ALPHA):
+    def __init__(self, X, y, theta, nu=2.5):
         y = np.asarray(y, dtype=float)
         F = features(X)
-        self.nu, self.alpha, self.theta = nu, alpha, np.asarray(theta, dtype=float)
+        self.nu, self.alpha, self.theta = nu, ALPHA, np.asarray(theta, dtype=float)
         self.x_mean, self.x_std = F.mean(0), F.std(0)  # population std, like StandardScaler
         self.y_mean, self.y_std = y.mean(), y.std()  # like normalize_y=True
         self.X = (F - self.x_mean) / self.x_std
         self.y = (y - self.y_mean) / self.y_std
         self.constant, self.noise = np.exp(self.theta[0]), np.exp(self.theta[3])
         self.length_scale = np.exp(self.theta[1:3])
-        K = self.kernel(self.X, self.X) + (self.noise + alpha) * np.eye(len(self.X))
+        K = self.kernel(self.X, self.X) + (self.noise + self.alpha) * np.eye(len(self.X))
         self.L, self.jitter = cholesky_with_jitter(K, self.constant)  # jitter is 0 unless theta is degenerate
         self.weights = cho_solve((self.L, True), self.y)
         self.log_marginal_likelihood = (-0.5 * self.y @ self.weights - np.log(np.diag(self.L)).sum()
@@ -144,10 +138,9 @@ class GPFit:
 
     def hyperparameters(self, standardised=False):
         """The kernel's hyper-parameters by name, in score^2, log2(r) and λ units (standardised: sklearn's)."""
-        values = [self.constant, *self.length_scale, self.noise]
+        values = np.array([self.constant, *self.length_scale, self.noise])
         if not standardised:
-            values = [values[0] * self.y_std**2, values[1] * self.x_std[0], values[2] * self.x_std[1],
-                      values[3] * self.y_std**2]
+            values *= [self.y_std**2, *self.x_std, self.y_std**2]
         return {"nu": self.nu, **{name: float(v) for name, v in zip(HYPERPARAMETERS, values)}}
 
     def predict(self, X, return_std=False):

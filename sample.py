@@ -1,13 +1,7 @@
 """
-Sample from a nanodual checkpoint, autoregressively or by masked diffusion (docs/sample.md has every
-option, the samplers in detail and examples from a tiny model).
-
-    python sample.py --ckpt out/ckpt.pt --mode ar --prompt "ROMEO:" --max_new_tokens 200
-    python sample.py --ckpt out/ckpt.pt --mode diffusion --prompt "ROMEO:" --max_new_tokens 200 --steps 50
-    python sample.py --ckpt out/ckpt.pt --mode diffusion --max_new_tokens 128 --sweep_steps 1,4,16,64,128
-
-Every sequence starts with <s> (the prompt follows it; printed text excludes it), special tokens are
-never sampled, and, by MNTP, the output at position j-1 is the distribution of token j.
+Sample from a nanodual checkpoint, autoregressively or by masked diffusion; docs/sample.md has the commands,
+every option and the samplers in detail. Every sequence starts with <s>, special tokens are never sampled,
+and, by MNTP, the output at position j-1 is the distribution of token j.
 """
 import json
 import math
@@ -278,10 +272,9 @@ def speed_quality_curve(model, prompt_ids, n_tokens, steps_list, sampler="ancest
     """An AR row (the reference), then one row per diffusion step count, averaged over
     num_samples samples drawn with a fresh generator seeded with `seed`; on_row(row) sees each row."""
     device = model.lm_head.weight.device
-    runs = [("ar", n_tokens)] + [("diffusion", s) for s in steps_list]
-    rows = []
     generate_ar(model, prompt_ids, 1, temperature=0)  # warm-up: the first call allocates and picks kernels
-    for method, steps in runs:
+    rows = []
+    for method, steps in [("ar", n_tokens)] + [("diffusion", s) for s in steps_list]:
         generator = torch.Generator(device).manual_seed(seed)
         if method == "ar":
             run = lambda: generate_ar(model, prompt_ids, n_tokens, temperature, top_k, top_p, generator,
