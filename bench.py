@@ -35,6 +35,7 @@ import torch
 import data
 import model as modeling
 from muon import MuonAdamW
+from sample import generate_ar, generate_diffusion, timed
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
@@ -47,12 +48,7 @@ SIZES = {  # n_layer, n_head, n_embd, intermediate_size; default vocab_size, blo
 
 
 # -----------------------------------------------------------------------------
-# Timing helpers
-
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
+# Timing helpers (sample.timed times one call, waiting for the GPU)
 
 def interleaved(variants, dev, rounds, repeats):
     """Seconds per call of each variant: the median over rounds of each round's median of `repeats`
@@ -63,14 +59,7 @@ def interleaved(variants, dev, rounds, repeats):
     samples = {name: [] for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
-            times = []
-            for _ in range(repeats):
-                sync(dev)
-                t0 = time.perf_counter()
-                fn()
-                sync(dev)
-                times.append(time.perf_counter() - t0)
-            samples[name].append(statistics.median(times))
+            samples[name].append(statistics.median(timed(fn, dev)[1] for _ in range(repeats)))
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
@@ -203,7 +192,7 @@ def bench_eval(args):
                                n_embd=args.n_embd, intermediate_size=int(args.n_embd * 8 / 3 + 1) // 2 * 2,
                                bos_id=tok.bos_id, pad_id=tok.pad_id, mask_id=tok.mask_id)
     torch.manual_seed(0)
-    model = modeling.DualLM(cfg).eval()
+    model, cpu = modeling.DualLM(cfg).eval(), torch.device("cpu")
     print(f"model: {cfg.n_layer} layers, width {cfg.n_embd}, vocab {cfg.vocab_size}, random weights, "
           f"{torch.get_num_threads()} thread(s)")
     for task in tasks:
@@ -214,11 +203,8 @@ def bench_eval(args):
         print(f"\n{task}: {len(items)} items, {len(seqs)} sequences of {mean_len:.0f} tokens on average, "
               f"{n_tokens} continuation tokens (= PLL passes per k)")
         ev.sequence_logliks(model, seqs[:4], "pll", k=args.k)  # warm-up: first calls allocate and pick kernels
-        t0 = time.perf_counter()
-        loop = pll_loop(model, seqs, args.k)
-        loop_s, t0 = time.perf_counter() - t0, time.perf_counter()
-        batched = ev.sequence_logliks(model, seqs, "pll", k=args.k)[0]
-        batched_s = time.perf_counter() - t0
+        loop, loop_s = timed(lambda: pll_loop(model, seqs, args.k), cpu)
+        batched, batched_s = timed(lambda: ev.sequence_logliks(model, seqs, "pll", k=args.k)[0], cpu)
         diff = float(np.max(np.abs(loop - batched)))
         if not np.allclose(loop, batched, rtol=1e-5, atol=1e-3):
             raise ValueError(f"{task}: batched PLL differs from the loop by up to {diff:.2e}")
@@ -238,7 +224,6 @@ def bench_eval(args):
 # in the tiny CPU config's shape with random weights and a window widened to --window.
 
 def bench_sample(args):
-    from sample import generate_ar, generate_diffusion, timed as timed_call
     lengths = [int(n) for n in args.lengths.split(",")]
     steps_list = [int(s) for s in args.diffusion_steps.split(",")]
     device = modeling.parse_device(args.device)
@@ -254,7 +239,7 @@ def bench_sample(args):
     gen = lambda: torch.Generator(device).manual_seed(0)
 
     def tokens_per_s(fn, n_tokens):
-        return n_tokens / min(timed_call(fn, device)[1] for _ in range(args.repeats))
+        return n_tokens / min(timed(fn, device)[1] for _ in range(args.repeats))
 
     print(f"model: tiny_cpu shape (4 layers, width 128, vocab 2048), window {args.window}, "
           f"{model.num_params() / 1e6:.2f}M parameters, random weights; device {device}, "
@@ -318,9 +303,8 @@ def bench_gp(args):
     times = {"gp_fit": [], "sklearn": []}
     for _ in range(args.repeat):  # the two programs take turns; best of --repeat each
         for name, run in (("gp_fit", ours), ("sklearn", sklearn)):
-            t0 = time.perf_counter()
-            lml, means = run()
-            times[name].append(time.perf_counter() - t0)
+            (lml, means), seconds = timed(run, torch.device("cpu"))
+            times[name].append(seconds)
             if len(times[name]) == 1:
                 print(f"{name:>8}: log marginal likelihood {lml:.4f}, mean optimal λ per level "
                       + " ".join(f"{m:.3f}" for m in means))
