@@ -146,13 +146,10 @@ class Tokenizer:
         ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
         if self.bpe is not None:
             return self.bpe.decode(ids, skip_special_tokens=False)
-        # tiktoken knows nothing of our added ids: decode runs of its own ids, splice in ours
-        pieces = []
-        for ours, run in itertools.groupby(ids, key=lambda i: i >= self.tiktoken.n_vocab):
-            if ours:
-                pieces += [self.special_bytes.get(i, b"") for i in run]  # unused padding ids decode to ""
-            else:
-                pieces.append(self.tiktoken.decode_bytes(list(run)))
+        # tiktoken knows nothing of our added ids: decode runs of its own ids, splice in ours (unused ones: "")
+        runs = itertools.groupby(ids, key=lambda i: i >= self.tiktoken.n_vocab)
+        pieces = [b"".join(self.special_bytes.get(i, b"") for i in run) if ours else
+                  self.tiktoken.decode_bytes(list(run)) for ours, run in runs]
         return b"".join(pieces).decode("utf-8", errors="replace")
 
     def to_spec(self):
@@ -798,31 +795,32 @@ def download(url, out_dir):
 
 
 def load_meta(data_dir):
-    data_dir = Path(data_dir)
+    data_dir, meta_path = Path(data_dir), Path(data_dir) / "meta.json"
     fix = f"prepare it with: python data.py --input <text files or folders> --out_dir {data_dir}"
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder {data_dir} does not exist; {fix}")
-    if not (data_dir / "meta.json").is_file():
+    if not meta_path.is_file():
         raise FileNotFoundError(f"data folder {data_dir} has no meta.json (never prepared, or its preparation "
                                 f"was interrupted); {fix}")
     try:
-        meta = json.loads((data_dir / "meta.json").read_text(encoding="utf-8"))
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{data_dir / 'meta.json'} is not valid JSON ({e}); {fix}") from None
+        raise ValueError(f"{meta_path} is not valid JSON ({e}); {fix}") from None
     except UnicodeDecodeError:
-        raise ValueError(f"{data_dir / 'meta.json'} is not UTF-8 text (a damaged file); {fix}") from None
+        raise ValueError(f"{meta_path} is not UTF-8 text (a damaged file); {fix}") from None
     except OSError as e:
-        raise ValueError(f"{data_dir / 'meta.json'} cannot be read ({e.strerror}); fix its permissions") from None
+        raise ValueError(f"{meta_path} cannot be read ({e.strerror}); fix its permissions") from None
     needed = ["vocab_size", "dtype", "train_tokens", "val_tokens", "bos_id", "pad_id", "mask_id"]
     if not isinstance(meta, dict) or any(key not in meta for key in needed):
-        raise ValueError(f"{data_dir / 'meta.json'} is not a data.py description (it needs {', '.join(needed)}); {fix}")
+        raise ValueError(f"{meta_path} is not a data.py description (it needs {', '.join(needed)}); {fix}")
     for split in ("train", "val"):
         path, n_tokens = data_dir / f"{split}.bin", meta[f"{split}_tokens"]
-        if not path.is_file() or path.stat().st_size == 0:
+        size = path.stat().st_size if path.is_file() else 0
+        if size == 0:
             raise FileNotFoundError(f"{path} is missing or empty; {fix}")
-        if path.stat().st_size != n_tokens * np.dtype(meta["dtype"]).itemsize:
-            raise ValueError(f"{path} holds {path.stat().st_size} bytes, but meta.json says {n_tokens} "
-                             f"{meta['dtype']} tokens (a damaged folder, or files from two runs); {fix}")
+        if size != n_tokens * np.dtype(meta["dtype"]).itemsize:
+            raise ValueError(f"{path} holds {size} bytes, but meta.json says {n_tokens} {meta['dtype']} tokens (a "
+                             f"damaged folder, or files from two runs); {fix}")
     return meta
 
 
@@ -841,39 +839,28 @@ def epoch_seed(seed, epoch):
     return int.from_bytes(digest, "little") >> 1  # torch seeds must fit in 63 bits
 
 
-def document_index(data_dir, meta):
-    """The start of every training document in train.bin, as a read-only memmap of uint64."""
-    path = Path(data_dir) / "train.idx"
-    fix = f"re-run data.py on your corpus with --out_dir {data_dir} (this data.py also writes train.idx)"
-    if "train_index" not in meta or not path.is_file():
-        raise ValueError(f"data folder {data_dir} was prepared by an older data.py: it has no train.idx, the "
-                         f"document index that sampling and re-packing whole documents need; {fix}")
-    n_docs = meta.get("train_documents")
-    if path.stat().st_size != 8 * (n_docs or 0):
-        raise ValueError(f"{path} holds {path.stat().st_size} bytes, but meta.json says {n_docs} training "
-                         f"documents (8 bytes each): a damaged folder; {fix}")
-    return np.memmap(path, dtype="<u8", mode="r")
-
-
 class TrainWindows:
-    """The training stream of paper §5.1: a unique subset of T/r tokens, seen r times, in windows.
-
+    """The training stream of paper §5.1 (docs/data.md): a unique subset of T/r tokens, seen r times.
     The subset: the first documents of one seeded order of all training documents (subset_seed), up to
-    unique_tokens + 1 tokens (the last one cut). So it is a random sample of whole documents whatever
-    the corpus order, the subset of a larger r lies inside that of a smaller r, and runs that differ
-    only in lam or seed train on the same tokens. Epoch e shuffles the subset's documents (seeded by
-    (seed, e)), lays them back to back and cuts n_windows = unique_tokens // block_size windows of
-    block_size + 1 tokens, overlapping by one: every subset token is an input once per epoch. Global
-    window k is window k % n_windows of epoch k // n_windows, so the data order is a pure function of
-    (subset_seed, seed, k): resume is exact, and ranks that take disjoint k never overlap. Memory holds
-    the document index and, for the one or two epochs in use, a permutation; never the text."""
+    unique_tokens + 1 tokens (the last one cut), so the subsets of all r nest. Epoch e shuffles its
+    documents (seeded by (seed, e)) and cuts n_windows windows of block_size + 1 tokens, overlapping by
+    one. Global window k is window k % n_windows of epoch k // n_windows: the data order is a pure
+    function of (subset_seed, seed, k), so resume is exact and ranks that take disjoint k never overlap."""
 
     def __init__(self, data_dir, block_size, unique_tokens=None, seed=0, subset_seed=0):
         import torch
         meta = load_meta(data_dir)
         self.path, self.dtype, self.bos_id = Path(data_dir) / "train.bin", np.dtype(meta["dtype"]), meta["bos_id"]
         self.block_size, self.seed = block_size, seed
-        starts = document_index(data_dir, meta)
+        index, n_indexed = Path(data_dir) / "train.idx", meta.get("train_documents")  # where each document starts
+        fix = f"re-run data.py on your corpus with --out_dir {data_dir} (this data.py also writes train.idx)"
+        if "train_index" not in meta or not index.is_file():
+            raise ValueError(f"data folder {data_dir} was prepared by an older data.py: it has no train.idx, the "
+                             f"document index that sampling and re-packing whole documents need; {fix}")
+        if index.stat().st_size != 8 * (n_indexed or 0):
+            raise ValueError(f"{index} holds {index.stat().st_size} bytes, but meta.json says {n_indexed} training "
+                             f"documents (8 bytes each): a damaged folder; {fix}")
+        starts = np.memmap(index, dtype="<u8", mode="r")
         available = meta["train_tokens"]
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
@@ -892,8 +879,7 @@ class TrainWindows:
         self.unique_tokens = self.n_windows * block_size
         # the subset: a prefix of one seeded document order, cut to exactly unique_tokens + 1 tokens
         order = torch.randperm(len(starts), generator=torch.Generator().manual_seed(subset_seed)).numpy()
-        ends = np.append(starts[1:], available)
-        lengths = (ends - starts).astype(np.int64)
+        lengths = (np.append(starts[1:], available) - starts).astype(np.int64)
         taken = np.cumsum(lengths[order])
         n_docs = int(np.searchsorted(taken, self.unique_tokens + 1)) + 1
         self.doc_starts = starts[order[:n_docs]].astype(np.int64)
@@ -926,7 +912,7 @@ class TrainWindows:
             file_starts, stream_starts, stream_ends = self.epoch(e)
             # the batch's windows in epoch e: window k is stream tokens [lo, lo + block + 1); it spans
             # documents first..last of the epoch's order, each of which gives one piece of train.bin
-            lo = np.arange(max(first_window, e * n) - e * n, min(first_window + batch_size, (e + 1) * n) - e * n) * block
+            lo = (np.arange(max(first_window, e * n), min(first_window + batch_size, (e + 1) * n)) - e * n) * block
             first = np.searchsorted(stream_ends, lo, side="right")
             pieces = np.searchsorted(stream_ends, lo + block, side="right") - first + 1
             doc = np.repeat(first - np.cumsum(pieces) + pieces, pieces) + np.arange(pieces.sum())
@@ -937,10 +923,9 @@ class TrainWindows:
         # Read the pieces with pread: no memory map, so resident memory stays flat however much of
         # train.bin an epoch touches (a long-lived memmap counts every page it touched; a fresh one
         # per batch pays a page fault for each of the scattered pages documents come from).
-        size = self.dtype.itemsize
-        fd = os.open(self.path, os.O_RDONLY)
+        size, fd = self.dtype.itemsize, os.open(self.path, os.O_RDONLY)
         try:
-            raw = b"".join([os.pread(fd, length * size, offset * size) for offset, length in zip(file_offsets, lengths)])
+            raw = b"".join([os.pread(fd, count * size, start * size) for start, count in zip(file_offsets, lengths)])
         finally:
             os.close(fd)
         if len(raw) != batch_size * (block + 1) * size:
@@ -972,37 +957,31 @@ def val_windows(data_dir, block_size, n_windows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Prepare a nanodual dataset folder (train.bin, val.bin, tokenizer.json, meta.json) from text. "
-                    "Without --input, download Tiny Shakespeare (or --url) and prepare it.", allow_abbrev=False)
-    parser.add_argument("--input", nargs="+", metavar="PATH",
-                        help="text, .jsonl (a document a line) or .parquet (a document a row) files, .gz of text or "
-                             "JSON lines, or folders of them (recursive, sorted; other files listed as skipped)")
-    parser.add_argument("--text_field", default="text",
-                        help="the field of a JSON line, or the column of a parquet file, that holds the text "
-                             "(default: %(default)s)")
-    parser.add_argument("--out_dir", help="the dataset folder to write (default data_shakespeare when downloading)")
-    parser.add_argument("--url", help=f"download this text file instead of the default corpus ({DEFAULT_URL})")
-    parser.add_argument("--doc_split", choices=["file", "blank_line"], default=None,
-                        help="plain text: one document per file (default with --input, but a single text file is "
-                             "split at blank lines), or documents between blank lines (default for a download)")
-    parser.add_argument("--tokenizer", default="bpe",
-                        help="'bpe' trains a byte-level BPE on the training documents, 'gpt2' is tiktoken's (cached), "
-                             "or the path of a tokenizer.json or a prepared folder to share (default: %(default)s)")
-    parser.add_argument("--vocab_size", type=int, default=8192,
-                        help="vocabulary size of the trained BPE (default: %(default)s; the paper: 51200)")
-    parser.add_argument("--tokenizer_train_bytes", type=int, default=None,
-                        help="train the BPE on a deterministic hash-chosen sample of about this many bytes of the "
-                             "training documents (default: all of them)")
-    parser.add_argument("--max_doc_bytes", type=int, default=None,
-                        help="cut a longer document at line breaks into documents of at most this many UTF-8 bytes "
-                             "(a longer single line stays whole), so no book is one document (default: no cap)")
-    parser.add_argument("--val_fraction", type=float, default=0.02,
-                        help="share of documents held out for validation, chosen by a hash of their text (at least "
-                             "one document; default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                        help="processes that encode in parallel (default: min(8, CPUs) = %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="salt of the hash that splits train/val (default: %(default)s)")
+    parser = argparse.ArgumentParser(allow_abbrev=False, description="Prepare a nanodual dataset folder (train.bin, "
+                                     "val.bin, tokenizer.json, meta.json) from text. Without --input, download Tiny "
+                                     "Shakespeare (or --url) and prepare it.")
+    add = parser.add_argument
+    add("--input", nargs="+", metavar="PATH", help="text, .jsonl (a document a line) or .parquet (a document a row) "
+        "files, .gz of text or JSON lines, or folders of them (recursive, sorted; other files listed as skipped)")
+    add("--text_field", default="text", help="the field of a JSON line, or the column of a parquet file, that holds "
+        "the text (default: %(default)s)")
+    add("--out_dir", help="the dataset folder to write (default data_shakespeare when downloading)")
+    add("--url", help=f"download this text file instead of the default corpus ({DEFAULT_URL})")
+    add("--doc_split", choices=["file", "blank_line"], help="plain text: one document per file (default with --input, "
+        "but a single text file is split at blank lines), or documents between blank lines (default for a download)")
+    add("--tokenizer", default="bpe", help="'bpe' trains a byte-level BPE on the training documents, 'gpt2' is "
+        "tiktoken's (cached), or the path of a tokenizer.json or a prepared folder to share (default: %(default)s)")
+    add("--vocab_size", type=int, default=8192,
+        help="vocabulary size of the trained BPE (default: %(default)s; the paper: 51200)")
+    add("--tokenizer_train_bytes", type=int, help="train the BPE on a deterministic hash-chosen sample of about this "
+        "many bytes of the training documents (default: all of them)")
+    add("--max_doc_bytes", type=int, help="cut a longer document at line breaks into documents of at most this many "
+        "UTF-8 bytes (a longer single line stays whole), so no book is one document (default: no cap)")
+    add("--val_fraction", type=float, default=0.02, help="share of documents held out for validation, chosen by a "
+        "hash of their text (at least one document; default: %(default)s)")
+    add("--workers", type=int, default=min(8, os.cpu_count() or 1),
+        help="processes that encode in parallel (default: min(8, CPUs) = %(default)s)")
+    add("--seed", type=int, default=0, help="salt of the hash that splits train/val (default: %(default)s)")
     args = parser.parse_args(argv)
 
     settings = {k: v for k, v in vars(args).items() if k not in ("input", "out_dir", "url", "doc_split")}
