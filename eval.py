@@ -162,10 +162,10 @@ def read_obqa_tsv(path):
     if any(name not in header for name in need):
         raise malformed(f"{path}:1", f"expected the header columns {need}")
     for n, line in enumerate(lines[1:], 2):
-        cols = dict(zip(header, line.split("\t")))
-        choices = re.findall(r"\(([A-Z])\) (.*?)(?= \([A-Z]\) |$)", cols.get("Choices", ""))
         if not line.strip():
             continue
+        cols = dict(zip(header, line.split("\t")))
+        choices = re.findall(r"\(([A-Z])\) (.*?)(?= \([A-Z]\) |$)", cols.get("Choices", ""))
         if len(cols) != len(header) or not choices:
             raise malformed(f"{path}:{n}", f"expected {len(header)} tab-separated columns with '(A) ...' choices")
         items.append(qa_item(f"{path}:{n}", ai2_record(cols["ID"], cols["Question Stem"], *zip(*choices),
@@ -1055,11 +1055,9 @@ def main(argv=None):
                              [("--ckpt", args.ckpt)] + [(f"--task_file {t}", p) for t, p in args.task_files.items()])
         read_results(args.out)
         if args.dump and os.path.isfile(args.dump) and os.path.getsize(args.dump):  # overwrite an earlier dump only
-            with open(args.dump, "rb") as f:
-                try:
-                    record = json.loads(f.readline(1 << 20))
-                except ValueError:
-                    record = None
+            record = None
+            with open(args.dump, "rb") as f, contextlib.suppress(ValueError):
+                record = json.loads(f.readline(1 << 20))
             if not (isinstance(record, dict) and {"task", "mode", "item", "choice", "ll"} <= set(record)):
                 raise ValueError(f"--dump {args.dump} exists and is not an eval.py dump; give another --dump")
         import data  # the tokenizer lives with the dataset code
