@@ -1,16 +1,10 @@
 """
 How fast is nanodual? Every comparison runs side by side in one run (variants take turns round by
 round): on a shared machine only ratios measured together mean anything. Figures: docs/bench.md.
+One subcommand per benchmark (listed below); `python bench.py SUBCOMMAND -h` has its options. E.g.:
 
-    python bench.py model     # forward+backward tokens/s per attention mode; the optimizer step
-    python bench.py train     # training steps AR / MD / dual: tokens/s, MFU (known GPUs), peak memory
-    python bench.py eval      # eval.py: batched PLL against a one-sequence loop; items/s per mode
-    python bench.py sample    # sample.py: AR with and without the KV cache; diffusion sampling
-    python bench.py gp        # gp_fit.py against scikit-learn on the same work
     python bench.py nanogpt ../shared/anchors/nanoGPT   # train.py against nanoGPT's train.py
     python bench.py data --data_dir data_novels_capped   # the training loader against the one it replaced
-    python bench.py prepare    # data.py on a parquet file against the same documents as JSON lines
-
     python bench.py train --device cuda --size 125m --compile    # on a GPU: bf16 autocast, MFU
     python bench.py nanogpt PATH --device cuda --compile         # both trainers compiled, bf16
 """
