@@ -175,10 +175,8 @@ def unmask_block(model, canvas, n, steps, sampler, temperature, top_k, top_p, ge
                                     generator, banned)
                 score = torch.full(masked.shape, -math.inf, device=canvas.device)
                 score[rows, cols] = prob
-                proposal = canvas[:, first:].clone()
-                proposal[rows, cols] = tokens
-                keep = highest(score, torch.full((canvas.size(0),), k, device=canvas.device))
-                canvas[:, first:] = torch.where(keep, proposal, canvas[:, first:])
+                keep = highest(score, torch.full((canvas.size(0),), k, device=canvas.device))[rows, cols]
+                canvas[rows[keep], first + cols[keep]] = tokens[keep]
         if on_step is not None:
             on_step(canvas.clone())
     return canvas
