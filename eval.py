@@ -635,16 +635,15 @@ class Settings:
 
     def __post_init__(self):
         self.pll_k = tuple(self.pll_k)
-        checks = [
-            (len(self.pll_k) > 0 and all(isinstance(k, int) and k >= 1 for k in self.pll_k),
-             f"pll_k={list(self.pll_k)}: every k counts masks and must be an integer >= 1"),
-            (self.mc_samples >= 2, "mc_samples must be >= 2 (a standard error needs two samples)"),
-            (set(self.task_files) <= set(TASKS), f"task_files names unknown tasks; valid tasks: {', '.join(TASKS)}"),
-        ] + [(getattr(self, name) in valid, f"{name} must be {' or '.join(map(repr, valid))}")
-             for name, valid in CHOICES.items()]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        if not self.pll_k or not all(isinstance(k, int) and k >= 1 for k in self.pll_k):
+            raise ValueError(f"pll_k={list(self.pll_k)}: every k counts masks and must be an integer >= 1")
+        if self.mc_samples < 2:
+            raise ValueError("mc_samples must be >= 2 (a standard error needs two samples)")
+        if not set(self.task_files) <= set(TASKS):
+            raise ValueError(f"task_files names unknown tasks; valid tasks: {', '.join(TASKS)}")
+        for name, valid in CHOICES.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be {' or '.join(map(repr, valid))}")
 
 
 # the settings that change a score (the others say what to run, or how to batch it)
