@@ -13,6 +13,7 @@ import argparse
 import codecs
 import collections
 import fcntl
+import functools
 import gzip
 import hashlib
 import importlib.util
@@ -308,12 +309,10 @@ def json_text(line, where, text_field):
     return field_text(record.get(text_field) if isinstance(record, dict) else None, where, text_field)
 
 
-# Parquet is read by a child process (PARQUET_READER): a fresh interpreter that imports pyarrow and
-# nothing of data.py, so that neither pyarrow's libraries (27 MB) nor its read buffers (35 MB) add to this
-# process, which holds the tokenizer and feeds the workers, nor to the workers forked from it; the reader
-# itself holds no tokenizer, so no process peaks far above a JSON-lines run's (docs/data.md). It sends
-# frames (a tag byte, a little-endian uint64 length, the payload): b"g" a row group starts (its number),
-# b"t" a document (UTF-8), b"n" a null, b"e" an error (one line).
+# Parquet is read by a child process, a fresh interpreter that imports pyarrow and nothing of data.py, so that
+# pyarrow's libraries and buffers add neither to this process nor to the workers forked from it (docs/data.md).
+# It sends frames (a tag byte, a little-endian uint64 length, the payload): b"g" a row group starts (its
+# number), b"t" a document (UTF-8), b"n" a null, b"e" an error (one line).
 PARQUET_READER = r"""
 import ctypes, os, signal, struct, sys
 import pyarrow as pa, pyarrow.parquet
@@ -707,8 +706,7 @@ def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe"
         lock = lock_out_dir(out_dir)
         doc_split, scan = choose_doc_split(files, doc_split, text_field, seed, max_doc_bytes)
         threshold, threshold_note = val_threshold(val_fraction, scan)
-        def documents():  # each pass reads the corpus anew
-            return iter_documents(files, doc_split, text_field, max_doc_bytes)
+        documents = functools.partial(iter_documents, files, doc_split, text_field, max_doc_bytes)  # read per pass
         if tokenizer == "bpe":
             tok, tokenizer_rule = train_tokenizer(documents, seed, threshold, scan, vocab_size, tokenizer_train_bytes)
         # Everything is written under temporary names beside the old dataset, which stays whole until
@@ -718,8 +716,7 @@ def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe"
                       "plain-text files are split into documents at blank lines (lines holding only whitespace)")
         meta = {
             "vocab_size": tok.vocab_size, "dtype": token_dtype(tok.vocab_size).name, **counts,
-            "train_index": "train.idx",  # its absence marks a folder from an older data.py
-            "special_tokens": dict(tok.special_ids),
+            "train_index": "train.idx", "special_tokens": dict(tok.special_ids),  # no train_index: an older data.py
             "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "mask_id": tok.mask_id,
             "unk_id": tok.unk_id,
             "sources": [str(s) for s in (sources or [Path(i).resolve() for i in inputs])],
@@ -730,10 +727,9 @@ def prepare(inputs, out_dir, vocab_size=8192, val_fraction=0.02, tokenizer="bpe"
                 f"\"{text_field}\" field)"
                 + (f"; a document over max_doc_bytes {max_doc_bytes} UTF-8 bytes is cut at line breaks into "
                    f"documents of at most that many bytes (a longer single line stays whole)" if max_doc_bytes else "")
-                + f". Text is read as UTF-8 without BOM, line endings normalised to \\n, trailing "
-                f"whitespace and leading blank lines removed; empty documents are skipped. In the .bin files each "
-                f"document is <s> followed by its tokens (no end-of-document token), documents back to back in "
-                f"input order"),
+                + ". Text is read as UTF-8 without BOM, line endings normalised to \\n, trailing whitespace and leading "
+                "blank lines removed; empty documents are skipped. In the .bin files each document is <s> followed by "
+                "its tokens (no end-of-document token), documents back to back in input order"),
             "val_fraction": val_fraction, "seed": seed, "val_hash_threshold": threshold,
             "split_rule": (f"by document: a document goes to val.bin when the 64-bit blake2b hash of its UTF-8 text "
                            f"(salt: seed {seed} as 16 little-endian bytes, digest read little-endian) is below "
