@@ -201,9 +201,8 @@ class Tokenizer:
 def same_tokenizer(spec_a, spec_b):
     """Whether two to_spec() values are the same tokenizer (BPE files compared as JSON values, so
     formatting does not matter): a checkpoint can only resume on data of its own vocabulary."""
-    def canonical(spec):
-        return {**spec, "json": json.loads(spec["json"])} if spec.get("kind") == "bpe" else spec
-    return canonical(spec_a) == canonical(spec_b)
+    a, b = ({**s, "json": json.loads(s["json"])} if s.get("kind") == "bpe" else s for s in (spec_a, spec_b))
+    return a == b
 
 
 def batches(items, max_size, size=len):
@@ -240,7 +239,6 @@ def token_dtype(vocab_size):
 # -----------------------------------------------------------------------------
 # Reading documents: plain text, JSON lines and parquet, gzip'd or not; one reader, one piece per format
 
-FORMATS = (".txt", ".jsonl", ".parquet")
 BOMS = {codecs.BOM_UTF32_LE: "UTF-32LE", codecs.BOM_UTF32_BE: "UTF-32BE", codecs.BOM_UTF16_LE: "UTF-16LE",
         codecs.BOM_UTF16_BE: "UTF-16BE"}  # UTF-32's before UTF-16's: UTF-32LE's BOM starts with UTF-16LE's
 
@@ -275,7 +273,7 @@ def list_input_files(inputs):
             for path in (Path(root, name) for name in names):
                 reason = ("a hidden file" if path.name.startswith(".") else
                           "not a regular file" if not path.is_file() else
-                          f"not {', '.join(FORMATS)} or gzip (by name, any case)" if file_format(path)[0] is None
+                          "not .txt, .jsonl, .parquet or gzip (by name, any case)" if file_format(path)[0] is None
                           else None)
                 if reason:
                     skipped.append((path, reason))
@@ -284,7 +282,7 @@ def list_input_files(inputs):
         for path, reason in sorted(skipped):
             print(f"skipping {path}: {reason}")
         if not found:
-            raise ValueError(f"input folder {given} holds no {', '.join(FORMATS)} files (or .gz of text or JSON "
+            raise ValueError(f"input folder {given} holds no .txt, .jsonl, .parquet files (or .gz of text or JSON "
                              f"lines); name the files to use with --input")
         files += sorted(found, key=lambda f: f.relative_to(given).parts)
     if any(file_format(path) == ("parquet", False) for path in files) and importlib.util.find_spec("pyarrow") is None:
