@@ -12,6 +12,7 @@ swapped in only when complete. TrainWindows trains on a random subset of whole d
 import argparse
 import codecs
 import collections
+import contextlib
 import fcntl
 import functools
 import gzip
@@ -565,10 +566,8 @@ def encode_corpus(documents, tok, threshold, seed, out_dir, workers, chunk_chars
             write(name)
     finally:
         for f in files_out.values():
-            try:
+            with contextlib.suppress(OSError):  # a close that failed above, already reported
                 f.close()
-            except OSError:  # a close that failed above, already reported
-                pass
         if pool is not None:
             pool.terminate()
     progress.close()
