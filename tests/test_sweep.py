@@ -99,14 +99,17 @@ def test_figures_from_the_csvs(sweep_dirs):
     out = run(["sweep.py", "--figures", str(results)])  # the shell, with one BLAS thread: 3x faster here
     assert out.returncode == 0, out.stderr
     for name in ("fig1_loss_curves.png", "fig2_score_vs_lambda.png", "gp/gp_fit.png", "gp/fit.json",
-                 "gp_min/fit.json", "gp_pll/fit.json", "gp_blimp/fit.json", "summary.md"):
+                 "gp_min/fit.json", "gp_pll/fit.json", "gp_blimp_causal/fit.json",
+                 "gp_blimp_pll/fit.json", "summary.md"):
         assert (results / name).stat().st_size > 0
     assert "final validation AR loss at r=4" in out.stdout and "lowest validation AR loss at r=4" in out.stdout
     summary = (results / "summary.md").read_text()
     assert len(re.findall(r"^\| 4 \| [0-9.]+ \|", summary, re.M)) == 2  # one table row per (4, λ) cell
     # the table of the paper's claims: a grid of λ in {0, 1} and r in {1, 4} has not the cells of claims 1, 2, 3, 5
-    assert "| 5 | a mix beats both pure objectives at every r, causally and by PLL | inconclusive (the grid has no mixed " \
-        "λ) |" in summary and "| held-out PLL |" in summary
+    assert "| 5 | a mix beats both pure objectives at every r, causally and bidirectionally | AR loss and PLL loss | " \
+        "inconclusive (the grid has no mixed λ) |" in summary and "| held-out PLL |" in summary
+    assert "| 5 | a mix beats both pure objectives at every r, causally and bidirectionally | BLiMP causal and BLiMP " \
+        "PLL | inconclusive (the grid has no mixed λ) |" in summary  # the claims again, on task scores
     assert "| 3 | λ* is lower at r ≥ 32 than at r ≤ 16" in summary and "inconclusive (the grid has no r ≥ 32)" in summary
 
 
@@ -336,9 +339,11 @@ def fake_fits(optimal, noise=0.01):
         {"repetitions": float(r), "mean": m} for r, m in optimal.items()]}}
 
 
-def verdicts(rows, fits, replicates=()):
-    lines = sweep.claims(rows, fits, list(replicates))
-    return {int(line.split("|")[1]): line.split("|")[3].strip() for line in lines if re.match(r"\| \d \|", line)}
+def verdicts(rows, fits, replicates=(), measure="AR loss", **scores):
+    """{claim number: verdict} of the table's rows that judge `measure` (claims 4 and 5 judge two)."""
+    cells = [line.split("|") for line in sweep.claims(rows, fits, list(replicates), **scores)
+             if re.match(r"\| \d \|", line)]
+    return {int(c[1]): c[4].strip() for c in cells if measure in c[3]}
 
 
 def test_claims_without_their_cells_are_inconclusive():
@@ -346,15 +351,14 @@ def test_claims_without_their_cells_are_inconclusive():
     got = verdicts(rows, fake_fits({1: 0.9, 4: 0.9}))
     assert got == {1: "inconclusive (the grid has no λ in (0.5, 1))", 2: "inconclusive (the grid has no r ≥ 32)",
                    3: "inconclusive (the grid has no r ≥ 32)",
-                   4: "inconclusive (the grid has no PLL score)",
+                   4: "inconclusive (the grid has no PLL loss score)",
                    5: "inconclusive (the grid has no mixed λ)"}
     high = fake_cells({(64, 0): 5.0, (64, 0.5): 4.5, (128, 0): 5.5, (128, 0.5): 5.0})  # no r <= 16, no λ = 1
     got = verdicts(high, fake_fits({64: 0.3, 128: 0.2}))
     assert got[1] == "inconclusive (the grid has no r ≤ 16)"
     assert got[2] == "inconclusive (the grid has no λ = 1 at r = 128)"
     assert got[5] == "inconclusive (the grid has no λ = 1)"
-    assert sweep.claims(rows, {}, []) == [
-        "(no seed replicates and no GP fit of the final validation AR loss: no noise level, no claims table)"]
+    assert sweep.claims(rows, {}, []) == ["(no seed replicates and no GP fit of AR loss: no noise level, no claims table)"]
 
 
 def test_claim_1_fails_when_pure_ar_beats_the_best_mix():
@@ -372,7 +376,7 @@ def test_claim_5_needs_a_mix_to_beat_both_pure_objectives_causally_and_by_pll():
     fits = fake_fits({1: 0.9})
     assert verdicts(fake_cells(losses), fits)[5] == "fails"  # the mix beats λ = 0, not λ = 1, on the AR loss
     losses[(1, 1)] = 4.0
-    assert verdicts(fake_cells(losses), fits)[5] == "inconclusive (the grid has no PLL score)"  # AR loss alone
+    assert verdicts(fake_cells(losses), fits)[5] == "inconclusive (the grid has no PLL loss score)"  # AR loss alone
     md = {(1, 0): 4.2, (1, 0.5): 4.4, (1, 1): 6.0}  # on the ELBO λ = 0 beats the mix: reported, not judged
     pll = {(1, 0): 3.0, (1, 0.5): 3.1, (1, 1): 5.0}  # on the PLL loss λ = 0 beats the mix
     replicates = [{"repetitions": 1.0, "lambda": 0.0, "final_val_ar_loss": 5.01, "final_val_md_loss": 4.21,
@@ -383,7 +387,7 @@ def test_claim_5_needs_a_mix_to_beat_both_pure_objectives_causally_and_by_pll():
     assert verdicts(fake_cells(losses, md, pll), fits, replicates)[5] == "holds"
     assert "AR loss holds" in lines[-1] and "PLL loss holds" in lines[-1]
     assert "MD loss (ELBO) fails (not judged)" in lines[-1]
-    assert "PLL loss 2 x 0.0071, the sd of 2 seeds at r=1, λ=0" in lines[0]  # its own seed spread
+    assert "for the PLL loss 2 x 0.0071, the sd of 2 seeds at r=1, λ=0" in lines[0]  # its own seed spread
 
 
 def test_claim_4_compares_the_optimal_lambda_of_the_ar_and_pll_losses():
@@ -401,4 +405,21 @@ def test_claim_4_compares_the_optimal_lambda_of_the_ar_and_pll_losses():
     assert verdicts(rows, fits)[4] == "fails"  # disjoint at r = 64
     assert "r=64: 0.30 (0.20-0.40) vs 0.10 (0.00-0.15)" in next(line for line in lines if line.startswith("| 4 |"))
     del fits["heldout_pll_loss"]
-    assert verdicts(rows, fits)[4] == "inconclusive (the grid has no GP fit of both losses)"
+    assert verdicts(rows, fits)[4] == "inconclusive (the grid has no GP fit of both)"
+
+
+def test_claims_on_task_scores_count_higher_as_better_beyond_the_binomial_interval():
+    rows = fake_cells({(1, 0): 5.0, (1, 0.5): 4.0, (1, 1): 3.9})
+    for row, causal, pll in zip(rows, (55.0, 60.0, 58.0), (57.0, 61.0, 52.0)):  # λ = 0, 1/2, 1: the mix is best
+        row.update(blimp_causal=causal, blimp_pll=pll, blimp_pairs=6700)
+    fits = {**fake_fits({1: 0.9}), "blimp_causal": fake_fits({1: 0.5}, noise=0.1)["final_val_ar_loss"]}
+    replicates = [{"repetitions": 1.0, "lambda": 0.5, "final_val_ar_loss": 4.0, "blimp_causal": 60.2,
+                   "blimp_pll": 60.8}]
+    scores = dict(causal="blimp_causal", bidirectional="blimp_pll", beside=None)
+    lines = sweep.claims(rows, fits, replicates, **scores)
+    assert "BLiMP causal 2 x 0.1414, the sd of 2 seeds at r=1, λ=0.5; 95% binomial interval ±1.19" in lines[0] and "higher is better" in lines[0]
+    assert verdicts(rows, fits, replicates, "BLiMP causal", **scores)[5] == "holds"  # 60 beats 58 by > 1.19
+    assert "r=1: 60.0 (λ=0.5) vs λ=1 58.0, λ=0 55.0: holds" in lines[-1]
+    for row in rows:
+        row["blimp_pairs"] = 670  # ten times fewer pairs: ±3.8 points, and 2 points no longer count
+    assert verdicts(rows, fits, replicates, "BLiMP causal", **scores)[5] == "inconclusive"
