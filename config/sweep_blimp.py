@@ -6,8 +6,8 @@
 #   T / N = 17.6 tokens per parameter                       (paper: 88)
 #   unique tokens at r = 128: 108,800 = 0.14 per parameter  (paper: 0.69)
 #   optimizer steps per epoch at r = 128: 26.6              (paper: 64)
-# lam in steps of 1/8 (gradient_accumulation_steps = 8). bf16 autocast: 1.05-1.14x faster than fp32 for
-# this shape on this CPU (AVX512-BF16, no AMX; interleaved steps, docs/reproduction.md).
+# lam in steps of 1/8 (gradient_accumulation_steps = 8). bf16 autocast: 1.03-1.14x faster than fp32 for
+# this shape on this CPU (AVX512-BF16, no AMX; docs/reproduction.md, "A pilot toward task scores").
 #   python data.py --input ../shared/data/corpus/english_novels --out_dir data_novels_4096 \
 #       --doc_split blank_line --vocab_size 4096 --max_doc_bytes 2048
 #   python sweep.py config/sweep_blimp.py --jobs 2 --repetitions 1,16,128 --lams 0,0.125,0.5,1 \
