@@ -4,12 +4,11 @@ round): on a shared machine only ratios measured together mean anything. Figures
 One subcommand per benchmark (listed below); `python bench.py SUBCOMMAND -h` has its options. E.g.:
 
     python bench.py nanogpt ../shared/anchors/nanoGPT   # train.py against nanoGPT's train.py
-    python bench.py data --data_dir data_novels_capped   # the training loader against the one it replaced
+    python bench.py prepare                              # data.py on parquet against JSON lines
     python bench.py train --device cuda --size 125m --compile    # on a GPU: bf16 autocast, MFU
     python bench.py nanogpt PATH --device cuda --compile         # both trainers compiled, bf16
 """
 import argparse
-import ast
 import filecmp
 import functools
 import os
@@ -255,61 +254,6 @@ def bench_sample(args):
 
 
 # -----------------------------------------------------------------------------
-# bench.py gp: gp_fit.py against scikit-learn on the same work (a fit to 50 synthetic runs, then the
-# optimal-λ distribution of §5.2 from joint posterior samples). One BLAS thread by default: problems
-# this small gain nothing from threads, and OpenBLAS threads spinning on busy cores slow both down.
-
-def bench_gp(args):
-    from threadpoolctl import threadpool_limits  # installed with scikit-learn (requirements-dev.txt)
-    from sklearn.gaussian_process import GaussianProcessRegressor
-    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
-    from sklearn.preprocessing import StandardScaler
-    from gp_fit import BOUNDS, START, features, fit_gp, optimal_lambda, synthetic_runs
-
-    if args.blas_threads:
-        threadpool_limits(limits=args.blas_threads, user_api="blas")
-    runs = synthetic_runs(n=50, noise=0.3, seed=0)
-    X, y = np.column_stack([runs["repetitions"], runs["lambda"]]), runs["score"]
-    levels, grid, seed = 2.0 ** np.arange(8), np.arange(101) / 100, 0
-
-    def ours():
-        fit = fit_gp(X, y, nu=2.5, restarts=args.restarts, seed=seed)
-        result = optimal_lambda(fit, levels, grid=grid, samples=args.samples, seed=seed)
-        return fit.log_marginal_likelihood, [level["mean"] for level in result]
-
-    def sklearn():
-        bounds, start = np.exp(BOUNDS), np.exp(START)
-        kernel = (ConstantKernel(start[0], tuple(bounds[0]))
-                  * Matern(start[1:3], [tuple(bounds[1]), tuple(bounds[2])], nu=2.5)
-                  + WhiteKernel(start[3], tuple(bounds[3])))
-        scaler = StandardScaler().fit(features(X))
-        gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=args.restarts,
-                                      random_state=seed)
-        gp.fit(scaler.transform(features(X)), y)
-        rng = np.random.RandomState(seed)
-        means = []
-        for r in levels:
-            grid_x = scaler.transform(features(np.column_stack([np.full_like(grid, r), grid])))
-            draws = gp.sample_y(grid_x, args.samples, rng)
-            means.append(grid[np.argmax(draws, axis=0)].mean())
-        return gp.log_marginal_likelihood_value_, means
-
-    times = {"gp_fit": [], "sklearn": []}
-    for _ in range(args.repeat):  # the two programs take turns; best of --repeat each
-        for name, run in (("gp_fit", ours), ("sklearn", sklearn)):
-            (lml, means), seconds = timed(run, torch.device("cpu"))
-            times[name].append(seconds)
-            if len(times[name]) == 1:
-                print(f"{name:>8}: log marginal likelihood {lml:.4f}, mean optimal λ per level "
-                      + " ".join(f"{m:.3f}" for m in means))
-    best = {name: min(t) for name, t in times.items()}
-    print(f"50 runs, {args.restarts} restarts, {args.samples:,} samples x {len(levels)} levels x {len(grid)} λ "
-          f"(best of {args.repeat}, BLAS threads: {args.blas_threads or 'default'}): "
-          f"gp_fit {best['gp_fit']:.3f} s, scikit-learn {best['sklearn']:.3f} s, "
-          f"scikit-learn / gp_fit = {best['sklearn'] / best['gp_fit']:.1f}x")
-
-
-# -----------------------------------------------------------------------------
 # bench.py nanogpt PATH: nanodual's train.py against nanoGPT's own, unmodified one (run from its own
 # folder: it reads configurator.py from there), same shape, same tokens (method: docs/bench.md)
 
@@ -424,79 +368,6 @@ def bench_nanogpt(args):
 
 
 # -----------------------------------------------------------------------------
-# bench.py data: the training loader against the fixed-window one it replaced (issue 11), each loader
-# in its own process, interleaved over rounds
-
-class FixedWindows:
-    """The loader data.py had before documents were sampled (kept here only as a baseline): fixed
-    windows over the first unique_tokens tokens of train.bin, in a seeded order per epoch."""
-
-    def __init__(self, data_dir, block_size, unique_tokens, seed=0):
-        meta = data.load_meta(data_dir)
-        self.path, self.dtype, self.bos_id = os.path.join(data_dir, "train.bin"), np.dtype(meta["dtype"]), meta["bos_id"]
-        self.block_size, self.seed, self.n_windows = block_size, seed, unique_tokens // block_size
-        self.orders = {}
-
-    def batch(self, first_window, batch_size):
-        starts = []
-        for k in range(first_window, first_window + batch_size):
-            e = k // self.n_windows
-            if e not in self.orders:
-                self.orders = {e: torch.randperm(self.n_windows, generator=torch.Generator().manual_seed(
-                    data.epoch_seed(self.seed, e))).numpy()}
-            starts.append(int(self.orders[e][k % self.n_windows]) * self.block_size)
-        tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
-        return data.windows_to_batch(np.stack([tokens[s:s + self.block_size + 1] for s in starts]), self.bos_id)
-
-
-def data_worker(loader, data_dir, block_size, batch_size, batches, repetitions):
-    """One loader in its own process: windows/s over `batches` batches that walk every epoch, and the
-    peak resident memory, printed as a Python dict."""
-    meta = data.load_meta(data_dir)
-    unique = (meta["train_tokens"] - 1) // repetitions
-    t0 = time.perf_counter()
-    windows = (data.TrainWindows(data_dir, block_size, unique_tokens=unique) if loader == "documents"
-               else FixedWindows(data_dir, block_size, unique))
-    setup = time.perf_counter() - t0
-    stride = max(1, windows.n_windows * 3 // (batches * batch_size))  # spread over about three epochs
-    t0 = time.perf_counter()
-    for i in range(batches):
-        windows.batch(i * stride * batch_size, batch_size)
-        if i == batches // 10:
-            rss_early = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(repr({"windows_per_s": batches * batch_size / seconds, "setup_s": setup, "peak_rss_mb": peak / 1024,
-                "rss_growth_mb": (peak - rss_early) / 1024}))
-
-
-def bench_data(args):
-    shapes = [(128, 16), (2048, 8)]
-    data.load_meta(args.data_dir)  # a one-line error for a folder that is not a dataset
-    data_dir = os.path.abspath(args.data_dir)
-    print(f"data loader on {args.data_dir}: {args.rounds} interleaved rounds of {args.batches} batches per "
-          f"loader and shape, repetitions {args.repetitions}; median windows/s, peak RSS")
-    print(f"{'block x batch':>14} {'loader':>10} {'windows/s':>10} {'setup s':>8} {'peak MB':>8} {'growth MB':>9}")
-    for block_size, batch_size in shapes:
-        runs = {"fixed": [], "documents": []}
-        for _ in range(args.rounds):
-            for loader in runs:
-                code = (f"import bench; bench.data_worker({loader!r}, {data_dir!r}, {block_size}, "
-                        f"{batch_size}, {args.batches}, {args.repetitions})")
-                run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-                if run.returncode != 0:
-                    raise RuntimeError(f"the {loader} loader failed: {run.stderr.strip().splitlines()[-1]}")
-                runs[loader].append(ast.literal_eval(run.stdout.strip().splitlines()[-1]))
-        median = {loader: sorted(r["windows_per_s"] for r in results)[args.rounds // 2]
-                  for loader, results in runs.items()}
-        for loader, results in runs.items():
-            worst = {key: max(r[key] for r in results) for key in ("setup_s", "peak_rss_mb", "rss_growth_mb")}
-            print(f"{block_size:>8} x {batch_size:<3} {loader:>10} {median[loader]:>10,.0f} {worst['setup_s']:>8.2f} "
-                  f"{worst['peak_rss_mb']:>8.0f} {worst['rss_growth_mb']:>9.1f}")
-        print(f"{'':>14} documents / fixed: {median['documents'] / median['fixed']:.2f}x windows/s")
-
-
-# -----------------------------------------------------------------------------
 # bench.py prepare: data.py on parquet against the same documents as JSON lines (issue 23)
 
 # Runs argv[1:] and prints its peak RSS (its own, and its waited-for children's, the largest). From a
@@ -566,7 +437,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{model,train,eval,sample,gp,nanogpt,data,prepare}",
+                                metavar="{model,train,eval,sample,nanogpt,prepare}",
                                 parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
 
     def model_options(p):
@@ -600,12 +471,6 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (0: PyTorch's default)")
 
-    p = sub.add_parser("gp", help="gp_fit.py against scikit-learn on the same work")
-    p.add_argument("--restarts", type=int, default=10)
-    p.add_argument("--samples", type=int, default=10000)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--blas_threads", type=int, default=1, help="0: leave BLAS threads as the libraries set them")
-
     p = sub.add_parser("nanogpt", help="train.py against nanoGPT's train.py: tokens/s and achieved FLOP/s")
     p.add_argument("path", help="a nanoGPT checkout (its train.py runs unmodified, from its own folder)")
     p.add_argument("--input", default=os.path.join(SHARED_DATA, "corpus", "tinyshakespeare", "input.txt"),
@@ -622,11 +487,6 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=2, help="every trainer runs once per round (at least 2)")
     p.add_argument("--steps", type=int, default=6, help="timed steps per run")
     p.add_argument("--warmup", type=int, default=2, help="first steps of every run, not timed")
-    p = sub.add_parser("data", help="the training loader against the fixed-window one: windows/s, peak memory")
-    p.add_argument("--data_dir", required=True, help="a folder prepared by data.py")
-    p.add_argument("--repetitions", type=int, default=1, help="unique subset = train tokens / repetitions")
-    p.add_argument("--batches", type=int, default=300, help="batches per loader and shape in each round")
-    p.add_argument("--rounds", type=int, default=5, help="every loader runs once per round, in its own process")
     p = sub.add_parser("prepare", help="data.py on parquet against the same documents as JSON lines")
     p.add_argument("--corpus", default=os.path.join(SHARED_DATA, "corpus", "english_novels"))
     p.add_argument("--copies", type=int, default=4, help="copies of the corpus (4: a 218 MB parquet file)")
@@ -640,8 +500,8 @@ def main(argv=None):
 
     if getattr(args, "threads", 0) and args.command in ("eval", "sample"):
         torch.set_num_threads(args.threads)
-    {"model": bench_model, "train": bench_train, "eval": bench_eval, "sample": bench_sample, "gp": bench_gp,
-     "nanogpt": bench_nanogpt, "data": bench_data, "prepare": bench_prepare}[args.command](args)
+    {"model": bench_model, "train": bench_train, "eval": bench_eval, "sample": bench_sample,
+     "nanogpt": bench_nanogpt, "prepare": bench_prepare}[args.command](args)
 
 
 if __name__ == "__main__":
