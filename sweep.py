@@ -487,9 +487,11 @@ def figures(results_dir, nu=2.5, samples=10000, seed=0):
     panels = [("final_val_ar_loss", "final validation AR loss"),
               ("min_val_ar_loss", "lowest validation AR loss (early stopping)"),
               ("final_val_md_loss", "final validation MD loss"), ("min_val_md_loss", "lowest validation MD loss"),
-              ("heldout_pll_loss", "held-out PLL loss (bidirectional)"), ("heldout_causal_loss", "held-out causal loss")]
+              ("heldout_pll_loss", "held-out PLL loss (bidirectional)"), ("heldout_causal_loss", "held-out causal loss"),
+              ("blimp_causal", "BLiMP accuracy, causal (%)"), ("blimp_pll", "BLiMP accuracy, PLL (%)")]
     panels = [(key, title) for key, title in panels if any(row.get(key) is not None for row in rows)]
-    fig, axes = plt.subplots(2, 3 if len(panels) > 4 else 2, figsize=(16 if len(panels) > 4 else 11, 8))
+    columns = max(2, math.ceil(len(panels) / 2))
+    fig, axes = plt.subplots(2, columns, figsize=(5.5 * columns, 8))
     axes = axes.flatten()
     for ax in axes[len(panels):]:
         ax.set_visible(False)
@@ -522,9 +524,9 @@ def figures(results_dir, nu=2.5, samples=10000, seed=0):
     write_atomically("--figures", results_dir / "summary.md",
                      lambda f: f.write("\n".join(summary_table(rows) + [""] + text) + "\n"))
     print("\n".join(text))
-    print(f"figures in {results_dir}: fig1_loss_curves.png, fig2_score_vs_lambda.png, "
-          + ", ".join(f"{folder}/gp_fit.png" for column, _, folder in GP_SCORES if column in fits)
-          + "; tables in summary.md")
+    drawn = ["fig1_loss_curves.png", "fig2_score_vs_lambda.png"] + [f"{folder}/gp_fit.png" for column, _, folder
+                                                                     in GP_SCORES if column in fits]
+    print(f"figures in {results_dir}: {', '.join(drawn)}; tables in summary.md")
     return fits
 
 
