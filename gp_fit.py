@@ -374,7 +374,7 @@ def synthetic_runs(n=50, noise=0.3, seed=0):
 
 
 def analyse(runs, out_dir, nu=2.5, samples=10000, seed=0, restarts=10, at=(), grid_size=101, figure=None,
-            lower_is_better=False):
+            lower_is_better=False, score_name="score"):
     """Fit, summarise and plot runs (as read_runs returns them); writes OUT_DIR/fit.json and the figure
     and returns what fit.json holds. lower_is_better: the score is a loss, the optimal λ minimises it."""
     if samples < 1 or grid_size < 2 or restarts < 0:
@@ -407,7 +407,7 @@ def analyse(runs, out_dir, nu=2.5, samples=10000, seed=0, restarts=10, at=(), gr
     write_atomically("--out_dir", os.path.join(out_dir, "fit.json"),
                      lambda f: json.dump(result, f, indent=1, allow_nan=False))
     print_summary(result)
-    plot_figure(fit, runs, levels, figure or os.path.join(out_dir, "gp_fit.png"), lower_is_better)
+    plot_figure(fit, runs, levels, figure or os.path.join(out_dir, "gp_fit.png"), lower_is_better, score_name)
     return result
 
 
@@ -450,7 +450,7 @@ def print_summary(result):
               f"{level['rule_of_thumb']['probability']:>10.3f}")
 
 
-def plot_figure(fit, runs, levels, path, lower_is_better=False):
+def plot_figure(fit, runs, levels, path, lower_is_better=False, score_name="score"):
     """The paper's Figure 4: the posterior mean score over (log2 r, λ) with the runs, and under it the
     distribution of the optimal λ at each r; both with the rule of thumb 8 <= λ·r <= 32 (§5.3)."""
     try:
@@ -471,7 +471,7 @@ def plot_figure(fit, runs, levels, path, lower_is_better=False):
     fig.subplots_adjust(left=0.1, right=0.86, top=0.89, bottom=0.07, hspace=0.15)
     image = top.pcolormesh(x, lam, mean, cmap="viridis", shading="auto")
     fig.colorbar(image, cax=top.inset_axes([1.02, 0, 0.03, 1]),
-                 label=f"posterior mean score ({'lower' if lower_is_better else 'higher'} is better)")
+                 label=f"posterior mean {score_name} ({'lower' if lower_is_better else 'higher'} is better)")
     best_of = np.argmin if lower_is_better else np.argmax
     outline = [patheffects.withStroke(linewidth=3, foreground="white")]  # visible on dark and light cells
     top.plot(x, lam[best_of(mean, axis=0)], color="black", lw=1.5, path_effects=outline, label="best λ of the mean")
@@ -492,7 +492,7 @@ def plot_figure(fit, runs, levels, path, lower_is_better=False):
     # the legend above the map, not on it, where it would hide runs; dark, for the white curves
     top.legend(loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=3, fontsize=8, facecolor="0.35",
                labelcolor="white", framealpha=1)
-    fig.suptitle("Gaussian-process interpolation of the score", y=0.985)
+    fig.suptitle(f"Gaussian-process interpolation of {score_name}", y=0.985)
 
     for xr, level in zip(log_r, levels):  # one violin per level: P(λ is optimal), scaled to its own peak
         p = np.asarray(level["probability"])
@@ -547,7 +547,8 @@ def main(argv=None):
     else:
         runs = read_runs(args.csv, args.results, args.score)
     analyse(runs, args.out_dir, nu=args.nu, samples=args.samples, seed=args.seed, restarts=args.restarts,
-            at=args.at, grid_size=args.grid, figure=args.figure, lower_is_better=args.lower_is_better)
+            at=args.at, grid_size=args.grid, figure=args.figure, lower_is_better=args.lower_is_better,
+            score_name=args.score or "score")
 
 
 if __name__ == "__main__":

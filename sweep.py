@@ -514,7 +514,7 @@ def figures(results_dir, nu=2.5, samples=10000, seed=0):
         runs = gp_fit.read_runs(csv_paths=[results_dir / "results.csv"], score=column)
         try:
             fits[column] = gp_fit.analyse(runs, results_dir / folder, nu=nu, samples=samples, seed=seed,
-                                          lower_is_better=lower_is_better)
+                                          lower_is_better=lower_is_better, score_name=column)
         except ValueError as e:  # too small a grid for a GP (a test sweep): the other figures still stand
             print(f"sweep.py: no GP fit of {column}: {e}")
     replicates = [row for path in sorted(results_dir.glob("seed*/results.csv")) for row in read_csv(path)]
