@@ -349,7 +349,7 @@ def verdicts(rows, fits, replicates=(), measure="AR loss", **scores):
 def test_claims_without_their_cells_are_inconclusive():
     rows = fake_cells({(1, 0): 5.0, (1, 1): 3.6, (4, 0): 5.1, (4, 1): 3.7})
     got = verdicts(rows, fake_fits({1: 0.9, 4: 0.9}))
-    assert got == {1: "inconclusive (the grid has no λ in (0.5, 1))", 2: "inconclusive (the grid has no r ≥ 32)",
+    assert got == {1: "inconclusive (the grid has no mixed λ)", 2: "inconclusive (the grid has no r ≥ 32)",
                    3: "inconclusive (the grid has no r ≥ 32)",
                    4: "inconclusive (the grid has no PLL loss score)",
                    5: "inconclusive (the grid has no mixed λ)"}
@@ -369,6 +369,10 @@ def test_claim_1_fails_when_pure_ar_beats_the_best_mix():
     assert verdicts(fake_cells(losses), fits)[1] == "holds"
     losses[(1, 0.75)] = losses[(1, 1)] = 4.0  # more AR weight no better than λ = 0.5
     assert verdicts(fake_cells(losses), fits)[1] == "inconclusive"
+    coarse = {(1, 0): 5.0, (1, 0.125): 4.5, (1, 0.5): 4.0, (1, 1): 4.01}  # no λ above 1/2: λ = 1/2 is the heaviest
+    assert verdicts(fake_cells(coarse), fits)[1] == "holds"
+    coarse[(1, 0.125)] = 3.9  # less AR weight is better
+    assert verdicts(fake_cells(coarse), fits)[1] == "fails"
 
 
 def test_claim_5_needs_a_mix_to_beat_both_pure_objectives_causally_and_by_pll():
