@@ -827,11 +827,6 @@ def windows_to_batch(windows, bos_id):
     return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(doc_ids)
 
 
-def epoch_seed(seed, epoch):
-    digest = hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1  # torch seeds must fit in 63 bits
-
-
 class TrainWindows:
     """The training stream of paper §5.1 (docs/data.md): a unique subset of T/r tokens, seen r times.
     The subset: the first documents of one seeded order of all training documents (subset_seed), up to
@@ -890,7 +885,8 @@ class TrainWindows:
             import torch
             if len(self.epochs) >= 2:  # a batch touches one or two epochs; keep memory bounded
                 self.epochs.clear()
-            generator = torch.Generator().manual_seed(epoch_seed(self.seed, e))
+            digest = hashlib.blake2b(f"{self.seed}:{e}".encode(), digest_size=8).digest()
+            generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)  # 63 bits for torch
             order = torch.randperm(len(self.doc_starts), generator=generator).numpy()
             stream_ends = np.cumsum(self.doc_lengths[order])
             self.epochs[e] = (self.doc_starts[order], stream_ends - self.doc_lengths[order], stream_ends)

@@ -647,9 +647,11 @@ def claim_1(g, k):
     optimal, verdicts, numbers = g.optima(k), [], []
     for r in low:
         heavy_lam = max((lam for lam in g.mixed if g.has(r, lam, k)), default=None)
-        (light, light_lam), (mix, mix_lam) = (g.best(r, [lam for lam in g.lams if lam < (heavy_lam or 0)], k),
+        if heavy_lam is None or not g.has(r, 1.0, k):
+            continue
+        (light, light_lam), (mix, mix_lam) = (g.best(r, [lam for lam in g.lams if lam < heavy_lam], k),
                                               g.best(r, g.mixed, k))
-        if light is None or not g.has(r, 1.0, k):
+        if light is None:
             continue
         heavy, ar = g.cell[(r, heavy_lam)][k], g.cell[(r, 1.0)][k]
         verdicts.append(overall([g.compare(heavy, light, k), "fails" if ar < mix - g.margins[k][0] else "holds"]))
